@@ -1,0 +1,22 @@
+//! depot's ingest pipeline, as plain functions over paths and readers: no
+//! Redis, no async runtime. The daemon and the CLI are thin shells around
+//! [`pipeline`].
+
+pub mod archive;
+pub mod conflicts;
+pub mod deposit;
+pub mod publish;
+pub mod report;
+pub mod rotate;
+pub mod plan;
+pub mod theia;
+pub mod unpack;
+pub mod verify;
+pub mod error;
+pub mod md5sums;
+pub mod names;
+pub mod pipeline;
+pub mod settings;
+
+pub use error::{Code, Error, Rejection, Result, Stage};
+pub use settings::{Checks, Limits, Profile, Publish, PublishMode, Settings};

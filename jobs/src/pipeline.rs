@@ -1,0 +1,193 @@
+//! One deposit from "a worker took it" to "published" or "rejected", in the
+//! SPEC's stages. `check` runs every check and writes nothing outside a
+//! scratch folder; `ingest` also publishes; `finish` rotates and reports.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Code, Error, IoContext, Result, Stage};
+use crate::md5sums::Digest;
+use crate::plan::{self, Plan};
+use crate::publish::{self, Published, Request, Staging, Step};
+use crate::report::{Report, ReportBase};
+use crate::rotate::{self, Deposited};
+use crate::settings::Settings;
+use crate::unpack::{self, FileRecord, Progress, Target, Unpacked};
+use crate::verify::{self, Sidecar};
+
+/// One deposit, as handed to a worker.
+#[derive(Debug, Clone)]
+pub struct Job<'a> {
+    pub id: &'a str,
+    pub producer: &'a str,
+    /// Where the archive is now.
+    pub archive: &'a Path,
+    /// The name it was dropped under (reports, `previous/`).
+    pub name: &'a str,
+    /// `<name>.md5` beside it, if the producer sent one.
+    pub sidecar: Option<&'a Path>,
+    pub settings: &'a Settings,
+}
+
+/// What an accepted deposit holds.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub files: Vec<FileRecord>,
+    pub file_count: u64,
+    pub total_bytes: u64,
+}
+
+/// The sidecar is tiny; more than this is not an md5 line.
+const MAX_SIDECAR: u64 = 4096;
+
+fn read_sidecar(path: &Path) -> Result<Digest> {
+    let name = path.file_name().map_or_else(|| "sidecar".into(), |n| n.to_string_lossy().into_owned());
+    let mut text = String::new();
+    fs::File::open(path)
+        .and_then(|f| f.take(MAX_SIDECAR).read_to_string(&mut text))
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                Error::reject(Code::Md5Mismatch, Stage::Verify, Some(&name), format!("{name}: not text"))
+            } else {
+                Error::io(Stage::Verify, format!("read {}", path.display()), e)
+            }
+        })?;
+    verify::parse_sidecar(&text, &name)
+}
+
+/// Unpack (to `root`, or nowhere), verify and check; nothing published.
+fn examine(job: &Job<'_>, root: Option<&Path>, scratch: &Path, kept: &[String], progress: &dyn Progress) -> Result<Summary> {
+    let s = job.settings;
+    progress.stage(Stage::Unpack);
+    // The sidecar is parsed first so a malformed one costs no unpacking.
+    let sidecar_md5 = job.sidecar.map(read_sidecar).transpose()?;
+    let plan: Plan = plan::build(&plan::Input {
+        archive: job.archive,
+        producer: job.producer,
+        settings: s,
+        scratch,
+        has_sidecar: sidecar_md5.is_some(),
+        kept,
+    })?;
+    progress.totals(plan.total_bytes, plan.total_files);
+    let target = Target { root, fsync: s.publish.fsync };
+    let mut got: Unpacked = unpack::run(&plan, job.archive, sidecar_md5.is_some(), target, s.threads(), progress)?;
+    for c in &plan.containers {
+        if let Some(copied) = c.copied {
+            let e = &plan.levels[0].entries[c.outer_entry];
+            got.files.push(FileRecord { level: 0, name: e.name.clone(), published: None, size: copied.size, md5: Some(copied.md5) });
+        }
+    }
+    progress.stage(Stage::Verify);
+    let side_name = job.sidecar.and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let sidecar = sidecar_md5.map(|md5| Sidecar { name: &side_name, md5 });
+    let pair = match (&sidecar, &got.archive_md5) {
+        (Some(s), Some(a)) => Some((s, a)),
+        _ => None,
+    };
+    verify::check(&plan, &got.files, pair, job.name, s.limits.max_path_len)?;
+    let files: Vec<FileRecord> = got.files.into_iter().filter(|f| f.published.is_some()).collect();
+    Ok(Summary { file_count: files.len() as u64, total_bytes: files.iter().map(|f| f.size).sum(), files })
+}
+
+/// Every check, nothing written but in a private temp folder (compressed
+/// dataset zips have to be copied out to be read).
+pub fn check(job: &Job<'_>, progress: &dyn Progress) -> Result<Summary> {
+    let scratch = tempfile_dir()?;
+    let r = examine(job, None, scratch.path(), &[], progress);
+    drop(scratch);
+    r
+}
+
+fn tempfile_dir() -> Result<TempDir> {
+    let base = std::env::temp_dir();
+    let p = base.join(format!(".depot-check-{}-{}", std::process::id(), crate::deposit::new_id("x")));
+    fs::create_dir(&p).ctx(Stage::Unpack, || format!("create {}", p.display()))?;
+    Ok(TempDir(p))
+}
+
+/// A folder removed when dropped.
+struct TempDir(PathBuf);
+impl TempDir {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Options of `ingest` that only tests and the daemon care about.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IngestOptions {
+    pub fail_after: Option<Step>,
+}
+
+/// Unpack, verify, check and publish one deposit. On any error staging is
+/// removed and `current` is as it was.
+pub fn ingest(job: &Job<'_>, publish_root: &Path, opts: IngestOptions, progress: &dyn Progress) -> Result<Published> {
+    let s = job.settings;
+    let kept = publish::merge_base(publish_root, job.producer, s.publish.mode)?;
+    let staging = Staging::create(publish_root, job.id)?;
+    let result = (|| {
+        let summary = examine(job, Some(&staging.dir), &staging.scratch, &kept, progress)?;
+        Ok::<_, Error>(summary)
+    })();
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = staging.discard();
+            return Err(e);
+        }
+    };
+    progress.stage(Stage::Publish);
+    let req = Request {
+        publish_root,
+        producer: job.producer,
+        deposit_id: job.id,
+        mode: s.publish.mode,
+        keep_releases: s.publish.keep_releases,
+        fsync: s.publish.fsync,
+        fail_after: opts.fail_after,
+    };
+    publish::publish(&req, staging, &summary.files, s.checks.case_insensitive)
+}
+
+/// Check free space before unpacking into staging.
+pub fn preflight(job: &Job<'_>, publish_root: &Path) -> Result<()> {
+    let size = fs::metadata(job.archive).ctx(Stage::Unpack, || format!("stat {}", job.archive.display()))?.len();
+    // Unknown until the directory is read; the archive's size is a floor.
+    publish::check_free_space(publish_root, size, job.settings.limits.min_free_bytes)
+}
+
+/// Move the deposit to `previous/` or `rejected/` and write the reports.
+/// Returns the report (and the path of report.json for a failure).
+pub fn finish(
+    job: &Job<'_>,
+    producer_dir: &Path,
+    started: &str,
+    outcome: &Result<Published>,
+) -> Result<(Report, Option<PathBuf>)> {
+    let base = ReportBase {
+        deposit: job.id.to_owned(),
+        producer: job.producer.to_owned(),
+        archive: job.name.to_owned(),
+        started: started.to_owned(),
+    };
+    let d = Deposited { archive: job.archive, sidecar: job.sidecar, name: job.name };
+    match outcome {
+        Ok(p) => {
+            let report = Report::success(base, p.file_count, p.total_bytes, Some(p.release.display().to_string()));
+            rotate::to_previous(producer_dir, &d)?;
+            Ok((report, None))
+        }
+        Err(e) => {
+            let report = Report::failure(base, e);
+            let path = rotate::to_rejected(producer_dir, &d, &report)?;
+            Ok((report, Some(path)))
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! Everything decided from the central directories, before a byte of data
+//! is written: which entry becomes which published file, which entries are
+//! manifests, pivots and dataset zips, and whether the deposit fits the
+//! limits and the profile. A deposit that fails here costs no disk.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+
+use zip::ZipArchive;
+
+use crate::archive::{self, Copied, Entry, Section, label};
+use crate::conflicts::{self, Name};
+use crate::error::{Code, Error, IoContext, Result, Stage};
+use crate::md5sums::{self, Digest, Line, is_manifest_name};
+use crate::names::{self, dirname};
+use crate::settings::{Profile, Settings};
+use crate::theia::{self, TopName};
+
+/// Pivots and manifests are read into memory; bigger ones are refused.
+pub const MAX_SMALL_FILE: u64 = 64 << 20;
+
+/// One zip level: the deposit itself (level 0) or a dataset zip in it.
+#[derive(Debug)]
+pub struct Level {
+    /// Name of the dataset zip in the deposit; empty for level 0.
+    pub container: String,
+    /// Where its bytes are: in place in the deposit, or a scratch copy.
+    pub src: Section,
+    pub entries: Vec<Entry>,
+    pub roles: Vec<Role>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Published at this path, relative to the release root.
+    Data(String),
+    /// A checksum manifest: read, checked against, not published.
+    Manifest,
+    /// A dataset zip, unpacked as this level.
+    Container(usize),
+    /// A folder entry: only its name matters (file/folder conflicts).
+    Dir,
+}
+
+/// A parsed checksum manifest.
+#[derive(Debug)]
+pub struct Manifest {
+    pub level: usize,
+    /// Its folder inside its level; its lines are relative to it.
+    pub dir: String,
+    pub label: String,
+    pub lines: Vec<Line>,
+}
+
+/// A dataset zip's own checksum, when it was already computed while
+/// copying a compressed dataset zip out to scratch.
+#[derive(Debug, Clone)]
+pub struct Container {
+    pub outer_entry: usize,
+    pub level: usize,
+    pub copied: Option<Copied>,
+}
+
+#[derive(Debug)]
+pub struct Plan {
+    pub levels: Vec<Level>,
+    pub manifests: Vec<Manifest>,
+    /// Files already read into memory (pivots), published from there.
+    pub small: BTreeMap<(usize, usize), Vec<u8>>,
+    pub containers: Vec<Container>,
+    /// Level-0 names some manifest lists: only those containers need an MD5.
+    pub listed_top: HashSet<String>,
+    pub total_bytes: u64,
+    pub total_files: u64,
+}
+
+impl Plan {
+    pub fn entry_label(&self, level: usize, entry: usize) -> String {
+        label(&self.levels[level].container, &self.levels[level].entries[entry].name)
+    }
+}
+
+/// Inputs of planning besides the archive.
+pub struct Input<'a> {
+    pub archive: &'a Path,
+    pub producer: &'a str,
+    pub settings: &'a Settings,
+    /// Where compressed dataset zips are copied out to be read.
+    pub scratch: &'a Path,
+    /// A sidecar MD5 was given (counts for `checks.require_md5`).
+    pub has_sidecar: bool,
+    /// Published paths of the current release kept by a merge.
+    pub kept: &'a [String],
+}
+
+pub fn build(input: &Input<'_>) -> Result<Plan> {
+    let limits = &input.settings.limits;
+    let (src, mut zip) = archive::open_outer(input.archive, limits)?;
+    let entries = archive::list(&mut zip, &src, "", limits)?;
+    let mut plan = Plan {
+        levels: Vec::new(),
+        manifests: Vec::new(),
+        small: BTreeMap::new(),
+        containers: Vec::new(),
+        listed_top: HashSet::new(),
+        total_bytes: 0,
+        total_files: 0,
+    };
+    let roles = match input.settings.profile {
+        Profile::Plain => plain_roles(&entries),
+        Profile::Theia => theia_roles(&entries, input.producer, &mut plan.containers)?,
+    };
+    plan.levels.push(Level { container: String::new(), src, entries, roles });
+    read_manifests(&mut plan, 0, &mut zip)?;
+    for m in &plan.manifests {
+        plan.listed_top.extend(m.lines.iter().map(|l| names::join(&m.dir, &l.path)));
+    }
+    if input.settings.profile == Profile::Theia {
+        let pivot = read_pivots(&mut plan, &mut zip, input.producer)?;
+        open_containers(&mut plan, &mut zip, input)?;
+        let mut zips = BTreeMap::new();
+        for c in &plan.containers {
+            let level = &plan.levels[c.level];
+            let root_files: BTreeSet<String> =
+                level.entries.iter().filter(|e| !e.is_dir && !e.name.contains('/')).map(|e| e.name.clone()).collect();
+            let id = level.container.trim_end_matches(".zip").to_owned();
+            zips.insert(id, root_files);
+        }
+        theia::check_datasets(&pivot.0, &pivot.1, &zips)?;
+    }
+    check_totals(&mut plan, input)?;
+    check_names(&plan, input)?;
+    Ok(plan)
+}
+
+fn plain_roles(entries: &[Entry]) -> Vec<Role> {
+    entries
+        .iter()
+        .map(|e| {
+            if e.is_dir {
+                Role::Dir
+            } else if is_manifest_name(&e.name) {
+                Role::Manifest
+            } else {
+                Role::Data(e.name.clone())
+            }
+        })
+        .collect()
+}
+
+fn theia_roles(entries: &[Entry], producer: &str, containers: &mut Vec<Container>) -> Result<Vec<Role>> {
+    let mut roles = Vec::with_capacity(entries.len());
+    for (i, e) in entries.iter().enumerate() {
+        let role = if e.is_dir {
+            return Err(Error::reject(
+                Code::NameInvalid,
+                Stage::Unpack,
+                Some(&e.name),
+                format!("{}/: a Theia deposit has no folders at its top level; datasets travel as zips", e.name),
+            ));
+        } else if is_manifest_name(&e.name) && !e.name.contains('/') {
+            Role::Manifest
+        } else {
+            match theia::classify(&e.name, producer)? {
+                TopName::Pivot { .. } => Role::Data(e.name.clone()),
+                TopName::Dataset { .. } => {
+                    let level = containers.len() + 1;
+                    containers.push(Container { outer_entry: i, level, copied: None });
+                    Role::Container(level)
+                }
+            }
+        };
+        roles.push(role);
+    }
+    Ok(roles)
+}
+
+/// Read a small entry whole, refusing one over `MAX_SMALL_FILE`.
+fn read_small(zip: &mut ZipArchive<Section>, level: &Level, i: usize) -> Result<(Vec<u8>, Copied)> {
+    let e = &level.entries[i];
+    let entry = label(&level.container, &e.name);
+    if e.size > MAX_SMALL_FILE {
+        return Err(Error::reject(
+            Code::LimitExceeded,
+            Stage::Unpack,
+            Some(&entry),
+            format!("{entry}: {} bytes; manifests and pivots may hold {MAX_SMALL_FILE}", e.size),
+        ));
+    }
+    let mut out = Vec::with_capacity(e.size as usize);
+    let mut buf = vec![0u8; 64 << 10];
+    let reader = archive::open_entry(zip, e.index, &entry)?;
+    let copied = archive::copy_entry(reader, e.size, &entry, &mut out, &mut buf, |_| Ok(()))?;
+    Ok((out, copied))
+}
+
+fn read_manifests(plan: &mut Plan, level: usize, zip: &mut ZipArchive<Section>) -> Result<()> {
+    let lv = &plan.levels[level];
+    for i in 0..lv.entries.len() {
+        if lv.roles[i] != Role::Manifest {
+            continue;
+        }
+        let entry = label(&lv.container, &lv.entries[i].name);
+        let (bytes, _) = read_small(zip, lv, i)?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            Error::reject(Code::Md5Mismatch, Stage::Verify, Some(&entry), format!("{entry}: checksum manifest is not UTF-8 text"))
+        })?;
+        let lines = md5sums::parse(&text).map_err(|e| {
+            Error::reject(
+                Code::Md5Mismatch,
+                Stage::Verify,
+                Some(&entry),
+                format!("{entry}: line {} is not `<md5>  <path>`: {}", e.line, e.why),
+            )
+        })?;
+        plan.manifests.push(Manifest { level, dir: dirname(&lv.entries[i].name).to_owned(), label: entry, lines });
+    }
+    Ok(())
+}
+
+/// Read and check every pivot; return the English one (the reference).
+fn read_pivots(plan: &mut Plan, zip: &mut ZipArchive<Section>, producer: &str) -> Result<(theia::Pivot, String)> {
+    let lv = &plan.levels[0];
+    let reference = format!("{producer}_en.json");
+    let mut found = None;
+    for i in 0..lv.entries.len() {
+        let Role::Data(name) = &lv.roles[i] else { continue };
+        let (bytes, _) = read_small(zip, lv, i)?;
+        let pivot = theia::parse_pivot(&bytes, name, producer)?;
+        if *name == reference {
+            found = Some((pivot, name.clone()));
+        }
+        plan.small.insert((0, i), bytes);
+    }
+    found.ok_or_else(|| {
+        Error::reject(
+            Code::PivotMissing,
+            Stage::Unpack,
+            Some(&reference),
+            format!("no pivot metadata {reference} at the top level of the deposit"),
+        )
+    })
+}
+
+/// Find each dataset zip's bytes and list its entries. A stored dataset zip
+/// is read in place; a compressed one is inflated once to scratch, hashing
+/// on the way, because a zip can only be read with seeks.
+fn open_containers(plan: &mut Plan, zip: &mut ZipArchive<Section>, input: &Input<'_>) -> Result<()> {
+    let limits = &input.settings.limits;
+    for c in 0..plan.containers.len() {
+        let outer = plan.containers[c].outer_entry;
+        let e = plan.levels[0].entries[outer].clone();
+        let container = e.name.clone();
+        let src = if e.stored {
+            if e.compressed_size != e.size {
+                return Err(Error::reject(
+                    Code::ZipCorrupt,
+                    Stage::Unpack,
+                    Some(&container),
+                    format!("{container}: stored entry with different compressed and real sizes"),
+                ));
+            }
+            plan.levels[0].src.sub(e.data_start, e.size)
+        } else {
+            let path = input.scratch.join(format!("container-{outer}.zip"));
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .ctx(Stage::Unpack, || format!("create {}", path.display()))?;
+            let mut buf = vec![0u8; 256 << 10];
+            let reader = archive::open_entry(zip, e.index, &container)?;
+            let copied = archive::copy_entry(reader, e.size, &container, &mut file, &mut buf, |_| Ok(()))?;
+            plan.containers[c].copied = Some(copied);
+            Section::whole(Arc::new(file)).ctx(Stage::Unpack, || format!("stat {}", path.display()))?
+        };
+        let mut inner = archive::open_inner(src.clone(), &container)?;
+        let entries = archive::list(&mut inner, &src, &container, limits)?;
+        let prefix = container.trim_end_matches(".zip").to_owned();
+        let roles = entries
+            .iter()
+            .map(|e| {
+                if e.is_dir {
+                    Role::Dir
+                } else if is_manifest_name(&e.name) {
+                    Role::Manifest
+                } else {
+                    Role::Data(names::join(&prefix, &e.name))
+                }
+            })
+            .collect();
+        let level = plan.levels.len();
+        plan.levels.push(Level { container, src, entries, roles });
+        read_manifests(plan, level, &mut inner)?;
+    }
+    Ok(())
+}
+
+fn check_totals(plan: &mut Plan, input: &Input<'_>) -> Result<()> {
+    let limits = &input.settings.limits;
+    let mut entries = 0u64;
+    for lv in &plan.levels {
+        entries += lv.entries.len() as u64;
+        for (e, r) in lv.entries.iter().zip(&lv.roles) {
+            if matches!(r, Role::Data(_)) {
+                plan.total_bytes = plan.total_bytes.saturating_add(e.size);
+                plan.total_files += 1;
+            }
+        }
+    }
+    if entries > limits.max_entries {
+        return Err(Error::reject(
+            Code::LimitExceeded,
+            Stage::Unpack,
+            None,
+            format!("{entries} entries in the deposit and its dataset zips; limits.max_entries is {}", limits.max_entries),
+        ));
+    }
+    if plan.total_bytes > limits.max_unpacked_bytes {
+        return Err(Error::reject(
+            Code::LimitExceeded,
+            Stage::Unpack,
+            None,
+            format!(
+                "the deposit unpacks to {} bytes; limits.max_unpacked_bytes is {}",
+                plan.total_bytes, limits.max_unpacked_bytes
+            ),
+        ));
+    }
+    if input.settings.checks.require_md5 && plan.manifests.is_empty() && !input.has_sidecar {
+        return Err(Error::reject(
+            Code::Md5Missing,
+            Stage::Verify,
+            None,
+            "no MD5 given (no <archive>.md5 sidecar, no MD5SUMS/*.md5/manifest-md5.txt inside) and checks.require_md5 is on",
+        ));
+    }
+    Ok(())
+}
+
+fn check_names(plan: &Plan, input: &Input<'_>) -> Result<()> {
+    let mut labels = Vec::new();
+    for lv in &plan.levels {
+        for (e, r) in lv.entries.iter().zip(&lv.roles) {
+            let path = match r {
+                Role::Data(p) => p.clone(),
+                Role::Dir if lv.container.is_empty() => e.name.clone(),
+                Role::Dir => names::join(lv.container.trim_end_matches(".zip"), &e.name),
+                _ => continue,
+            };
+            labels.push((path, matches!(r, Role::Dir), label(&lv.container, &e.name)));
+        }
+    }
+    let mut names: Vec<Name<'_>> =
+        labels.iter().map(|(p, d, l)| Name { path: p, is_dir: *d, label: l }).collect();
+    // A merge keeps the current files the deposit does not replace; they
+    // must not clash with the delivered ones either (file vs folder).
+    let delivered: HashSet<String> =
+        names.iter().map(|n| names::conflict_key(n.path, input.settings.checks.case_insensitive)).collect();
+    for k in input.kept {
+        if !delivered.contains(&names::conflict_key(k, input.settings.checks.case_insensitive)) {
+            names.push(Name { path: k, is_dir: false, label: k });
+        }
+    }
+    conflicts::check(&names, &input.settings.checks)
+}
+
+/// Digest of the whole deposit file, for the sidecar check.
+pub fn file_md5(path: &Path, buf: &mut [u8], mut on_bytes: impl FnMut(u64)) -> std::io::Result<Digest> {
+    use md5::{Digest as _, Md5};
+    let mut f = File::open(path)?;
+    let mut h = Md5::new();
+    loop {
+        let n = f.read(buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        on_bytes(n as u64);
+    }
+    Ok(h.finalize().into())
+}

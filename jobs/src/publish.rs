@@ -1,0 +1,381 @@
+//! Publishing a release so that `current` only ever points at a complete
+//! one: build in staging (same filesystem), fsync, rename into `releases/`,
+//! then swap the `current` symlink with a rename. A crash anywhere leaves
+//! `current` on the old release or the new one, never on a half.
+
+use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{FlockOperation, flock};
+use serde::{Deserialize, Serialize};
+
+use crate::conflicts::RELEASE_MANIFEST;
+use crate::error::{Code, Error, IoContext, Result, Stage};
+use crate::md5sums;
+use crate::names;
+use crate::settings::PublishMode;
+use crate::unpack::{DIR_MODE, FILE_MODE, FileRecord};
+
+pub const STAGING: &str = ".staging";
+
+/// `manifest.json` of a release (public format, see SPEC).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReleaseManifest {
+    pub deposit: String,
+    pub producer: String,
+    pub created: String,
+    pub file_count: u64,
+    pub total_bytes: u64,
+    pub files: Vec<ManifestFile>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ManifestFile {
+    pub path: String,
+    pub size: u64,
+    pub md5: String,
+}
+
+pub fn releases_dir(publish_root: &Path, producer: &str) -> PathBuf {
+    publish_root.join(producer).join("releases")
+}
+
+pub fn current_link(publish_root: &Path, producer: &str) -> PathBuf {
+    publish_root.join(producer).join("current")
+}
+
+/// A release under construction, locked against `clean_stale` for as long
+/// as this value lives (another process's cleanup must not eat it).
+#[derive(Debug)]
+pub struct Staging {
+    pub dir: PathBuf,
+    /// Beside `dir`, never published: compressed dataset zips copied out.
+    pub scratch: PathBuf,
+    lock_path: PathBuf,
+    _lock: File,
+}
+
+impl Staging {
+    pub fn create(publish_root: &Path, deposit_id: &str) -> Result<Staging> {
+        let root = publish_root.join(STAGING);
+        mkdir_p(&root, Stage::Unpack)?;
+        let lock_path = root.join(format!("{deposit_id}.lock"));
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .ctx(Stage::Unpack, || format!("create {}", lock_path.display()))?;
+        flock(&lock, FlockOperation::NonBlockingLockExclusive)
+            .map_err(io::Error::from)
+            .ctx(Stage::Unpack, || format!("deposit {deposit_id} is being processed by another process"))?;
+        let dir = root.join(deposit_id);
+        // A previous attempt of this same deposit may have left a half.
+        remove_any(&dir).ctx(Stage::Unpack, || format!("remove stale {}", dir.display()))?;
+        DirBuilder::new().mode(DIR_MODE).create(&dir).ctx(Stage::Unpack, || format!("create {}", dir.display()))?;
+        let scratch = root.join(format!("{deposit_id}.scratch"));
+        remove_any(&scratch).ctx(Stage::Unpack, || format!("remove stale {}", scratch.display()))?;
+        DirBuilder::new().mode(0o700).create(&scratch).ctx(Stage::Unpack, || format!("create {}", scratch.display()))?;
+        Ok(Staging { dir, scratch, lock_path, _lock: lock })
+    }
+
+    /// Remove what is left (after a failure, or after the rename).
+    pub fn discard(self) -> io::Result<()> {
+        remove_any(&self.dir)?;
+        remove_any(&self.scratch)?;
+        fs::remove_file(&self.lock_path).or_else(ignore_missing)
+    }
+}
+
+fn ignore_missing(e: io::Error) -> io::Result<()> {
+    if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) }
+}
+
+fn remove_any(p: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(p),
+        Ok(_) => fs::remove_file(p),
+        Err(e) => ignore_missing(e),
+    }
+}
+
+/// Remove staging left by crashed runs: every entry whose lock nobody holds.
+/// Returns what was removed.
+pub fn clean_stale(publish_root: &Path) -> io::Result<Vec<PathBuf>> {
+    let root = publish_root.join(STAGING);
+    let mut removed = Vec::new();
+    let rd = match fs::read_dir(&root) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(e),
+    };
+    for ent in rd {
+        let ent = ent?;
+        let name = ent.file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(".lock") {
+            continue;
+        }
+        // Deposit ids are plain names; the dir's lock file is beside it.
+        let stem = name.split('.').next().unwrap_or(&name);
+        let lock_path = root.join(format!("{stem}.lock"));
+        let held = match File::open(&lock_path) {
+            Ok(f) => flock(&f, FlockOperation::NonBlockingLockExclusive).is_err(),
+            Err(_) => false,
+        };
+        if !held {
+            remove_any(&ent.path())?;
+            fs::remove_file(&lock_path).or_else(ignore_missing)?;
+            removed.push(ent.path());
+        }
+    }
+    // Lock files whose folder is gone and that nobody holds.
+    for ent in fs::read_dir(&root)? {
+        let ent = ent?;
+        let p = ent.path();
+        if p.extension().is_some_and(|x| x == "lock") && !p.with_extension("").exists() {
+            if let Ok(f) = File::open(&p)
+                && flock(&f, FlockOperation::NonBlockingLockExclusive).is_ok()
+            {
+                fs::remove_file(&p).or_else(ignore_missing)?;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+fn mkdir_p(p: &Path, stage: Stage) -> Result<()> {
+    DirBuilder::new().recursive(true).mode(DIR_MODE).create(p).ctx(stage, || format!("create {}", p.display()))
+}
+
+fn fsync_dir(p: &Path) -> io::Result<()> {
+    File::open(p)?.sync_all()
+}
+
+/// The steps of a publish, for tests that inject a failure after each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Linked,
+    ManifestWritten,
+    Synced,
+    Renamed,
+    Switched,
+    Pruned,
+}
+
+pub struct Request<'a> {
+    pub publish_root: &'a Path,
+    pub producer: &'a str,
+    pub deposit_id: &'a str,
+    pub mode: PublishMode,
+    pub keep_releases: u32,
+    pub fsync: bool,
+    /// Test hook: fail right after this step, as a crash would.
+    pub fail_after: Option<Step>,
+}
+
+impl Request<'_> {
+    fn step(&self, s: Step) -> Result<()> {
+        if self.fail_after == Some(s) {
+            return Err(Error::io(Stage::Publish, format!("injected failure after {s:?}"), io::Error::other("injected")));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub release: PathBuf,
+    pub file_count: u64,
+    pub total_bytes: u64,
+}
+
+/// The release `current` points at, if any, with its manifest.
+pub fn read_current(publish_root: &Path, producer: &str) -> Result<Option<(PathBuf, ReleaseManifest)>> {
+    let link = current_link(publish_root, producer);
+    let target = match fs::read_link(&link) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(Stage::Publish, format!("read {}", link.display()), e)),
+    };
+    let dir = link.parent().unwrap_or(publish_root).join(target);
+    let path = dir.join(RELEASE_MANIFEST);
+    let bytes = fs::read(&path).ctx(Stage::Publish, || format!("read {}", path.display()))?;
+    let m = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::io(Stage::Publish, format!("parse {}", path.display()), io::Error::other(e)))?;
+    Ok(Some((dir, m)))
+}
+
+/// Paths of the current release that a merge keeps (all of them; the
+/// delivered files replace their namesakes later).
+pub fn merge_base(publish_root: &Path, producer: &str, mode: PublishMode) -> Result<Vec<String>> {
+    if mode != PublishMode::Merge {
+        return Ok(Vec::new());
+    }
+    Ok(read_current(publish_root, producer)?.map(|(_, m)| m.files.into_iter().map(|f| f.path).collect()).unwrap_or_default())
+}
+
+/// Turn a filled staging folder into the current release.
+pub fn publish(req: &Request<'_>, staging: Staging, delivered: &[FileRecord], case_insensitive: bool) -> Result<Published> {
+    let counts = match build_release(req, &staging, delivered, case_insensitive) {
+        Ok(c) => c,
+        // An injected failure plays a crash: staging stays for `clean_stale`.
+        Err(e) if req.fail_after.is_some() => return Err(e),
+        Err(e) => {
+            let _ = staging.discard();
+            return Err(e);
+        }
+    };
+    let (file_count, total_bytes) = counts;
+    let releases = releases_dir(req.publish_root, req.producer);
+    mkdir_p(&releases, Stage::Publish)?;
+    let release = releases.join(req.deposit_id);
+    if release.join(RELEASE_MANIFEST).exists() {
+        // An earlier attempt of this deposit got this far: its release is
+        // complete (it got here by rename); keep it and go on.
+        staging.discard().ctx(Stage::Publish, || "remove staging".into())?;
+    } else {
+        remove_any(&release).ctx(Stage::Publish, || format!("remove {}", release.display()))?;
+        fs::rename(&staging.dir, &release).ctx(Stage::Publish, || format!("rename into {}", release.display()))?;
+        if req.fsync {
+            fsync_dir(&releases).ctx(Stage::Publish, || "fsync releases".into())?;
+        }
+        staging.discard().ctx(Stage::Publish, || "remove staging lock".into())?;
+    }
+    req.step(Step::Renamed)?;
+
+    switch_current(req.publish_root, req.producer, req.deposit_id, req.fsync)?;
+    req.step(Step::Switched)?;
+
+    prune(&releases, req.deposit_id, req.keep_releases).ctx(Stage::Publish, || "remove old releases".into())?;
+    req.step(Step::Pruned)?;
+    Ok(Published { release, file_count, total_bytes })
+}
+
+/// Folders 0755 whatever the umask, and their entries on disk.
+fn settle_dirs(dir: &Path, fsync: bool) -> io::Result<()> {
+    for ent in fs::read_dir(dir)? {
+        let ent = ent?;
+        if ent.file_type()?.is_dir() {
+            settle_dirs(&ent.path(), fsync)?;
+        }
+    }
+    fs::set_permissions(dir, Permissions::from_mode(DIR_MODE))?;
+    if fsync {
+        fsync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Point `current` at `releases/<id>`: a new symlink renamed over the old,
+/// which is atomic on POSIX filesystems.
+fn switch_current(publish_root: &Path, producer: &str, id: &str, fsync: bool) -> Result<()> {
+    let pdir = publish_root.join(producer);
+    let tmp = pdir.join(format!(".current.{id}.tmp"));
+    remove_any(&tmp).ctx(Stage::Publish, || format!("remove {}", tmp.display()))?;
+    symlink(Path::new("releases").join(id), &tmp).ctx(Stage::Publish, || format!("symlink {}", tmp.display()))?;
+    fs::rename(&tmp, pdir.join("current")).ctx(Stage::Publish, || "switch current".into())?;
+    if fsync {
+        fsync_dir(&pdir).ctx(Stage::Publish, || format!("fsync {}", pdir.display()))?;
+    }
+    Ok(())
+}
+
+/// Keep the newest `keep` releases (ids sort by time), and never the one
+/// `current` points at.
+fn prune(releases: &Path, current_id: &str, keep: u32) -> io::Result<()> {
+    let mut ids: Vec<String> = fs::read_dir(releases)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    ids.sort();
+    let excess = ids.len().saturating_sub(keep as usize);
+    for id in ids.into_iter().take(excess) {
+        if id != current_id {
+            fs::remove_dir_all(releases.join(&id))?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuse to start when the publish filesystem would drop below the margin.
+pub fn check_free_space(publish_root: &Path, need: u64, margin: u64) -> Result<()> {
+    let st = rustix::fs::statvfs(publish_root)
+        .map_err(io::Error::from)
+        .ctx(Stage::Unpack, || format!("statvfs {}", publish_root.display()))?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    if free < need.saturating_add(margin) {
+        return Err(Error::io(
+            Stage::Unpack,
+            format!(
+                "{} has {free} bytes free; the deposit needs {need} plus limits.min_free_bytes {margin}",
+                publish_root.display()
+            ),
+            io::Error::from_raw_os_error(28),
+        ));
+    }
+    let _ = Code::NoSpace;
+    Ok(())
+}
+
+
+/// Everything up to a complete, synced release folder in staging.
+fn build_release(req: &Request<'_>, staging: &Staging, delivered: &[FileRecord], case_insensitive: bool) -> Result<(u64, u64)> {
+    let mut files: Vec<ManifestFile> = delivered
+        .iter()
+        .filter_map(|f| {
+            Some(ManifestFile { path: f.published.clone()?, size: f.size, md5: f.md5.as_ref().map(md5sums::hex)? })
+        })
+        .collect();
+    if req.mode == PublishMode::Merge
+        && let Some((dir, current)) = read_current(req.publish_root, req.producer)?
+    {
+        let taken: std::collections::HashSet<String> =
+            files.iter().map(|f| names::conflict_key(&f.path, case_insensitive)).collect();
+        for f in current.files {
+            if taken.contains(&names::conflict_key(&f.path, case_insensitive)) {
+                continue;
+            }
+            // Names come from our own manifest, but check them anyway: the
+            // release tree is ours, the manifest text is a file like any other.
+            names::check_name(&f.path, u64::MAX).map_err(|e| {
+                Error::io(Stage::Publish, format!("current release lists {:?}", f.path), io::Error::other(e.why))
+            })?;
+            let dst = staging.dir.join(&f.path);
+            if let Some(parent) = dst.parent() {
+                mkdir_p(parent, Stage::Publish)?;
+            }
+            fs::hard_link(dir.join(&f.path), &dst).ctx(Stage::Publish, || format!("link {}", f.path))?;
+            files.push(f);
+        }
+    }
+    req.step(Step::Linked)?;
+
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let manifest = ReleaseManifest {
+        deposit: req.deposit_id.to_owned(),
+        producer: req.producer.to_owned(),
+        created: crate::deposit::now_rfc3339(),
+        file_count: files.len() as u64,
+        total_bytes: files.iter().map(|f| f.size).sum(),
+        files,
+    };
+    let (file_count, total_bytes) = (manifest.file_count, manifest.total_bytes);
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::io(Stage::Publish, "encode manifest", io::Error::other(e)))?;
+    let mpath = staging.dir.join(RELEASE_MANIFEST);
+    let mut mf = File::create(&mpath).ctx(Stage::Publish, || "create manifest.json".into())?;
+    mf.write_all(&json).ctx(Stage::Publish, || "write manifest.json".into())?;
+    mf.set_permissions(Permissions::from_mode(FILE_MODE)).ctx(Stage::Publish, || "chmod manifest.json".into())?;
+    if req.fsync {
+        mf.sync_all().ctx(Stage::Publish, || "fsync manifest.json".into())?;
+    }
+    drop(mf);
+    req.step(Step::ManifestWritten)?;
+
+    settle_dirs(&staging.dir, req.fsync).ctx(Stage::Publish, || "fsync staging folders".into())?;
+    req.step(Step::Synced)?;
+    Ok((file_count, total_bytes))
+}

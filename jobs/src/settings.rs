@@ -1,0 +1,129 @@
+//! What the pipeline needs to know about one producer. The daemon's config
+//! layer merges global and per-producer tables into one of these.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// Theia/OZCAR: pivot json + one zip per dataset, unpacked one level.
+    #[default]
+    Theia,
+    /// IGN archive: the archive's files published as they are.
+    Plain,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    /// The deposit is the producer's complete state.
+    #[default]
+    Replace,
+    /// The new release is the current one plus the delivered files.
+    Merge,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Checks {
+    pub case_insensitive: bool,
+    pub flat_names: bool,
+    pub require_md5: bool,
+}
+
+impl Default for Checks {
+    fn default() -> Self {
+        Checks {
+            case_insensitive: true,
+            flat_names: false,
+            require_md5: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Size of the uploaded archive file.
+    pub max_archive_bytes: u64,
+    /// Sum of every published file's size (both zip levels).
+    pub max_unpacked_bytes: u64,
+    /// Entries in the archive plus entries in every dataset zip.
+    pub max_entries: u64,
+    /// Bytes of a published path, relative to the release root.
+    pub max_path_len: u64,
+    /// Free space the publish filesystem must keep after the release is written.
+    pub min_free_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_archive_bytes: 64 << 30,
+            max_unpacked_bytes: 256 << 30,
+            max_entries: 100_000,
+            max_path_len: 1024,
+            min_free_bytes: 1 << 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Publish {
+    pub mode: PublishMode,
+    pub keep_releases: u32,
+    /// Off only for throwaway test roots: without it a power cut can leave
+    /// `current` pointing at files that never reached the disk.
+    pub fsync: bool,
+}
+
+impl Default for Publish {
+    fn default() -> Self {
+        Publish {
+            mode: PublishMode::Replace,
+            keep_releases: 3,
+            fsync: true,
+        }
+    }
+}
+
+/// Everything the pipeline reads from configuration for one producer.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Settings {
+    pub profile: Profile,
+    pub checks: Checks,
+    pub limits: Limits,
+    pub publish: Publish,
+    /// Worker threads one deposit may use (datasets run in parallel).
+    pub threads: usize,
+}
+
+impl Settings {
+    pub fn threads(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    /// Impossible values, named by their config key.
+    pub fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.max_archive_bytes", l.max_archive_bytes),
+            ("limits.max_unpacked_bytes", l.max_unpacked_bytes),
+            ("limits.max_entries", l.max_entries),
+            ("limits.max_path_len", l.max_path_len),
+        ] {
+            if v == 0 {
+                return Err(format!("{key} must be greater than 0"));
+            }
+        }
+        if self.publish.keep_releases == 0 {
+            return Err("publish.keep_releases must be at least 1 (the current release)".into());
+        }
+        Ok(())
+    }
+}

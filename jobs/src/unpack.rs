@@ -1,0 +1,313 @@
+//! The one pass over the data: every file is inflated, hashed and written at
+//! once, on as many threads as the deposit has independent pieces.
+
+use std::collections::HashMap;
+use std::fs::{DirBuilder, File, OpenOptions, Permissions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use md5::{Digest as _, Md5};
+use zip::ZipArchive;
+
+use crate::archive::{self, Section};
+use crate::error::{Code, Error, IoContext, Result, Stage};
+use crate::md5sums::Digest;
+use crate::plan::{Plan, Role, file_md5};
+
+pub const FILE_MODE: u32 = 0o644;
+pub const DIR_MODE: u32 = 0o755;
+const BUF: usize = 256 << 10;
+/// A unit of parallel work stops growing at this many bytes or files, so
+/// two threads share even one big dataset.
+const CHUNK_BYTES: u64 = 64 << 20;
+const CHUNK_FILES: usize = 512;
+
+/// Told how far a deposit has got; called from several threads.
+pub trait Progress: Sync {
+    fn stage(&self, _stage: Stage) {}
+    fn totals(&self, _bytes: u64, _files: u64) {}
+    fn advance(&self, _bytes: u64, _files: u64) {}
+    /// Polled between buffers: true stops the work with [`Error::Cancelled`].
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// For callers that do not watch.
+pub struct Quiet;
+impl Progress for Quiet {}
+
+/// A file the deposit delivered, with what was measured of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRecord {
+    pub level: usize,
+    /// Name inside its level.
+    pub name: String,
+    /// Path in the release; `None` for dataset zips (unpacked, not published).
+    pub published: Option<String>,
+    pub size: u64,
+    pub md5: Option<Digest>,
+}
+
+#[derive(Debug, Default)]
+pub struct Unpacked {
+    pub files: Vec<FileRecord>,
+    /// MD5 of the whole deposit file, when a sidecar asked for it.
+    pub archive_md5: Option<Digest>,
+}
+
+#[derive(Debug)]
+enum Unit {
+    ArchiveMd5,
+    Small(usize, usize),
+    Container(usize),
+    Extract(usize, Vec<usize>),
+}
+
+/// Where data goes: a staging folder, or nowhere (`depot check`).
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub root: Option<&'a Path>,
+    pub fsync: bool,
+}
+
+pub fn run(
+    plan: &Plan,
+    archive_path: &Path,
+    want_archive_md5: bool,
+    target: Target<'_>,
+    threads: usize,
+    progress: &dyn Progress,
+) -> Result<Unpacked> {
+    let units = units(plan, want_archive_md5);
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let done: Mutex<Unpacked> = Mutex::new(Unpacked::default());
+    let first_error: Mutex<Option<(usize, Error)>> = Mutex::new(None);
+    let threads = threads.clamp(1, units.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                let mut w = Worker { plan, target, buf: vec![0u8; BUF], open: HashMap::new() };
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= units.len() || stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let cancelled = || stop.load(Ordering::Relaxed) || progress.cancelled();
+                    match w.run(&units[i], archive_path, progress, &cancelled) {
+                        Ok(Out::Files(f)) => lock(&done).files.extend(f),
+                        Ok(Out::ArchiveMd5(d)) => lock(&done).archive_md5 = Some(d),
+                        Err(Error::Cancelled) if stop.load(Ordering::Relaxed) => break,
+                        Err(e) => {
+                            stop.store(true, Ordering::Relaxed);
+                            let mut first = lock(&first_error);
+                            if first.as_ref().is_none_or(|(j, _)| i < *j) {
+                                *first = Some((i, e));
+                            }
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some((_, e)) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    let mut out = done.into_inner().unwrap_or_else(|p| p.into_inner());
+    out.files.sort_by(|a, b| (a.level, &a.name).cmp(&(b.level, &b.name)));
+    Ok(out)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn units(plan: &Plan, want_archive_md5: bool) -> Vec<Unit> {
+    let mut units = Vec::new();
+    if want_archive_md5 {
+        units.push(Unit::ArchiveMd5);
+    }
+    for &(level, i) in plan.small.keys() {
+        units.push(Unit::Small(level, i));
+    }
+    for (c, container) in plan.containers.iter().enumerate() {
+        if container.copied.is_none() {
+            units.push(Unit::Container(c));
+        }
+    }
+    for (level, lv) in plan.levels.iter().enumerate() {
+        let mut chunk = Vec::new();
+        let mut bytes = 0u64;
+        for (i, (e, r)) in lv.entries.iter().zip(&lv.roles).enumerate() {
+            if !matches!(r, Role::Data(_)) || plan.small.contains_key(&(level, i)) {
+                continue;
+            }
+            chunk.push(i);
+            bytes += e.size;
+            if bytes >= CHUNK_BYTES || chunk.len() >= CHUNK_FILES {
+                units.push(Unit::Extract(level, std::mem::take(&mut chunk)));
+                bytes = 0;
+            }
+        }
+        if !chunk.is_empty() {
+            units.push(Unit::Extract(level, chunk));
+        }
+    }
+    units
+}
+
+enum Out {
+    Files(Vec<FileRecord>),
+    ArchiveMd5(Digest),
+}
+
+struct Worker<'p> {
+    plan: &'p Plan,
+    target: Target<'p>,
+    buf: Vec<u8>,
+    /// Each thread reads through its own archive handles (`pread`, no
+    /// shared cursor), opened once per level.
+    open: HashMap<usize, ZipArchive<Section>>,
+}
+
+impl Worker<'_> {
+    fn run(&mut self, unit: &Unit, archive_path: &Path, progress: &dyn Progress, cancelled: &dyn Fn() -> bool) -> Result<Out> {
+        match unit {
+            Unit::ArchiveMd5 => {
+                let mut stop = false;
+                let d = file_md5(archive_path, &mut self.buf, |_| stop = stop || cancelled())
+                    .ctx(Stage::Verify, || format!("read {}", archive_path.display()))?;
+                if stop {
+                    return Err(Error::Cancelled);
+                }
+                Ok(Out::ArchiveMd5(d))
+            }
+            Unit::Small(level, i) => {
+                let bytes = &self.plan.small[&(*level, *i)];
+                let Role::Data(published) = &self.plan.levels[*level].roles[*i] else {
+                    return Ok(Out::Files(Vec::new()));
+                };
+                if let Some(root) = self.target.root {
+                    let mut f = create(root, published)?;
+                    f.write_all(bytes).ctx(Stage::Unpack, || format!("write {published}"))?;
+                    finish(f, published, self.target.fsync)?;
+                }
+                progress.advance(bytes.len() as u64, 1);
+                let e = &self.plan.levels[*level].entries[*i];
+                Ok(Out::Files(vec![FileRecord {
+                    level: *level,
+                    name: e.name.clone(),
+                    published: Some(published.clone()),
+                    size: bytes.len() as u64,
+                    md5: Some(Md5::digest(bytes).into()),
+                }]))
+            }
+            Unit::Container(c) => self.container(*c, cancelled).map(|r| Out::Files(vec![r])),
+            Unit::Extract(level, entries) => self.extract(*level, entries, progress, cancelled).map(Out::Files),
+        }
+    }
+
+    /// A stored dataset zip is read in place; its own CRC32 (and MD5 when a
+    /// manifest lists it) still has to be checked over its bytes.
+    fn container(&mut self, c: usize, cancelled: &dyn Fn() -> bool) -> Result<FileRecord> {
+        let info = &self.plan.containers[c];
+        let e = &self.plan.levels[0].entries[info.outer_entry];
+        let want_md5 = self.plan.listed_top.contains(&e.name);
+        let mut src = self.plan.levels[info.level].src.rewound();
+        let mut crc = crc32fast::Hasher::new();
+        let mut md5 = want_md5.then(Md5::new);
+        loop {
+            let n = src.read(&mut self.buf).ctx(Stage::Unpack, || format!("read {}", e.name))?;
+            if n == 0 {
+                break;
+            }
+            crc.update(&self.buf[..n]);
+            if let Some(h) = md5.as_mut() {
+                h.update(&self.buf[..n]);
+            }
+            if cancelled() {
+                return Err(Error::Cancelled);
+            }
+        }
+        if crc.finalize() != e.crc32 {
+            return Err(Error::reject(
+                Code::ZipCorrupt,
+                Stage::Unpack,
+                Some(&e.name),
+                format!("{}: CRC32 does not match the data (corrupted entry)", e.name),
+            ));
+        }
+        Ok(FileRecord { level: 0, name: e.name.clone(), published: None, size: e.size, md5: md5.map(|h| h.finalize().into()) })
+    }
+
+    fn extract(&mut self, level: usize, entries: &[usize], progress: &dyn Progress, cancelled: &dyn Fn() -> bool) -> Result<Vec<FileRecord>> {
+        let lv = &self.plan.levels[level];
+        let zip = match self.open.entry(level) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(archive::open_inner(lv.src.rewound(), &lv.container)?),
+        };
+        let mut out = Vec::with_capacity(entries.len());
+        for &i in entries {
+            let e = &lv.entries[i];
+            let Role::Data(published) = &lv.roles[i] else { continue };
+            let label = archive::label(&lv.container, &e.name);
+            let reader = archive::open_entry(zip, e.index, &label)?;
+            let on_bytes = |n| {
+                progress.advance(n, 0);
+                if cancelled() { Err(Error::Cancelled) } else { Ok(()) }
+            };
+            let copied = match self.target.root {
+                Some(root) => {
+                    let mut f = create(root, published)?;
+                    let c = archive::copy_entry(reader, e.size, &label, &mut f, &mut self.buf, on_bytes)?;
+                    finish(f, published, self.target.fsync)?;
+                    c
+                }
+                None => archive::copy_entry(reader, e.size, &label, &mut io::sink(), &mut self.buf, on_bytes)?,
+            };
+            progress.advance(0, 1);
+            out.push(FileRecord {
+                level,
+                name: e.name.clone(),
+                published: Some(published.clone()),
+                size: copied.size,
+                md5: Some(copied.md5),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Create a published file under `root`. The path was checked (relative,
+/// no `..`, no conflicts) and staging holds nothing but what we made, so
+/// `create_new` is a last guard rather than the check itself.
+pub fn create(root: &Path, rel: &str) -> Result<File> {
+    let path = root.join(rel);
+    if let Some(parent) = path.parent() {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(parent)
+            .ctx(Stage::Unpack, || format!("create folder for {rel}"))?;
+    }
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(&path)
+        .ctx(Stage::Unpack, || format!("create {rel}"))
+}
+
+/// Mode 0644 whatever the umask, and on disk before the release is renamed.
+fn finish(f: File, rel: &str, fsync: bool) -> Result<()> {
+    f.set_permissions(Permissions::from_mode(FILE_MODE)).ctx(Stage::Unpack, || format!("chmod {rel}"))?;
+    if fsync {
+        f.sync_data().ctx(Stage::Publish, || format!("fsync {rel}"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! The "standard" check: the MD5s the producer gave against the ones we
+//! measured while unpacking. Nothing is read again here.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::error::{Code, Error, Result, Stage};
+use crate::md5sums::{self, Digest};
+use crate::names::{self, check_name};
+use crate::plan::Plan;
+use crate::unpack::FileRecord;
+
+/// What the sidecar said, if there was one: its file name and digest.
+pub struct Sidecar<'a> {
+    pub name: &'a str,
+    pub md5: Digest,
+}
+
+/// Parse a sidecar: `<md5>` or an md5sum line; the name in it is not
+/// checked, since the deposit may have been renamed on its way.
+pub fn parse_sidecar(text: &str, name: &str) -> Result<Digest> {
+    text.split_whitespace().next().and_then(md5sums::parse_hex).ok_or_else(|| {
+        Error::reject(Code::Md5Mismatch, Stage::Verify, Some(name), format!("{name}: does not start with an MD5 (32 hex digits)"))
+    })
+}
+
+fn under(dir: &str, path: &str) -> bool {
+    dir.is_empty() || path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'))
+}
+
+pub fn check(plan: &Plan, files: &[FileRecord], sidecar: Option<(&Sidecar<'_>, &Digest)>, archive_name: &str, max_path_len: u64) -> Result<()> {
+    if let Some((given, actual)) = sidecar
+        && given.md5 != *actual
+    {
+        return Err(Error::reject(
+            Code::Md5Mismatch,
+            Stage::Verify,
+            Some(archive_name),
+            format!(
+                "{archive_name}: MD5 is {}, {} says {}",
+                md5sums::hex(actual),
+                given.name,
+                md5sums::hex(&given.md5)
+            ),
+        ));
+    }
+    let by_name: HashMap<(usize, &str), &FileRecord> = files.iter().map(|f| ((f.level, f.name.as_str()), f)).collect();
+    let mut listed: HashSet<(usize, String)> = HashSet::new();
+    for m in &plan.manifests {
+        for line in &m.lines {
+            let path = names::join(&m.dir, &line.path);
+            let entry = plan.levels[m.level].container.clone();
+            let shown = crate::archive::label(&entry, &path);
+            let path = check_name(&path, max_path_len)
+                .map_err(|e| {
+                    Error::reject(
+                        if e.code == Code::LimitExceeded { Code::Md5Missing } else { e.code },
+                        Stage::Verify,
+                        Some(&m.label),
+                        format!("{} line {}: {:?}: {}", m.label, line.number, line.path, e.why),
+                    )
+                })?
+                .to_owned();
+            let Some(rec) = by_name.get(&(m.level, path.as_str())) else {
+                return Err(Error::reject(
+                    Code::Md5Missing,
+                    Stage::Verify,
+                    Some(&shown),
+                    format!("{} line {} names {shown}, which is not in the deposit", m.label, line.number),
+                ));
+            };
+            if rec.md5 != Some(line.md5) {
+                let actual = rec.md5.as_ref().map_or_else(|| "?".into(), md5sums::hex);
+                return Err(Error::reject(
+                    Code::Md5Mismatch,
+                    Stage::Verify,
+                    Some(&shown),
+                    format!("{shown}: MD5 is {actual}, {} line {} says {}", m.label, line.number, md5sums::hex(&line.md5)),
+                ));
+            }
+            listed.insert((m.level, path));
+        }
+    }
+    // A manifest covers its folder: every data file below it must be listed
+    // (by it or by another manifest of the same zip above the file).
+    for f in files {
+        let covering = plan.manifests.iter().find(|m| m.level == f.level && under(&m.dir, &f.name));
+        if let Some(m) = covering
+            && !listed.contains(&(f.level, f.name.clone()))
+        {
+            let shown = crate::archive::label(&plan.levels[f.level].container, &f.name);
+            return Err(Error::reject(
+                Code::Md5Unlisted,
+                Stage::Verify,
+                Some(&shown),
+                format!("{shown} is in the folder {} covers but not listed in it", m.label),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,300 @@
+//! `config.toml`: every key has a default, unknown keys and impossible
+//! values are errors that name the key. Per-producer tables
+//! (`[producers.MSEC]`, `[producers.MSEC.limits]`, …) are laid over the
+//! global `checks`/`limits`/`publish` tables before they are typed, so an
+//! override is checked exactly like the key it overrides.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use jobs::{Checks, Limits, Profile, Publish, Settings};
+use regex::Regex;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use toml::Table;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Redis {
+    pub url: String,
+    pub prefix: String,
+}
+
+impl Default for Redis {
+    fn default() -> Self {
+        Redis { url: "redis://127.0.0.1:6379".into(), prefix: "depot".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Watch {
+    pub settle_ms: u64,
+    pub sidecar_marks_done: bool,
+    /// 0: inotify. Otherwise poll every this many ms (NFS/CIFS).
+    pub poll_ms: u64,
+}
+
+impl Default for Watch {
+    fn default() -> Self {
+        Watch { settle_ms: 2000, sidecar_marks_done: true, poll_ms: 0 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Workers {
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub shutdown_timeout_s: u64,
+    /// Threads one deposit may use; 0 = one per core.
+    pub threads_per_deposit: usize,
+}
+
+impl Default for Workers {
+    fn default() -> Self {
+        Workers { concurrency: 2, max_attempts: 5, shutdown_timeout_s: 60, threads_per_deposit: 0 }
+    }
+}
+
+/// The whole file, typed.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub drop_root: PathBuf,
+    pub publish_root: PathBuf,
+    pub redis: Redis,
+    pub watch: Watch,
+    pub workers: Workers,
+    pub producers: Producers,
+    /// The untyped global tables, kept to merge per-producer overrides in.
+    base: BTreeMap<&'static str, Table>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Producers {
+    pub pattern: Regex,
+    pub allow: Option<Vec<String>>,
+    pub profile: Profile,
+    /// `[producers.<P>]` tables, checked at load.
+    overrides: BTreeMap<String, Table>,
+}
+
+const MERGED: [&str; 3] = ["checks", "limits", "publish"];
+
+fn typed<T: DeserializeOwned>(table: Table, key: &str) -> Result<T> {
+    T::deserialize(table).map_err(|e| anyhow!("{key}: {}", e.to_string().trim()))
+}
+
+fn take_table(root: &mut Table, key: &str) -> Result<Table> {
+    match root.remove(key) {
+        None => Ok(Table::new()),
+        Some(toml::Value::Table(t)) => Ok(t),
+        Some(_) => bail!("{key} must be a table ([{key}])"),
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        Self::parse(&text, path).with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        let mut root: Table = text.parse().map_err(|e: toml::de::Error| anyhow!("{}", e.to_string().trim()))?;
+        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let root_path = |root: &mut Table, key: &str| -> Result<PathBuf> {
+            match root.remove(key) {
+                Some(toml::Value::String(s)) if !s.is_empty() => Ok(base_dir.join(s)),
+                Some(_) => bail!("{key} must be a non-empty path string"),
+                None => bail!("{key} is required"),
+            }
+        };
+        let drop_root = root_path(&mut root, "drop_root")?;
+        let publish_root = root_path(&mut root, "publish_root")?;
+        let redis: Redis = typed(take_table(&mut root, "redis")?, "redis")?;
+        let watch: Watch = typed(take_table(&mut root, "watch")?, "watch")?;
+        let workers: Workers = typed(take_table(&mut root, "workers")?, "workers")?;
+        let producers = parse_producers(take_table(&mut root, "producers")?)?;
+        let mut base = BTreeMap::new();
+        for key in MERGED {
+            base.insert(key, take_table(&mut root, key)?);
+        }
+        if let Some(k) = root.keys().next() {
+            bail!("unknown key `{k}`");
+        }
+        if !redis.url.starts_with("redis://") && !redis.url.starts_with("rediss://") && !redis.url.starts_with("unix://") {
+            bail!("redis.url must start with redis://, rediss:// or unix://");
+        }
+        if redis.prefix.is_empty() || redis.prefix.contains(char::is_whitespace) {
+            bail!("redis.prefix must be a non-empty word");
+        }
+        if workers.concurrency == 0 {
+            bail!("workers.concurrency must be at least 1");
+        }
+        if workers.max_attempts == 0 {
+            bail!("workers.max_attempts must be at least 1");
+        }
+        let cfg = Config { path: path.to_path_buf(), drop_root, publish_root, redis, watch, workers, producers, base };
+        cfg.settings_for_inner(None)?;
+        for p in cfg.producers.overrides.keys() {
+            cfg.settings_for_inner(Some(p))?;
+        }
+        Ok(cfg)
+    }
+
+    /// The pipeline settings of producer `p`: global tables with its
+    /// overrides laid on top.
+    pub fn settings_for(&self, p: &str) -> Settings {
+        // Every combination was typed at load, so this cannot fail; fall
+        // back to the global settings rather than panic if it ever did.
+        self.settings_for_inner(Some(p)).or_else(|_| self.settings_for_inner(None)).unwrap_or_default()
+    }
+
+    fn settings_for_inner(&self, p: Option<&str>) -> Result<Settings> {
+        let over = p.and_then(|p| self.producers.overrides.get(p));
+        let mut merged = self.base.clone();
+        let mut profile = self.producers.profile;
+        let prefix = p.map(|p| format!("producers.{p}.")).unwrap_or_default();
+        if let Some(over) = over {
+            for (k, v) in over {
+                match (k.as_str(), v) {
+                    ("profile", v) => {
+                        profile = typed(Table::from_iter([("v".to_string(), v.clone())]), &format!("{prefix}profile"))
+                            .map(|w: Wrap<Profile>| w.v)?;
+                    }
+                    (k, toml::Value::Table(t)) if MERGED.contains(&k) => {
+                        if let Some(m) = merged.get_mut(k) {
+                            for (kk, vv) in t {
+                                m.insert(kk.clone(), vv.clone());
+                            }
+                        }
+                    }
+                    (k, _) => bail!("unknown key `{prefix}{k}` (a producer table may set profile, [checks], [limits], [publish])"),
+                }
+            }
+        }
+        let get = |k: &str| merged.get(k).cloned().unwrap_or_default();
+        let checks: Checks = typed(get("checks"), &format!("{prefix}checks"))?;
+        let limits: Limits = typed(get("limits"), &format!("{prefix}limits"))?;
+        let publish: Publish = typed(get("publish"), &format!("{prefix}publish"))?;
+        let s = Settings { profile, checks, limits, publish, threads: self.workers.threads_per_deposit };
+        s.validate().map_err(|e| anyhow!("{prefix}{e}"))?;
+        Ok(s)
+    }
+
+    /// Is `name` a producer folder this config serves?
+    pub fn is_producer(&self, name: &str) -> bool {
+        self.producers.pattern.is_match(name) && self.producers.allow.as_ref().is_none_or(|a| a.iter().any(|x| x == name))
+    }
+}
+
+#[derive(Deserialize)]
+struct Wrap<T> {
+    v: T,
+}
+
+fn parse_producers(mut t: Table) -> Result<Producers> {
+    let pattern_src = match t.remove("pattern") {
+        None => "^[A-Z]{4}$".to_string(),
+        Some(toml::Value::String(s)) => s,
+        Some(_) => bail!("producers.pattern must be a string"),
+    };
+    let pattern = Regex::new(&pattern_src).map_err(|e| anyhow!("producers.pattern: {e}"))?;
+    let allow = match t.remove("allow") {
+        None => None,
+        Some(v) => Some(
+            Vec::<String>::deserialize(v).map_err(|e| anyhow!("producers.allow must be a list of names: {e}"))?,
+        ),
+    };
+    let profile = match t.remove("profile") {
+        None => Profile::default(),
+        Some(v) => typed::<Wrap<Profile>>(Table::from_iter([("v".to_string(), v)]), "producers.profile")?.v,
+    };
+    if let Some(a) = &allow
+        && let Some(bad) = a.iter().find(|p| !pattern.is_match(p))
+    {
+        bail!("producers.allow: {bad:?} does not match producers.pattern");
+    }
+    let mut overrides = BTreeMap::new();
+    for (k, v) in t {
+        match v {
+            toml::Value::Table(tab) if pattern.is_match(&k) => {
+                overrides.insert(k, tab);
+            }
+            toml::Value::Table(_) => bail!("producers.{k}: not a producer name (producers.pattern is {pattern_src})"),
+            _ => bail!("unknown key `producers.{k}`"),
+        }
+    }
+    Ok(Producers { pattern, allow, profile, overrides })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config> {
+        Config::parse(s, Path::new("/etc/depot/config.toml"))
+    }
+
+    const MIN: &str = "drop_root = \"/d\"\npublish_root = \"/p\"\n[redis]\nurl = \"redis://127.0.0.1:6379\"\n";
+
+    #[test]
+    fn minimal_file_works() {
+        let c = parse(MIN).unwrap();
+        assert_eq!(c.drop_root, Path::new("/d"));
+        assert_eq!(c.settings_for("MSEC"), Settings::default());
+        assert!(c.is_producer("MSEC"));
+        assert!(!c.is_producer("msec"));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        for (extra, key) in [
+            ("bogus = 1\n", "bogus"),
+            ("[limits]\nmax_entriez = 3\n", "max_entriez"),
+            ("[producers.MSEC]\nfoo = 1\n", "producers.MSEC.foo"),
+            ("[producers.MSEC.limits]\nnope = 1\n", "nope"),
+            ("[watch]\nsettle = 1\n", "settle"),
+        ] {
+            let err = format!("{:#}", parse(&format!("{MIN}{extra}")).unwrap_err());
+            assert!(err.contains(key), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn impossible_values_are_named() {
+        for (extra, key) in [
+            ("[limits]\nmax_entries = 0\n", "limits.max_entries"),
+            ("[publish]\nkeep_releases = 0\n", "publish.keep_releases"),
+            ("[publish]\nmode = \"mix\"\n", "publish"),
+            ("[workers]\nconcurrency = 0\n", "workers.concurrency"),
+            ("[producers]\npattern = \"(\"\n", "producers.pattern"),
+            ("[producers.MSEC.limits]\nmax_entries = 0\n", "producers.MSEC.limits.max_entries"),
+        ] {
+            let err = format!("{:#}", parse(&format!("{MIN}{extra}")).unwrap_err());
+            assert!(err.contains(key), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn producer_tables_override() {
+        let c = parse(&format!(
+            "{MIN}[limits]\nmax_entries = 10\n[producers.IGNF]\nprofile = \"plain\"\n[producers.IGNF.publish]\nmode = \"merge\"\n[producers.IGNF.checks]\nflat_names = true\n"
+        ))
+        .unwrap();
+        let s = c.settings_for("IGNF");
+        assert_eq!(s.profile, Profile::Plain);
+        assert_eq!(s.publish.mode, jobs::PublishMode::Merge);
+        assert!(s.checks.flat_names);
+        assert_eq!(s.limits.max_entries, 10);
+        assert_eq!(c.settings_for("MSEC").profile, Profile::Theia);
+    }
+
+    #[test]
+    fn repository_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+        Config::load(&path).unwrap();
+    }
+}

@@ -1,0 +1,180 @@
+//! `depot`: the ingest daemon of a scientific data archive. This binary is
+//! the thin edge around the `jobs` pipeline: argument parsing, config,
+//! output and exit codes.
+
+mod config;
+mod progress;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use jobs::pipeline::{self, IngestOptions, Job};
+use jobs::report::{Report, ReportBase};
+use jobs::unpack::{Progress, Quiet};
+use jobs::{Error, Settings};
+
+use crate::config::Config;
+
+/// Exit codes of `check` and `ingest`.
+const ACCEPTED: u8 = 0;
+const REJECTED: u8 = 1;
+const TROUBLE: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "depot", version, about = "Ingest daemon of a scientific data archive")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every check on an archive; write nothing, need no Redis.
+    /// Exit 0 if it would be accepted, 1 if rejected, 2 on error.
+    Check {
+        archive: PathBuf,
+        /// Producer id (default: the archive name before its first `_`).
+        #[arg(long)]
+        producer: Option<String>,
+        /// Config whose checks and limits apply (default: built-in defaults).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// No progress output.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Ingest one deposit now, without the queue: check, publish, and move
+    /// the archive to <drop_root>/<P>/previous or rejected.
+    Ingest {
+        archive: PathBuf,
+        #[arg(long)]
+        producer: String,
+        #[arg(long, default_value = "config.toml", env = "DEPOT_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, short)]
+        quiet: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Check { archive, producer, config, json, quiet } => {
+            cmd_check(&archive, producer.as_deref(), config.as_deref(), json, quiet)
+        }
+        Command::Ingest { archive, producer, config, json, quiet } => {
+            cmd_ingest(&archive, &producer, &config, json, quiet)
+        }
+    };
+    match r {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("depot: {e:#}");
+            ExitCode::from(TROUBLE)
+        }
+    }
+}
+
+fn progress(quiet: bool) -> Option<progress::Terminal> {
+    (!quiet && std::io::stdout().is_terminal()).then(progress::Terminal::new)
+}
+
+fn file_name(p: &Path) -> Result<String> {
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).context("the archive path has no file name")
+}
+
+/// `<archive>.md5` beside the archive, if it is there.
+fn sidecar_of(archive: &Path) -> Option<PathBuf> {
+    let mut s = archive.as_os_str().to_owned();
+    s.push(".md5");
+    let p = PathBuf::from(s);
+    p.is_file().then_some(p)
+}
+
+fn print_report(report: &Report, json: bool) {
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        let advice = report.code.and_then(|c| jobs::Code::ALL.iter().find(|x| x.as_str() == c)).map(|c| c.advice());
+        print!("{}", report.to_text(advice));
+    }
+}
+
+fn exit_for(e: &Error) -> u8 {
+    if e.is_transient() { TROUBLE } else { REJECTED }
+}
+
+fn cmd_check(archive: &Path, producer: Option<&str>, config: Option<&Path>, json: bool, quiet: bool) -> Result<u8> {
+    let name = file_name(archive)?;
+    let producer = match producer {
+        Some(p) => p.to_owned(),
+        None => name.split('_').next().filter(|p| !p.is_empty() && *p != name).map(str::to_owned).with_context(|| {
+            format!("cannot tell the producer from {name:?}: pass --producer")
+        })?,
+    };
+    let settings = match config {
+        Some(c) => Config::load(c)?.settings_for(&producer),
+        None => Settings::default(),
+    };
+    let sidecar = sidecar_of(archive);
+    let job = Job { id: "check", producer: &producer, archive, name: &name, sidecar: sidecar.as_deref(), settings: &settings };
+    let base = ReportBase { deposit: "check".into(), producer: producer.clone(), archive: name.clone(), started: jobs::deposit::now_rfc3339() };
+    let term = progress(quiet);
+    let r = pipeline::check(&job, term.as_ref().map_or(&Quiet as &dyn Progress, |t| t as &dyn Progress));
+    if let Some(t) = &term {
+        t.done();
+    }
+    match r {
+        Ok(summary) => {
+            print_report(&Report::success(base, summary.file_count, summary.total_bytes, None), json);
+            Ok(ACCEPTED)
+        }
+        Err(e) => {
+            print_report(&Report::failure(base, &e), json);
+            Ok(exit_for(&e))
+        }
+    }
+}
+
+fn cmd_ingest(archive: &Path, producer: &str, config: &Path, json: bool, quiet: bool) -> Result<u8> {
+    let cfg = Config::load(config)?;
+    if !cfg.is_producer(producer) {
+        bail!("{producer:?} is not a producer of this config (producers.pattern / producers.allow)");
+    }
+    let name = file_name(archive)?;
+    if !archive.is_file() {
+        bail!("{} is not a file", archive.display());
+    }
+    let settings = cfg.settings_for(producer);
+    let sidecar = sidecar_of(archive);
+    let id = jobs::deposit::new_id(producer);
+    let job = Job { id: &id, producer, archive, name: &name, sidecar: sidecar.as_deref(), settings: &settings };
+    let started = jobs::deposit::now_rfc3339();
+    let term = progress(quiet);
+    let prog = term.as_ref().map_or(&Quiet as &dyn Progress, |t| t as &dyn Progress);
+    jobs::publish::clean_stale(&cfg.publish_root).context("cannot clean stale staging")?;
+    let outcome = pipeline::preflight(&job, &cfg.publish_root)
+        .and_then(|()| pipeline::ingest(&job, &cfg.publish_root, IngestOptions::default(), prog));
+    if let Some(t) = &term {
+        t.done();
+    }
+    if let Err(e) = &outcome
+        && e.is_transient()
+    {
+        // Not the producer's fault: leave the deposit where it is.
+        let base = ReportBase { deposit: id.clone(), producer: producer.to_owned(), archive: name.clone(), started };
+        print_report(&Report::failure(base, e), json);
+        return Ok(TROUBLE);
+    }
+    let (report, _) = pipeline::finish(&job, &cfg.drop_root.join(producer), &started, &outcome)?;
+    print_report(&report, json);
+    Ok(if report.accepted { ACCEPTED } else { REJECTED })
+}

@@ -260,7 +260,13 @@ fn read_fault(e: io::Error, entry: &str) -> Error {
     if e.raw_os_error().is_some() {
         return Error::io(Stage::Unpack, format!("read {entry}"), e);
     }
-    let what = if e.to_string().contains("checksum") {
+    let text = e.to_string();
+    if text.contains("larger than its declared") {
+        // The zip crate caps reads at the declared size too; same verdict
+        // as our own cap in `copy_entry`.
+        return Error::reject(Code::LimitExceeded, Stage::Unpack, Some(entry), format!("{entry}: inflates past its declared size"));
+    }
+    let what = if text.contains("checksum") {
         "CRC32 does not match the data (corrupted entry)".to_owned()
     } else {
         format!("cannot inflate: {e}")

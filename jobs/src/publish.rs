@@ -283,17 +283,22 @@ fn switch_current(publish_root: &Path, producer: &str, id: &str, fsync: bool) ->
     Ok(())
 }
 
-/// Keep the newest `keep` releases (ids sort by time), and never the one
-/// `current` points at.
+/// Keep the newest `keep` releases and never the one `current` points at.
+/// Newest by folder mtime (set when its manifest was written; one
+/// producer's publishes are serialised), then by id: two deposits of one
+/// second have ids that do not sort by drop order.
 fn prune(releases: &Path, current_id: &str, keep: u32) -> io::Result<()> {
-    let mut ids: Vec<String> = fs::read_dir(releases)?
+    let mut rels: Vec<(std::time::SystemTime, String)> = fs::read_dir(releases)?
         .filter_map(|e| e.ok())
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            let t = e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
+            (t, e.file_name().to_string_lossy().into_owned())
+        })
         .collect();
-    ids.sort();
-    let excess = ids.len().saturating_sub(keep as usize);
-    for id in ids.into_iter().take(excess) {
+    rels.sort();
+    let excess = rels.len().saturating_sub(keep as usize);
+    for (_, id) in rels.into_iter().take(excess) {
         if id != current_id {
             fs::remove_dir_all(releases.join(&id))?;
         }

@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use jobs::{Checks, Limits, Profile, Publish, Settings};
 use regex::Regex;
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use toml::Table;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Redis {
     pub url: String,
@@ -27,7 +27,7 @@ impl Default for Redis {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Watch {
     pub settle_ms: u64,
@@ -42,7 +42,7 @@ impl Default for Watch {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Workers {
     pub concurrency: usize,
@@ -124,7 +124,10 @@ impl Config {
         if let Some(k) = root.keys().next() {
             bail!("unknown key `{k}`");
         }
-        if !redis.url.starts_with("redis://") && !redis.url.starts_with("rediss://") && !redis.url.starts_with("unix://") {
+        if !redis.url.starts_with("redis://")
+            && !redis.url.starts_with("rediss://")
+            && !redis.url.starts_with("unix://")
+        {
             bail!("redis.url must start with redis://, rediss:// or unix://");
         }
         if redis.prefix.is_empty() || redis.prefix.contains(char::is_whitespace) {
@@ -171,7 +174,9 @@ impl Config {
                             }
                         }
                     }
-                    (k, _) => bail!("unknown key `{prefix}{k}` (a producer table may set profile, [checks], [limits], [publish])"),
+                    (k, _) => bail!(
+                        "unknown key `{prefix}{k}` (a producer table may set profile, [checks], [limits], [publish])"
+                    ),
                 }
             }
         }
@@ -184,9 +189,56 @@ impl Config {
         Ok(s)
     }
 
+    /// The effective configuration, every default spelled out, as TOML.
+    pub fn effective(&self) -> String {
+        #[derive(Serialize)]
+        struct View<'a> {
+            drop_root: &'a Path,
+            publish_root: &'a Path,
+            redis: &'a Redis,
+            watch: &'a Watch,
+            workers: &'a Workers,
+            producers: ProducersView<'a>,
+            checks: Checks,
+            limits: Limits,
+            publish: Publish,
+        }
+        #[derive(Serialize)]
+        struct ProducersView<'a> {
+            pattern: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            allow: Option<&'a Vec<String>>,
+            profile: Profile,
+            #[serde(flatten)]
+            overrides: BTreeMap<&'a str, Settings>,
+        }
+        let global = self.settings_for_inner(None).unwrap_or_default();
+        let overrides = self.producers.overrides.keys().map(|p| (p.as_str(), self.settings_for(p))).collect();
+        let view = View {
+            drop_root: &self.drop_root,
+            publish_root: &self.publish_root,
+            redis: &self.redis,
+            watch: &self.watch,
+            workers: &self.workers,
+            producers: ProducersView {
+                pattern: self.producers.pattern.as_str(),
+                allow: self.producers.allow.as_ref(),
+                profile: self.producers.profile,
+                overrides,
+            },
+            checks: global.checks,
+            limits: global.limits,
+            publish: global.publish,
+        };
+        let mut out = format!("# effective configuration of {}\n", self.path.display());
+        out.push_str(&toml::to_string(&view).unwrap_or_else(|e| format!("# cannot render: {e}\n")));
+        out
+    }
+
     /// Is `name` a producer folder this config serves?
     pub fn is_producer(&self, name: &str) -> bool {
-        self.producers.pattern.is_match(name) && self.producers.allow.as_ref().is_none_or(|a| a.iter().any(|x| x == name))
+        self.producers.pattern.is_match(name)
+            && self.producers.allow.as_ref().is_none_or(|a| a.iter().any(|x| x == name))
     }
 }
 
@@ -204,9 +256,9 @@ fn parse_producers(mut t: Table) -> Result<Producers> {
     let pattern = Regex::new(&pattern_src).map_err(|e| anyhow!("producers.pattern: {e}"))?;
     let allow = match t.remove("allow") {
         None => None,
-        Some(v) => Some(
-            Vec::<String>::deserialize(v).map_err(|e| anyhow!("producers.allow must be a list of names: {e}"))?,
-        ),
+        Some(v) => {
+            Some(Vec::<String>::deserialize(v).map_err(|e| anyhow!("producers.allow must be a list of names: {e}"))?)
+        }
     };
     let profile = match t.remove("profile") {
         None => Profile::default(),

@@ -62,6 +62,20 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Load and validate the config; print the effective configuration.
+    Check {
+        #[arg(long, default_value = "config.toml", env = "DEPOT_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -73,6 +87,10 @@ fn main() -> ExitCode {
         Command::Ingest { archive, producer, config, json, quiet } => {
             cmd_ingest(&archive, &producer, &config, json, quiet)
         }
+        Command::Config { command: ConfigCommand::Check { config } } => Config::load(&config).map(|c| {
+            print!("{}", c.effective());
+            0
+        }),
     };
     match r {
         Ok(code) => ExitCode::from(code),
@@ -116,17 +134,32 @@ fn cmd_check(archive: &Path, producer: Option<&str>, config: Option<&Path>, json
     let name = file_name(archive)?;
     let producer = match producer {
         Some(p) => p.to_owned(),
-        None => name.split('_').next().filter(|p| !p.is_empty() && *p != name).map(str::to_owned).with_context(|| {
-            format!("cannot tell the producer from {name:?}: pass --producer")
-        })?,
+        None => name
+            .split('_')
+            .next()
+            .filter(|p| !p.is_empty() && *p != name)
+            .map(str::to_owned)
+            .with_context(|| format!("cannot tell the producer from {name:?}: pass --producer"))?,
     };
     let settings = match config {
         Some(c) => Config::load(c)?.settings_for(&producer),
         None => Settings::default(),
     };
     let sidecar = sidecar_of(archive);
-    let job = Job { id: "check", producer: &producer, archive, name: &name, sidecar: sidecar.as_deref(), settings: &settings };
-    let base = ReportBase { deposit: "check".into(), producer: producer.clone(), archive: name.clone(), started: jobs::deposit::now_rfc3339() };
+    let job = Job {
+        id: "check",
+        producer: &producer,
+        archive,
+        name: &name,
+        sidecar: sidecar.as_deref(),
+        settings: &settings,
+    };
+    let base = ReportBase {
+        deposit: "check".into(),
+        producer: producer.clone(),
+        archive: name.clone(),
+        started: jobs::deposit::now_rfc3339(),
+    };
     let term = progress(quiet);
     let r = pipeline::check(&job, term.as_ref().map_or(&Quiet as &dyn Progress, |t| t as &dyn Progress));
     if let Some(t) = &term {

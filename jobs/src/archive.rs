@@ -111,10 +111,7 @@ pub fn label(container: &str, name: &str) -> String {
 /// Open the deposit, telling "this is not a zip at all" from "a damaged zip".
 pub fn open_outer(path: &Path, limits: &Limits) -> Result<(Section, ZipArchive<Section>)> {
     let file = File::open(path).map_err(|e| Error::io(Stage::Unpack, format!("open {}", path.display()), e))?;
-    let len = file
-        .metadata()
-        .map_err(|e| Error::io(Stage::Unpack, format!("stat {}", path.display()), e))?
-        .len();
+    let len = file.metadata().map_err(|e| Error::io(Stage::Unpack, format!("stat {}", path.display()), e))?.len();
     if len == 0 {
         return Err(Error::reject(Code::NotAZip, Stage::Unpack, None, "the file is empty"));
     }
@@ -190,7 +187,14 @@ pub fn list(zip: &mut ZipArchive<Section>, src: &Section, container: &str, limit
         let decoded = names::decode_name(f.name_raw(), utf8)
             .map_err(|e| Error::reject(e.code, Stage::Unpack, Some(&raw_label), format!("{raw_label:?}: {}", e.why)))?;
         let name = names::check_name(&decoded, limits.max_path_len)
-            .map_err(|e| Error::reject(e.code, Stage::Unpack, Some(&label(container, &decoded)), format!("{:?}: {}", label(container, &decoded), e.why)))?
+            .map_err(|e| {
+                Error::reject(
+                    e.code,
+                    Stage::Unpack,
+                    Some(&label(container, &decoded)),
+                    format!("{:?}: {}", label(container, &decoded), e.why),
+                )
+            })?
             .to_owned();
         let entry = label(container, &name);
         let reject = |code, msg: &str| Error::reject(code, Stage::Unpack, Some(&entry), format!("{entry}: {msg}"));
@@ -205,7 +209,12 @@ pub fn list(zip: &mut ZipArchive<Section>, src: &Section, container: &str, limit
         let stored = match method {
             CompressionMethod::Stored => true,
             CompressionMethod::Deflated | CompressionMethod::Deflate64 => false,
-            other => return Err(reject(Code::UnsupportedMethod, &format!("compression method {other} is not accepted (stored, deflate and deflate64 are)"))),
+            other => {
+                return Err(reject(
+                    Code::UnsupportedMethod,
+                    &format!("compression method {other} is not accepted (stored, deflate and deflate64 are)"),
+                ));
+            }
         };
         if is_dir && f.size() > 0 {
             return Err(reject(Code::ZipCorrupt, "folder entry with content"));
@@ -227,7 +236,10 @@ pub fn list(zip: &mut ZipArchive<Section>, src: &Section, container: &str, limit
             Code::ZipCorrupt,
             Stage::Unpack,
             (!container.is_empty()).then_some(container),
-            format!("{}: several entries share the same bytes (overlapping entries, a zip-bomb technique)", if container.is_empty() { "archive" } else { container }),
+            format!(
+                "{}: several entries share the same bytes (overlapping entries, a zip-bomb technique)",
+                if container.is_empty() { "archive" } else { container }
+            ),
         ));
     }
     Ok(out)
@@ -264,7 +276,12 @@ fn read_fault(e: io::Error, entry: &str) -> Error {
     if text.contains("larger than its declared") {
         // The zip crate caps reads at the declared size too; same verdict
         // as our own cap in `copy_entry`.
-        return Error::reject(Code::LimitExceeded, Stage::Unpack, Some(entry), format!("{entry}: inflates past its declared size"));
+        return Error::reject(
+            Code::LimitExceeded,
+            Stage::Unpack,
+            Some(entry),
+            format!("{entry}: inflates past its declared size"),
+        );
     }
     let what = if text.contains("checksum") {
         "CRC32 does not match the data (corrupted entry)".to_owned()
@@ -327,7 +344,11 @@ pub fn copy_entry(
 }
 
 /// Open entry `index` for reading its inflated content.
-pub fn open_entry<'a, R: Read + Seek>(zip: &'a mut ZipArchive<R>, index: usize, entry: &str) -> Result<zip::read::ZipFile<'a, R>> {
+pub fn open_entry<'a, R: Read + Seek>(
+    zip: &'a mut ZipArchive<R>,
+    index: usize,
+    entry: &str,
+) -> Result<zip::read::ZipFile<'a, R>> {
     zip.by_index(index).map_err(|e| match e {
         ZipError::Io(e) => read_fault(e, entry),
         e => Error::reject(Code::ZipCorrupt, Stage::Unpack, Some(entry), format!("{entry}: {e}")),

@@ -44,7 +44,11 @@ pub fn check(names: &[Name<'_>], checks: &Checks) -> Result<()> {
             ));
         }
         if let Some(prev) = files.insert(key.clone(), n.label) {
-            let why = if ci { "publish to the same name (equal after Unicode normalisation and case folding)" } else { "publish to the same name (equal after Unicode normalisation)" };
+            let why = if ci {
+                "publish to the same name (equal after Unicode normalisation and case folding)"
+            } else {
+                "publish to the same name (equal after Unicode normalisation)"
+            };
             return Err(conflict(prev, n.label, why));
         }
         // Every folder above a file is a folder, implicitly.
@@ -73,10 +77,7 @@ mod tests {
     use super::*;
 
     fn names(paths: &[&'static str]) -> Vec<Name<'static>> {
-        paths
-            .iter()
-            .map(|p| Name { path: p.trim_end_matches('/'), is_dir: p.ends_with('/'), label: p })
-            .collect()
+        paths.iter().map(|p| Name { path: p.trim_end_matches('/'), is_dir: p.ends_with('/'), label: p }).collect()
     }
 
     fn code(paths: &[&'static str], checks: &Checks) -> Option<Code> {

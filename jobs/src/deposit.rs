@@ -14,9 +14,7 @@ pub fn now_rfc3339() -> String {
 /// random part keeps two deposits of one second apart.
 pub fn new_id(producer: &str) -> String {
     let now = OffsetDateTime::now_utc();
-    let stamp = now
-        .format(format_description!("[year][month][day]T[hour][minute][second]Z"))
-        .unwrap_or_default();
+    let stamp = now.format(format_description!("[year][month][day]T[hour][minute][second]Z")).unwrap_or_default();
     let mut r = [0u8; 4];
     if getrandom::fill(&mut r).is_err() {
         r = now.nanosecond().to_le_bytes();

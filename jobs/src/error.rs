@@ -120,8 +120,12 @@ impl Code {
             Code::DatasetMismatch => {
                 "A dataset zip and the pivot metadata disagree (dataset not in the pivot, of another producer, missing, or a data file the pivot names is missing). Make them agree."
             }
-            Code::IoError => "The archive host had an internal problem. Nothing is needed from you; the archive team is told.",
-            Code::NoSpace => "The archive host is out of disk space. Nothing is needed from you; the archive team is told.",
+            Code::IoError => {
+                "The archive host had an internal problem. Nothing is needed from you; the archive team is told."
+            }
+            Code::NoSpace => {
+                "The archive host is out of disk space. Nothing is needed from you; the archive team is told."
+            }
         }
     }
 }
@@ -197,20 +201,11 @@ pub enum Error {
 
 impl Error {
     pub fn reject(code: Code, stage: Stage, entry: Option<&str>, message: impl Into<String>) -> Self {
-        Error::Rejected(Rejection {
-            code,
-            stage,
-            message: message.into(),
-            entry: entry.map(str::to_owned),
-        })
+        Error::Rejected(Rejection { code, stage, message: message.into(), entry: entry.map(str::to_owned) })
     }
 
     pub fn io(stage: Stage, context: impl Into<String>, source: io::Error) -> Self {
-        Error::Io {
-            stage,
-            context: context.into(),
-            source,
-        }
+        Error::Io { stage, context: context.into(), source }
     }
 
     pub fn code(&self) -> Code {

@@ -5,18 +5,18 @@
 pub mod archive;
 pub mod conflicts;
 pub mod deposit;
-pub mod publish;
-pub mod report;
-pub mod rotate;
-pub mod plan;
-pub mod theia;
-pub mod unpack;
-pub mod verify;
 pub mod error;
 pub mod md5sums;
 pub mod names;
 pub mod pipeline;
+pub mod plan;
+pub mod publish;
+pub mod report;
+pub mod rotate;
 pub mod settings;
+pub mod theia;
+pub mod unpack;
+pub mod verify;
 
 pub use error::{Code, Error, Rejection, Result, Stage};
 pub use settings::{Checks, Limits, Profile, Publish, PublishMode, Settings};

@@ -116,10 +116,7 @@ mod tests {
 
     #[test]
     fn accepts_md5sum_variants() {
-        let text = format!(
-            "{A}  a.txt\n{}\t*b/c.bin\r\n\n# comment\n{A} ./d.txt\n\\{A}  e\\\\f\n",
-            A.to_uppercase()
-        );
+        let text = format!("{A}  a.txt\n{}\t*b/c.bin\r\n\n# comment\n{A} ./d.txt\n\\{A}  e\\\\f\n", A.to_uppercase());
         let lines = parse(&text).unwrap();
         let paths: Vec<_> = lines.iter().map(|l| l.path.as_str()).collect();
         assert_eq!(paths, ["a.txt", "b/c.bin", "d.txt", "e\\f"]);

@@ -85,11 +85,7 @@ pub fn dirname(path: &str) -> &str {
 
 /// Join a folder and a relative path.
 pub fn join(dir: &str, rel: &str) -> String {
-    if dir.is_empty() {
-        rel.to_owned()
-    } else {
-        format!("{dir}/{rel}")
-    }
+    if dir.is_empty() { rel.to_owned() } else { format!("{dir}/{rel}") }
 }
 
 /// Decode an entry name: UTF-8 when flagged or valid, else CP437 (what DOS

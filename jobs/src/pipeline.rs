@@ -44,20 +44,24 @@ const MAX_SIDECAR: u64 = 4096;
 fn read_sidecar(path: &Path) -> Result<Digest> {
     let name = path.file_name().map_or_else(|| "sidecar".into(), |n| n.to_string_lossy().into_owned());
     let mut text = String::new();
-    fs::File::open(path)
-        .and_then(|f| f.take(MAX_SIDECAR).read_to_string(&mut text))
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::InvalidData {
-                Error::reject(Code::Md5Mismatch, Stage::Verify, Some(&name), format!("{name}: not text"))
-            } else {
-                Error::io(Stage::Verify, format!("read {}", path.display()), e)
-            }
-        })?;
+    fs::File::open(path).and_then(|f| f.take(MAX_SIDECAR).read_to_string(&mut text)).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::InvalidData {
+            Error::reject(Code::Md5Mismatch, Stage::Verify, Some(&name), format!("{name}: not text"))
+        } else {
+            Error::io(Stage::Verify, format!("read {}", path.display()), e)
+        }
+    })?;
     verify::parse_sidecar(&text, &name)
 }
 
 /// Unpack (to `root`, or nowhere), verify and check; nothing published.
-fn examine(job: &Job<'_>, root: Option<&Path>, scratch: &Path, kept: &[String], progress: &dyn Progress) -> Result<Summary> {
+fn examine(
+    job: &Job<'_>,
+    root: Option<&Path>,
+    scratch: &Path,
+    kept: &[String],
+    progress: &dyn Progress,
+) -> Result<Summary> {
     let s = job.settings;
     progress.stage(Stage::Unpack);
     // The sidecar is parsed first so a malformed one costs no unpacking.
@@ -76,11 +80,18 @@ fn examine(job: &Job<'_>, root: Option<&Path>, scratch: &Path, kept: &[String], 
     for c in &plan.containers {
         if let Some(copied) = c.copied {
             let e = &plan.levels[0].entries[c.outer_entry];
-            got.files.push(FileRecord { level: 0, name: e.name.clone(), published: None, size: copied.size, md5: Some(copied.md5) });
+            got.files.push(FileRecord {
+                level: 0,
+                name: e.name.clone(),
+                published: None,
+                size: copied.size,
+                md5: Some(copied.md5),
+            });
         }
     }
     progress.stage(Stage::Verify);
-    let side_name = job.sidecar.and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let side_name =
+        job.sidecar.and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let sidecar = sidecar_md5.map(|md5| Sidecar { name: &side_name, md5 });
     let pair = match (&sidecar, &got.archive_md5) {
         (Some(s), Some(a)) => Some((s, a)),
@@ -158,6 +169,7 @@ pub fn ingest(job: &Job<'_>, publish_root: &Path, opts: IngestOptions, progress:
 
 /// Check free space before unpacking into staging.
 pub fn preflight(job: &Job<'_>, publish_root: &Path) -> Result<()> {
+    fs::create_dir_all(publish_root).ctx(Stage::Unpack, || format!("create {}", publish_root.display()))?;
     let size = fs::metadata(job.archive).ctx(Stage::Unpack, || format!("stat {}", job.archive.display()))?.len();
     // Unknown until the directory is read; the archive's size is a floor.
     publish::check_free_space(publish_root, size, job.settings.limits.min_free_bytes)

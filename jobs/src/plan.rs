@@ -206,7 +206,12 @@ fn read_manifests(plan: &mut Plan, level: usize, zip: &mut ZipArchive<Section>) 
         let entry = label(&lv.container, &lv.entries[i].name);
         let (bytes, _) = read_small(zip, lv, i)?;
         let text = String::from_utf8(bytes).map_err(|_| {
-            Error::reject(Code::Md5Mismatch, Stage::Verify, Some(&entry), format!("{entry}: checksum manifest is not UTF-8 text"))
+            Error::reject(
+                Code::Md5Mismatch,
+                Stage::Verify,
+                Some(&entry),
+                format!("{entry}: checksum manifest is not UTF-8 text"),
+            )
         })?;
         let lines = md5sums::parse(&text).map_err(|e| {
             Error::reject(
@@ -317,7 +322,10 @@ fn check_totals(plan: &mut Plan, input: &Input<'_>) -> Result<()> {
             Code::LimitExceeded,
             Stage::Unpack,
             None,
-            format!("{entries} entries in the deposit and its dataset zips; limits.max_entries is {}", limits.max_entries),
+            format!(
+                "{entries} entries in the deposit and its dataset zips; limits.max_entries is {}",
+                limits.max_entries
+            ),
         ));
     }
     if plan.total_bytes > limits.max_unpacked_bytes {
@@ -355,8 +363,7 @@ fn check_names(plan: &Plan, input: &Input<'_>) -> Result<()> {
             labels.push((path, matches!(r, Role::Dir), label(&lv.container, &e.name)));
         }
     }
-    let mut names: Vec<Name<'_>> =
-        labels.iter().map(|(p, d, l)| Name { path: p, is_dir: *d, label: l }).collect();
+    let mut names: Vec<Name<'_>> = labels.iter().map(|(p, d, l)| Name { path: p, is_dir: *d, label: l }).collect();
     // A merge keeps the current files the deposit does not replace; they
     // must not clash with the delivered ones either (file vs folder).
     let delivered: HashSet<String> =

@@ -77,7 +77,10 @@ impl Staging {
         DirBuilder::new().mode(DIR_MODE).create(&dir).ctx(Stage::Unpack, || format!("create {}", dir.display()))?;
         let scratch = root.join(format!("{deposit_id}.scratch"));
         remove_any(&scratch).ctx(Stage::Unpack, || format!("remove stale {}", scratch.display()))?;
-        DirBuilder::new().mode(0o700).create(&scratch).ctx(Stage::Unpack, || format!("create {}", scratch.display()))?;
+        DirBuilder::new()
+            .mode(0o700)
+            .create(&scratch)
+            .ctx(Stage::Unpack, || format!("create {}", scratch.display()))?;
         Ok(Staging { dir, scratch, lock_path, _lock: lock })
     }
 
@@ -135,12 +138,12 @@ pub fn clean_stale(publish_root: &Path) -> io::Result<Vec<PathBuf>> {
     for ent in fs::read_dir(&root)? {
         let ent = ent?;
         let p = ent.path();
-        if p.extension().is_some_and(|x| x == "lock") && !p.with_extension("").exists() {
-            if let Ok(f) = File::open(&p)
-                && flock(&f, FlockOperation::NonBlockingLockExclusive).is_ok()
-            {
-                fs::remove_file(&p).or_else(ignore_missing)?;
-            }
+        if p.extension().is_some_and(|x| x == "lock")
+            && !p.with_extension("").exists()
+            && let Ok(f) = File::open(&p)
+            && flock(&f, FlockOperation::NonBlockingLockExclusive).is_ok()
+        {
+            fs::remove_file(&p).or_else(ignore_missing)?;
         }
     }
     Ok(removed)
@@ -179,7 +182,11 @@ pub struct Request<'a> {
 impl Request<'_> {
     fn step(&self, s: Step) -> Result<()> {
         if self.fail_after == Some(s) {
-            return Err(Error::io(Stage::Publish, format!("injected failure after {s:?}"), io::Error::other("injected")));
+            return Err(Error::io(
+                Stage::Publish,
+                format!("injected failure after {s:?}"),
+                io::Error::other("injected"),
+            ));
         }
         Ok(())
     }
@@ -214,11 +221,18 @@ pub fn merge_base(publish_root: &Path, producer: &str, mode: PublishMode) -> Res
     if mode != PublishMode::Merge {
         return Ok(Vec::new());
     }
-    Ok(read_current(publish_root, producer)?.map(|(_, m)| m.files.into_iter().map(|f| f.path).collect()).unwrap_or_default())
+    Ok(read_current(publish_root, producer)?
+        .map(|(_, m)| m.files.into_iter().map(|f| f.path).collect())
+        .unwrap_or_default())
 }
 
 /// Turn a filled staging folder into the current release.
-pub fn publish(req: &Request<'_>, staging: Staging, delivered: &[FileRecord], case_insensitive: bool) -> Result<Published> {
+pub fn publish(
+    req: &Request<'_>,
+    staging: Staging,
+    delivered: &[FileRecord],
+    case_insensitive: bool,
+) -> Result<Published> {
     let counts = match build_release(req, &staging, delivered, case_insensitive) {
         Ok(c) => c,
         // An injected failure plays a crash: staging stays for `clean_stale`.
@@ -326,9 +340,13 @@ pub fn check_free_space(publish_root: &Path, need: u64, margin: u64) -> Result<(
     Ok(())
 }
 
-
 /// Everything up to a complete, synced release folder in staging.
-fn build_release(req: &Request<'_>, staging: &Staging, delivered: &[FileRecord], case_insensitive: bool) -> Result<(u64, u64)> {
+fn build_release(
+    req: &Request<'_>,
+    staging: &Staging,
+    delivered: &[FileRecord],
+    case_insensitive: bool,
+) -> Result<(u64, u64)> {
     let mut files: Vec<ManifestFile> = delivered
         .iter()
         .filter_map(|f| {
@@ -369,7 +387,8 @@ fn build_release(req: &Request<'_>, staging: &Staging, delivered: &[FileRecord],
         files,
     };
     let (file_count, total_bytes) = (manifest.file_count, manifest.total_bytes);
-    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::io(Stage::Publish, "encode manifest", io::Error::other(e)))?;
+    let json = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| Error::io(Stage::Publish, "encode manifest", io::Error::other(e)))?;
     let mpath = staging.dir.join(RELEASE_MANIFEST);
     let mut mf = File::create(&mpath).ctx(Stage::Publish, || "create manifest.json".into())?;
     mf.write_all(&json).ctx(Stage::Publish, || "write manifest.json".into())?;

@@ -91,7 +91,10 @@ impl Report {
             }
             t.push_str("Nothing from this deposit was published; the archive still serves your previous release.\n");
         }
-        t.push_str(&format!("\nProducer: {}\nReceived: {}\nFinished: {}\n", self.producer, self.started, self.finished));
+        t.push_str(&format!(
+            "\nProducer: {}\nReceived: {}\nFinished: {}\n",
+            self.producer, self.started, self.finished
+        ));
         t
     }
 }

@@ -26,7 +26,8 @@ pub fn move_file(from: &Path, to: &Path) -> io::Result<()> {
     match fs::rename(from, to) {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(18) => {
-            let tmp = to.with_file_name(format!(".{}.moving", to.file_name().map_or("f".into(), |n| n.to_string_lossy())));
+            let tmp =
+                to.with_file_name(format!(".{}.moving", to.file_name().map_or("f".into(), |n| n.to_string_lossy())));
             fs::copy(from, &tmp)?;
             File::open(&tmp)?.sync_all()?;
             fs::rename(&tmp, to)?;
@@ -64,7 +65,9 @@ pub fn to_previous(producer_dir: &Path, d: &Deposited<'_>) -> Result<PathBuf> {
     let side = prev.join(format!("{}.md5", d.name));
     match d.sidecar {
         Some(s) => move_file(s, &side).ctx(Stage::Rotate, || format!("move sidecar to {}", side.display()))?,
-        None => fs::remove_file(&side).or_else(|e| if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) }).ctx(Stage::Rotate, || format!("remove {}", side.display()))?,
+        None => fs::remove_file(&side)
+            .or_else(|e| if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+            .ctx(Stage::Rotate, || format!("remove {}", side.display()))?,
     }
     sync_dir(&prev)?;
     Ok(dest)

@@ -33,11 +33,7 @@ pub struct Checks {
 
 impl Default for Checks {
     fn default() -> Self {
-        Checks {
-            case_insensitive: true,
-            flat_names: false,
-            require_md5: false,
-        }
+        Checks { case_insensitive: true, flat_names: false, require_md5: false }
     }
 }
 
@@ -80,11 +76,7 @@ pub struct Publish {
 
 impl Default for Publish {
     fn default() -> Self {
-        Publish {
-            mode: PublishMode::Replace,
-            keep_releases: 3,
-            fsync: true,
-        }
+        Publish { mode: PublishMode::Replace, keep_releases: 3, fsync: true }
     }
 }
 
@@ -101,11 +93,7 @@ pub struct Settings {
 
 impl Settings {
     pub fn threads(&self) -> usize {
-        if self.threads > 0 {
-            self.threads
-        } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        }
+        if self.threads > 0 { self.threads } else { std::thread::available_parallelism().map_or(1, |n| n.get()) }
     }
 
     /// Impossible values, named by their config key.

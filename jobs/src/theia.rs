@@ -60,22 +60,23 @@ pub fn classify(name: &str, p: &str) -> Result<TopName> {
     if name.contains('/') {
         return Err(reject(
             Code::NameInvalid,
-            format!("{name}: a Theia deposit holds files at its top level only ({p}_<lang>.json, {p}_DAT_*.zip, MD5SUMS)"),
+            format!(
+                "{name}: a Theia deposit holds files at its top level only ({p}_<lang>.json, {p}_DAT_*.zip, MD5SUMS)"
+            ),
         ));
     }
-    if let Some(stem) = name.strip_suffix(".json") {
-        if let Some((owner, lang)) = stem.rsplit_once('_')
-            && lang.len() == 2
-            && lang.bytes().all(|b| b.is_ascii_lowercase())
-        {
-            if owner != p {
-                return Err(reject(
-                    Code::ProducerMismatch,
-                    format!("{name}: pivot of producer {owner} in the drop folder of {p}"),
-                ));
-            }
-            return Ok(TopName::Pivot { lang: lang.to_owned() });
+    if let Some(stem) = name.strip_suffix(".json")
+        && let Some((owner, lang)) = stem.rsplit_once('_')
+        && lang.len() == 2
+        && lang.bytes().all(|b| b.is_ascii_lowercase())
+    {
+        if owner != p {
+            return Err(reject(
+                Code::ProducerMismatch,
+                format!("{name}: pivot of producer {owner} in the drop folder of {p}"),
+            ));
         }
+        return Ok(TopName::Pivot { lang: lang.to_owned() });
     }
     if let Some(stem) = name.strip_suffix(".zip") {
         let prefix = format!("{p}_DAT_");
@@ -95,9 +96,8 @@ pub fn classify(name: &str, p: &str) -> Result<TopName> {
 
 /// Parse a pivot and check it belongs to producer `p`.
 pub fn parse_pivot(bytes: &[u8], name: &str, p: &str) -> Result<Pivot> {
-    let pivot: Pivot = serde_json::from_slice(bytes).map_err(|e| {
-        Error::reject(Code::PivotInvalid, Stage::Unpack, Some(name), format!("{name}: {e}"))
-    })?;
+    let pivot: Pivot = serde_json::from_slice(bytes)
+        .map_err(|e| Error::reject(Code::PivotInvalid, Stage::Unpack, Some(name), format!("{name}: {e}")))?;
     if pivot.producer.producer_id != p {
         return Err(Error::reject(
             Code::ProducerMismatch,

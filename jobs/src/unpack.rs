@@ -176,7 +176,13 @@ struct Worker<'p> {
 }
 
 impl Worker<'_> {
-    fn run(&mut self, unit: &Unit, archive_path: &Path, progress: &dyn Progress, cancelled: &dyn Fn() -> bool) -> Result<Out> {
+    fn run(
+        &mut self,
+        unit: &Unit,
+        archive_path: &Path,
+        progress: &dyn Progress,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Out> {
         match unit {
             Unit::ArchiveMd5 => {
                 let mut stop = false;
@@ -242,14 +248,28 @@ impl Worker<'_> {
                 format!("{}: CRC32 does not match the data (corrupted entry)", e.name),
             ));
         }
-        Ok(FileRecord { level: 0, name: e.name.clone(), published: None, size: e.size, md5: md5.map(|h| h.finalize().into()) })
+        Ok(FileRecord {
+            level: 0,
+            name: e.name.clone(),
+            published: None,
+            size: e.size,
+            md5: md5.map(|h| h.finalize().into()),
+        })
     }
 
-    fn extract(&mut self, level: usize, entries: &[usize], progress: &dyn Progress, cancelled: &dyn Fn() -> bool) -> Result<Vec<FileRecord>> {
+    fn extract(
+        &mut self,
+        level: usize,
+        entries: &[usize],
+        progress: &dyn Progress,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Vec<FileRecord>> {
         let lv = &self.plan.levels[level];
         let zip = match self.open.entry(level) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => v.insert(archive::open_inner(lv.src.rewound(), &lv.container)?),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(archive::open_inner(lv.src.rewound(), &lv.container)?)
+            }
         };
         let mut out = Vec::with_capacity(entries.len());
         for &i in entries {

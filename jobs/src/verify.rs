@@ -19,7 +19,12 @@ pub struct Sidecar<'a> {
 /// checked, since the deposit may have been renamed on its way.
 pub fn parse_sidecar(text: &str, name: &str) -> Result<Digest> {
     text.split_whitespace().next().and_then(md5sums::parse_hex).ok_or_else(|| {
-        Error::reject(Code::Md5Mismatch, Stage::Verify, Some(name), format!("{name}: does not start with an MD5 (32 hex digits)"))
+        Error::reject(
+            Code::Md5Mismatch,
+            Stage::Verify,
+            Some(name),
+            format!("{name}: does not start with an MD5 (32 hex digits)"),
+        )
     })
 }
 
@@ -27,7 +32,13 @@ fn under(dir: &str, path: &str) -> bool {
     dir.is_empty() || path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'))
 }
 
-pub fn check(plan: &Plan, files: &[FileRecord], sidecar: Option<(&Sidecar<'_>, &Digest)>, archive_name: &str, max_path_len: u64) -> Result<()> {
+pub fn check(
+    plan: &Plan,
+    files: &[FileRecord],
+    sidecar: Option<(&Sidecar<'_>, &Digest)>,
+    archive_name: &str,
+    max_path_len: u64,
+) -> Result<()> {
     if let Some((given, actual)) = sidecar
         && given.md5 != *actual
     {
@@ -74,7 +85,12 @@ pub fn check(plan: &Plan, files: &[FileRecord], sidecar: Option<(&Sidecar<'_>, &
                     Code::Md5Mismatch,
                     Stage::Verify,
                     Some(&shown),
-                    format!("{shown}: MD5 is {actual}, {} line {} says {}", m.label, line.number, md5sums::hex(&line.md5)),
+                    format!(
+                        "{shown}: MD5 is {actual}, {} line {} says {}",
+                        m.label,
+                        line.number,
+                        md5sums::hex(&line.md5)
+                    ),
                 ));
             }
             listed.insert((m.level, path));

@@ -52,7 +52,8 @@ fn rejected_with(settings: &Settings, bad: &[u8], sidecar: Option<&str>, code: C
         assert!(f.is_file(), "{} missing", f.display());
     }
     let json: serde_json::Value =
-        serde_json::from_slice(&fs::read(env.drop_root.join("MSEC/rejected/MSEC_BAD.zip.report.json")).unwrap()).unwrap();
+        serde_json::from_slice(&fs::read(env.drop_root.join("MSEC/rejected/MSEC_BAD.zip.report.json")).unwrap())
+            .unwrap();
     assert_eq!(json["code"], code.as_str());
     assert_eq!(json["accepted"], false);
     assert!(!env.tmp.path().join("evil.txt").exists());
@@ -73,7 +74,15 @@ fn theia_with(extra: RawEntry) -> Vec<u8> {
 
 #[test]
 fn path_traversal() {
-    for name in [&b"../evil.txt"[..], b"a/../../evil.txt", b"/etc/evil.txt", b"..\\evil.txt", b"C:/evil.txt", b"C:\\evil.txt", b"a/./b"] {
+    for name in [
+        &b"../evil.txt"[..],
+        b"a/../../evil.txt",
+        b"/etc/evil.txt",
+        b"..\\evil.txt",
+        b"C:/evil.txt",
+        b"C:\\evil.txt",
+        b"a/./b",
+    ] {
         let r = rejected(&plain(), &one(name), Code::UnsafePath);
         assert!(r.entry.is_some(), "{name:?}: entry not named");
     }
@@ -106,7 +115,11 @@ fn duplicate_and_colliding_names() {
     let r = rejected(&plain(), &RawZip::new().file("a.txt", "1").file("a.txt", "2").build(), Code::NameConflict);
     assert_eq!(r.entry.as_deref(), Some("a.txt"));
     rejected(&plain(), &RawZip::new().file("Data.TXT", "1").file("data.txt", "2").build(), Code::NameConflict);
-    rejected(&plain(), &RawZip::new().file("caf\u{e9}.txt", "1").file("cafe\u{301}.txt", "2").build(), Code::NameConflict);
+    rejected(
+        &plain(),
+        &RawZip::new().file("caf\u{e9}.txt", "1").file("cafe\u{301}.txt", "2").build(),
+        Code::NameConflict,
+    );
     rejected(&plain(), &RawZip::new().file("x", "1").file("x/y.txt", "2").build(), Code::NameConflict);
     rejected(&plain(), &RawZip::new().file("x", "1").dir("X/").build(), Code::NameConflict);
     rejected(&plain(), &RawZip::new().file("manifest.json", "{}").build(), Code::NameConflict);
@@ -126,7 +139,11 @@ fn md5_manifests() {
     let r = rejected(&plain(), &RawZip::new().file("a.txt", data).file("MD5SUMS", missing).build(), Code::Md5Missing);
     assert_eq!(r.entry.as_deref(), Some("gone.txt"));
     let partial = format!("{}  a.txt\n", md5hex(data));
-    let r = rejected(&plain(), &RawZip::new().file("a.txt", data).file("b.txt", "b").file("MD5SUMS", partial.clone()).build(), Code::Md5Unlisted);
+    let r = rejected(
+        &plain(),
+        &RawZip::new().file("a.txt", data).file("b.txt", "b").file("MD5SUMS", partial.clone()).build(),
+        Code::Md5Unlisted,
+    );
     assert_eq!(r.entry.as_deref(), Some("b.txt"));
     // BagIt-style manifest in a subfolder covers that folder only.
     let ok = RawZip::new().file("sub/a.txt", data).file("sub/manifest-md5.txt", partial).file("other.txt", "o").build();
@@ -193,7 +210,10 @@ fn not_a_zip_and_empty() {
 #[test]
 fn corrupt_dataset_zip() {
     let pivot = pivot("MSEC", &[("MSEC_DAT_1", &["obs1.txt"])]);
-    let z = RawZip::new().file("MSEC_en.json", pivot).stored("MSEC_DAT_1.zip", b"PK\x03\x04 this is no zip".to_vec()).build();
+    let z = RawZip::new()
+        .file("MSEC_en.json", pivot)
+        .stored("MSEC_DAT_1.zip", b"PK\x03\x04 this is no zip".to_vec())
+        .build();
     let r = rejected(&theia_settings(), &z, Code::ZipCorrupt);
     assert_eq!(r.entry.as_deref(), Some("MSEC_DAT_1.zip"));
 }
@@ -244,11 +264,19 @@ fn overlapping_entries() {
 #[test]
 fn entry_and_path_limits() {
     let many = Settings { limits: jobs::Limits { max_entries: 3, ..Default::default() }, ..plain() };
-    rejected(&many, &RawZip::new().file("a", "1").file("b", "2").file("c", "3").file("d", "4").build(), Code::LimitExceeded);
+    rejected(
+        &many,
+        &RawZip::new().file("a", "1").file("b", "2").file("c", "3").file("d", "4").build(),
+        Code::LimitExceeded,
+    );
     let short = Settings { limits: jobs::Limits { max_path_len: 10, ..Default::default() }, ..plain() };
     rejected(&short, &one(b"abcdef/ghijklmnop.txt"), Code::LimitExceeded);
     let small = Settings { limits: jobs::Limits { max_archive_bytes: 100, ..Default::default() }, ..plain() };
-    rejected(&small, &RawZip::new().file("a.txt", vec![b'x'; 1000]).stored("b", vec![1u8; 200]).build(), Code::LimitExceeded);
+    rejected(
+        &small,
+        &RawZip::new().file("a.txt", vec![b'x'; 1000]).stored("b", vec![1u8; 200]).build(),
+        Code::LimitExceeded,
+    );
 }
 
 #[test]
@@ -280,10 +308,18 @@ fn theia_dataset_mismatch() {
     let inner = RawZip::new().file("obs1.txt", "1").build();
     let p1 = pivot("MSEC", &[("MSEC_DAT_1", &["obs1.txt"])]);
     // A dataset zip of another producer.
-    let z = RawZip::new().file("MSEC_en.json", p1.clone()).stored("MSEC_DAT_1.zip", inner.clone()).stored("ABCD_DAT_1.zip", inner.clone()).build();
+    let z = RawZip::new()
+        .file("MSEC_en.json", p1.clone())
+        .stored("MSEC_DAT_1.zip", inner.clone())
+        .stored("ABCD_DAT_1.zip", inner.clone())
+        .build();
     rejected(&theia_settings(), &z, Code::DatasetMismatch);
     // A dataset zip not in the pivot.
-    let z = RawZip::new().file("MSEC_en.json", p1.clone()).stored("MSEC_DAT_1.zip", inner.clone()).stored("MSEC_DAT_9.zip", inner.clone()).build();
+    let z = RawZip::new()
+        .file("MSEC_en.json", p1.clone())
+        .stored("MSEC_DAT_1.zip", inner.clone())
+        .stored("MSEC_DAT_9.zip", inner.clone())
+        .build();
     let r = rejected(&theia_settings(), &z, Code::DatasetMismatch);
     assert_eq!(r.entry.as_deref(), Some("MSEC_DAT_9.zip"));
     // A dataFile.name missing from its zip.

@@ -50,7 +50,10 @@ fn compressed_dataset_zips_are_read_too() {
     let z = RawZip::new()
         .file("MSEC_en.json", pivot("MSEC", &[("MSEC_DAT_1", &["obs1.txt"])]))
         .file("MSEC_DAT_1.zip", inner.clone())
-        .file("MD5SUMS", md5sums(&[("MSEC_DAT_1.zip", &inner), ("MSEC_en.json", &pivot("MSEC", &[("MSEC_DAT_1", &["obs1.txt"])]))]))
+        .file(
+            "MD5SUMS",
+            md5sums(&[("MSEC_DAT_1.zip", &inner), ("MSEC_en.json", &pivot("MSEC", &[("MSEC_DAT_1", &["obs1.txt"])]))]),
+        )
         .build();
     let env = Env::new();
     let out = env.ingest("MSEC", "MSEC_THEIA.zip", &z, &theia_settings());
@@ -75,16 +78,23 @@ fn nested_zips_in_a_dataset_are_data() {
 #[test]
 fn previous_keeps_only_the_last_deposit_and_releases_are_pruned() {
     let env = Env::new();
-    let s = Settings { publish: jobs::Publish { keep_releases: 2, fsync: false, ..Default::default() }, ..theia_settings() };
+    let s = Settings {
+        publish: jobs::Publish { keep_releases: 2, fsync: false, ..Default::default() },
+        ..theia_settings()
+    };
     let mut ids = Vec::new();
     for i in 0..4 {
         let out = env.ingest("MSEC", &format!("MSEC_{i}.zip"), &good_theia("MSEC", &i.to_string()), &s);
         out.result.unwrap();
         ids.push(out.id);
     }
-    let prev: Vec<_> = fs::read_dir(env.drop_root.join("MSEC/previous")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let prev: Vec<_> =
+        fs::read_dir(env.drop_root.join("MSEC/previous")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(prev, ["MSEC_3.zip"]);
-    let mut rels: Vec<_> = fs::read_dir(env.publish_root.join("MSEC/releases")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut rels: Vec<_> = fs::read_dir(env.publish_root.join("MSEC/releases"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     rels.sort();
     let mut newest = ids[2..].to_vec();
     newest.sort();
@@ -95,8 +105,10 @@ fn previous_keeps_only_the_last_deposit_and_releases_are_pruned() {
 #[test]
 fn merge_mode_links_unchanged_files() {
     let env = Env::new();
-    let s = Settings { publish: jobs::Publish { mode: PublishMode::Merge, fsync: false, ..Default::default() }, ..plain() };
-    let first = env.ingest("IGNF", "a.zip", &RawZip::new().file("x/keep.txt", "keep").file("x/old.txt", "old").build(), &s);
+    let s =
+        Settings { publish: jobs::Publish { mode: PublishMode::Merge, fsync: false, ..Default::default() }, ..plain() };
+    let first =
+        env.ingest("IGNF", "a.zip", &RawZip::new().file("x/keep.txt", "keep").file("x/old.txt", "old").build(), &s);
     let r1 = first.result.unwrap().release;
     let second = env.ingest("IGNF", "b.zip", &RawZip::new().file("x/OLD.txt", "new").file("y.txt", "y").build(), &s);
     let r2 = second.result.unwrap().release;
@@ -140,7 +152,14 @@ fn a_failure_after_any_publish_step_leaves_current_complete() {
         clean_stale(&env.publish_root).unwrap();
         assert!(env.staging_is_empty(), "{step:?}");
         let archive = env.put("MSEC_2.zip", &bytes);
-        let job = jobs::pipeline::Job { id: &out.id, producer: "MSEC", archive: &archive, name: "MSEC_2.zip", sidecar: None, settings: &s };
+        let job = jobs::pipeline::Job {
+            id: &out.id,
+            producer: "MSEC",
+            archive: &archive,
+            name: "MSEC_2.zip",
+            sidecar: None,
+            settings: &s,
+        };
         jobs::pipeline::ingest(&job, &env.publish_root, IngestOptions::default(), &jobs::unpack::Quiet).unwrap();
         assert!(env.current("MSEC").unwrap().ends_with(&out.id));
         let rel = env.publish_root.join("MSEC/current");
@@ -166,7 +185,14 @@ fn check_writes_nothing() {
     let archive = env.put("MSEC_THEIA.zip", &good_theia("MSEC", "v1"));
     let before = Env::tree(env.tmp.path());
     let s = theia_settings();
-    let job = jobs::pipeline::Job { id: "check", producer: "MSEC", archive: &archive, name: "MSEC_THEIA.zip", sidecar: None, settings: &s };
+    let job = jobs::pipeline::Job {
+        id: "check",
+        producer: "MSEC",
+        archive: &archive,
+        name: "MSEC_THEIA.zip",
+        sidecar: None,
+        settings: &s,
+    };
     let summary = jobs::pipeline::check(&job, &jobs::unpack::Quiet).unwrap();
     assert_eq!(summary.file_count, 4);
     assert_eq!(Env::tree(env.tmp.path()), before);

@@ -104,7 +104,8 @@ impl RawZip {
         let mut central = Vec::new();
         let mut records = Vec::new();
         for e in &self.entries {
-            let body = e.body.clone().unwrap_or_else(|| if e.method == DEFLATED { deflate(&e.data) } else { e.data.clone() });
+            let body =
+                e.body.clone().unwrap_or_else(|| if e.method == DEFLATED { deflate(&e.data) } else { e.data.clone() });
             let crc = e.crc.unwrap_or_else(|| crc32(&e.data));
             let size = e.size.unwrap_or(e.data.len() as u32);
             let offset = out.len() as u32;
@@ -184,7 +185,10 @@ pub fn pivot(p: &str, datasets: &[(&str, &[&str])]) -> Vec<u8> {
 
 /// A well-formed Theia deposit: `<P>_en.json`, one stored zip per dataset,
 /// MD5SUMS at both levels when `md5` is set.
-pub fn theia(p: &str, datasets: &[(&str, Vec<(&str, Vec<u8>)>)], md5: bool) -> Vec<u8> {
+/// A dataset: its id and its files (name, content).
+pub type Dataset<'a> = (&'a str, Vec<(&'a str, Vec<u8>)>);
+
+pub fn theia(p: &str, datasets: &[Dataset<'_>], md5: bool) -> Vec<u8> {
     let names: Vec<(&str, Vec<&str>)> =
         datasets.iter().map(|(id, files)| (*id, files.iter().map(|(n, _)| *n).collect())).collect();
     let refs: Vec<(&str, &[&str])> = names.iter().map(|(id, f)| (*id, f.as_slice())).collect();
@@ -216,7 +220,10 @@ pub fn good_theia(p: &str, tag: &str) -> Vec<u8> {
     theia(
         p,
         &[
-            (&format!("{p}_DAT_1"), vec![("obs1.txt", format!("a,b\n1,{tag}\n").into_bytes()), ("obs2.csv", b"x\n".to_vec())]),
+            (
+                &format!("{p}_DAT_1"),
+                vec![("obs1.txt", format!("a,b\n1,{tag}\n").into_bytes()), ("obs2.csv", b"x\n".to_vec())],
+            ),
             (&format!("{p}_DAT_2"), vec![("obs3.txt", b"hello".to_vec())]),
         ],
         true,
@@ -279,7 +286,13 @@ impl Env {
         let started = jobs::deposit::now_rfc3339();
         let result = pipeline::ingest(&job, &self.publish_root, opts, &jobs::unpack::Quiet);
         let (report, _) = if result.as_ref().is_err_and(|e| e.is_transient()) {
-            (Report::failure(jobs::report::ReportBase { deposit: id.clone(), producer: p.into(), archive: name.into(), started }, result.as_ref().err().unwrap()), None)
+            (
+                Report::failure(
+                    jobs::report::ReportBase { deposit: id.clone(), producer: p.into(), archive: name.into(), started },
+                    result.as_ref().err().unwrap(),
+                ),
+                None,
+            )
         } else {
             pipeline::finish(&job, &self.drop_root.join(p), &started, &result).unwrap()
         };
@@ -314,7 +327,11 @@ impl Env {
 }
 
 pub fn plain() -> Settings {
-    Settings { profile: jobs::Profile::Plain, publish: jobs::Publish { fsync: false, ..Default::default() }, ..Default::default() }
+    Settings {
+        profile: jobs::Profile::Plain,
+        publish: jobs::Publish { fsync: false, ..Default::default() },
+        ..Default::default()
+    }
 }
 
 pub fn theia_settings() -> Settings {

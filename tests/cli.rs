@@ -1,0 +1,138 @@
+//! `depot check` and `depot ingest` as a producer or operator runs them:
+//! the real binary, real files, exit codes and output.
+
+#[path = "../jobs/tests/support/mod.rs"]
+mod support;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use support::*;
+
+fn depot(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_depot")).args(args).current_dir(cwd).output().unwrap()
+}
+
+fn write_config(dir: &Path) -> std::path::PathBuf {
+    let cfg = dir.join("config.toml");
+    fs::write(
+        &cfg,
+        "drop_root = \"drop\"\npublish_root = \"publish\"\n[redis]\nurl = \"redis://127.0.0.1:1\"\n[publish]\nfsync = false\n[producers.IGNF]\nprofile = \"plain\"\n",
+    )
+    .unwrap();
+    cfg
+}
+
+#[test]
+fn check_accepts_a_good_deposit_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("MSEC_THEIA.zip");
+    fs::write(&a, good_theia("MSEC", "v1")).unwrap();
+    let before = Env::tree(tmp.path());
+    let out = depot(&["check", a.to_str().unwrap()], tmp.path());
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ACCEPTED"), "{text}");
+    assert!(out.stderr.is_empty(), "progress output without a terminal");
+    let out = depot(&["check", a.to_str().unwrap(), "--json"], tmp.path());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["accepted"], true);
+    assert_eq!(v["producer"], "MSEC");
+    assert_eq!(v["file_count"], 4);
+    assert_eq!(Env::tree(tmp.path()), before);
+}
+
+#[test]
+fn check_rejects_with_code_and_exit_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("MSEC_THEIA.zip");
+    fs::write(&a, RawZip::new().file("MSEC_en.json", pivot("ABCD", &[])).build()).unwrap();
+    let out = depot(&["check", a.to_str().unwrap(), "--json"], tmp.path());
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["accepted"], false);
+    assert_eq!(v["code"], "PRODUCER_MISMATCH");
+    assert_eq!(v["entry"], "MSEC_en.json");
+    let out = depot(&["check", a.to_str().unwrap()], tmp.path());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("REJECTED") && text.contains("PRODUCER_MISMATCH") && text.contains("What to do"), "{text}");
+}
+
+#[test]
+fn check_usage_and_io_errors_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = depot(&["check", "/nonexistent/MSEC_X.zip"], tmp.path());
+    assert_eq!(out.status.code(), Some(2));
+    let out = depot(&["check"], tmp.path());
+    assert_eq!(out.status.code(), Some(2));
+    let a = tmp.path().join("noprefix.zip");
+    fs::write(&a, b"x").unwrap();
+    let out = depot(&["check", a.to_str().unwrap()], tmp.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--producer"));
+}
+
+#[test]
+fn check_uses_the_producer_profile_from_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path());
+    let a = tmp.path().join("IGNF_delivery.zip");
+    fs::write(&a, RawZip::new().file("dalles/a.tif", "a").build()).unwrap();
+    let out = depot(&["check", a.to_str().unwrap(), "--config", cfg.to_str().unwrap()], tmp.path());
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    // Without the config the default profile (theia) refuses it.
+    let out = depot(&["check", a.to_str().unwrap()], tmp.path());
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn ingest_publishes_and_rotates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path());
+    let a = tmp.path().join("MSEC_THEIA.zip");
+    let bytes = good_theia("MSEC", "v1");
+    fs::write(&a, &bytes).unwrap();
+    fs::write(tmp.path().join("MSEC_THEIA.zip.md5"), format!("{}  MSEC_THEIA.zip\n", md5hex(&bytes))).unwrap();
+    let out = depot(
+        &["ingest", a.to_str().unwrap(), "--producer", "MSEC", "--config", cfg.to_str().unwrap(), "--json"],
+        tmp.path(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "SUCCESS");
+    assert!(tmp.path().join("publish/MSEC/current/MSEC_DAT_1/obs1.txt").is_file());
+    assert!(tmp.path().join("drop/MSEC/previous/MSEC_THEIA.zip").is_file());
+    assert!(tmp.path().join("drop/MSEC/previous/MSEC_THEIA.zip.md5").is_file());
+    assert!(!a.exists());
+
+    let bad = tmp.path().join("MSEC_BAD.zip");
+    fs::write(&bad, b"not a zip").unwrap();
+    let out =
+        depot(&["ingest", bad.to_str().unwrap(), "--producer", "MSEC", "--config", cfg.to_str().unwrap()], tmp.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(tmp.path().join("drop/MSEC/rejected/MSEC_BAD.zip.report.txt").is_file());
+    let txt = fs::read_to_string(tmp.path().join("drop/MSEC/rejected/MSEC_BAD.zip.report.txt")).unwrap();
+    assert!(txt.contains("NOT_A_ZIP"), "{txt}");
+    assert!(tmp.path().join("publish/MSEC/current/MSEC_DAT_1/obs1.txt").is_file());
+}
+
+#[test]
+fn ingest_refuses_a_bad_config_naming_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("c.toml");
+    fs::write(&cfg, "drop_root = \"d\"\npublish_root = \"p\"\n[limits]\nmax_entries = -1\n").unwrap();
+    let a = tmp.path().join("MSEC_X.zip");
+    fs::write(&a, b"x").unwrap();
+    let out =
+        depot(&["ingest", a.to_str().unwrap(), "--producer", "MSEC", "--config", cfg.to_str().unwrap()], tmp.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_entries"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(a.exists());
+}

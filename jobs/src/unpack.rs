@@ -6,8 +6,8 @@ use std::fs::{DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, mpsc};
 
 use md5::{Digest as _, Md5};
 use zip::ZipArchive;
@@ -88,10 +88,17 @@ pub fn run(
     let done: Mutex<Unpacked> = Mutex::new(Unpacked::default());
     let first_error: Mutex<Option<(usize, Error)>> = Mutex::new(None);
     let threads = threads.clamp(1, units.len().max(1));
-    std::thread::scope(|s| {
+    // fsync waits on the disk, not the CPU: one thread does all of them
+    // while the workers go on inflating the next files.
+    let (tx, rx) = mpsc::channel::<(File, String)>();
+    let use_syncer = target.fsync && target.root.is_some();
+    let (units, next, stop, done, first_error) = (&units, &next, &stop, &done, &first_error);
+    let synced = std::thread::scope(|s| {
+        let syncer = use_syncer.then(|| s.spawn(move || drain_fsyncs(rx)));
         for _ in 0..threads {
-            s.spawn(|| {
-                let mut w = Worker { plan, target, buf: vec![0u8; BUF], open: HashMap::new() };
+            let tx = use_syncer.then(|| tx.clone());
+            s.spawn(move || {
+                let mut w = Worker { plan, target, buf: vec![0u8; BUF], open: HashMap::new(), syncer: tx };
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= units.len() || stop.load(Ordering::Relaxed) {
@@ -99,12 +106,12 @@ pub fn run(
                     }
                     let cancelled = || stop.load(Ordering::Relaxed) || progress.cancelled();
                     match w.run(&units[i], archive_path, progress, &cancelled) {
-                        Ok(Out::Files(f)) => lock(&done).files.extend(f),
-                        Ok(Out::ArchiveMd5(d)) => lock(&done).archive_md5 = Some(d),
+                        Ok(Out::Files(f)) => lock(done).files.extend(f),
+                        Ok(Out::ArchiveMd5(d)) => lock(done).archive_md5 = Some(d),
                         Err(Error::Cancelled) if stop.load(Ordering::Relaxed) => break,
                         Err(e) => {
                             stop.store(true, Ordering::Relaxed);
-                            let mut first = lock(&first_error);
+                            let mut first = lock(first_error);
                             if first.as_ref().is_none_or(|(j, _)| i < *j) {
                                 *first = Some((i, e));
                             }
@@ -114,11 +121,18 @@ pub fn run(
                 }
             });
         }
+        drop(tx);
+        match syncer.map(|h| h.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(Error::io(Stage::Publish, "fsync thread", io::Error::other("panicked"))),
+            None => Ok(()),
+        }
     });
-    if let Some((_, e)) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+    if let Some((_, e)) = lock(first_error).take() {
         return Err(e);
     }
-    let mut out = done.into_inner().unwrap_or_else(|p| p.into_inner());
+    synced?;
+    let mut out = std::mem::take(&mut *lock(done));
     out.files.sort_by(|a, b| (a.level, &a.name).cmp(&(b.level, &b.name)));
     Ok(out)
 }
@@ -173,6 +187,20 @@ struct Worker<'p> {
     /// Each thread reads through its own archive handles (`pread`, no
     /// shared cursor), opened once per level.
     open: HashMap<usize, ZipArchive<Section>>,
+    /// Where written files go to be fsynced, when they must be.
+    syncer: Option<mpsc::Sender<(File, String)>>,
+}
+
+/// Mode 0644 whatever the umask; on disk before the release is renamed.
+fn finish(syncer: &Option<mpsc::Sender<(File, String)>>, fsync: bool, f: File, rel: &str) -> Result<()> {
+    f.set_permissions(Permissions::from_mode(FILE_MODE)).ctx(Stage::Unpack, || format!("chmod {rel}"))?;
+    match syncer {
+        Some(tx) => tx
+            .send((f, rel.to_owned()))
+            .map_err(|_| Error::io(Stage::Publish, "fsync thread", io::Error::other("gone"))),
+        None if fsync => f.sync_data().ctx(Stage::Publish, || format!("fsync {rel}")),
+        None => Ok(()),
+    }
 }
 
 impl Worker<'_> {
@@ -201,7 +229,7 @@ impl Worker<'_> {
                 if let Some(root) = self.target.root {
                     let mut f = create(root, published)?;
                     f.write_all(bytes).ctx(Stage::Unpack, || format!("write {published}"))?;
-                    finish(f, published, self.target.fsync)?;
+                    finish(&self.syncer, self.target.fsync, f, published)?;
                 }
                 progress.advance(bytes.len() as u64, 1);
                 let e = &self.plan.levels[*level].entries[*i];
@@ -285,7 +313,7 @@ impl Worker<'_> {
                 Some(root) => {
                     let mut f = create(root, published)?;
                     let c = archive::copy_entry(reader, e.size, &label, &mut f, &mut self.buf, on_bytes)?;
-                    finish(f, published, self.target.fsync)?;
+                    finish(&self.syncer, self.target.fsync, f, published)?;
                     c
                 }
                 None => archive::copy_entry(reader, e.size, &label, &mut io::sink(), &mut self.buf, on_bytes)?,
@@ -323,11 +351,14 @@ pub fn create(root: &Path, rel: &str) -> Result<File> {
         .ctx(Stage::Unpack, || format!("create {rel}"))
 }
 
-/// Mode 0644 whatever the umask, and on disk before the release is renamed.
-fn finish(f: File, rel: &str, fsync: bool) -> Result<()> {
-    f.set_permissions(Permissions::from_mode(FILE_MODE)).ctx(Stage::Unpack, || format!("chmod {rel}"))?;
-    if fsync {
-        f.sync_data().ctx(Stage::Publish, || format!("fsync {rel}"))?;
+/// fsync every file handed over; the first failure is the answer, but the
+/// rest are still drained so no sender blocks.
+fn drain_fsyncs(rx: mpsc::Receiver<(File, String)>) -> Result<()> {
+    let mut result = Ok(());
+    for (f, rel) in rx {
+        if result.is_ok() {
+            result = f.sync_data().ctx(Stage::Publish, || format!("fsync {rel}"));
+        }
     }
-    Ok(())
+    result
 }

@@ -103,7 +103,10 @@ impl Config {
 
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
         let mut root: Table = text.parse().map_err(|e: toml::de::Error| anyhow!("{}", e.to_string().trim()))?;
-        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        // Absolute, so that paths from inotify (always absolute) compare.
+        let base_dir =
+            std::path::absolute(path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))
+                .unwrap_or_default();
         let root_path = |root: &mut Table, key: &str| -> Result<PathBuf> {
             match root.remove(key) {
                 Some(toml::Value::String(s)) if !s.is_empty() => Ok(base_dir.join(s)),

@@ -3,7 +3,13 @@
 //! output and exit codes.
 
 mod config;
+mod daemon;
+mod ops;
 mod progress;
+mod spool;
+mod status;
+mod watcher;
+mod worker;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -62,11 +68,50 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// The daemon: watch the drop folders, queue in Redis, run workers.
+    Run {
+        #[arg(long, default_value = "config.toml", env = "DEPOT_CONFIG")]
+        config: PathBuf,
+        /// Run only the watcher (claims and queues) or only the workers.
+        #[arg(long, value_enum, default_value = "all")]
+        role: RoleArg,
+        /// Log format: text for a terminal, json for journald shippers.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Status from Redis: all producers, one producer, or one deposit.
+    Status {
+        /// A producer id or a deposit id.
+        what: Option<String>,
+        #[arg(long, default_value = "config.toml", env = "DEPOT_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take a rejected deposit back from rejected/ into new/, to run again.
+    Retry {
+        deposit_id: String,
+        #[arg(long, default_value = "config.toml", env = "DEPOT_CONFIG")]
+        config: PathBuf,
+    },
     /// Configuration commands.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RoleArg {
+    All,
+    Watcher,
+    Worker,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -87,6 +132,11 @@ fn main() -> ExitCode {
         Command::Ingest { archive, producer, config, json, quiet } => {
             cmd_ingest(&archive, &producer, &config, json, quiet)
         }
+        Command::Run { config, role, log_format } => cmd_run(config, role, log_format),
+        Command::Status { what, config, json } => {
+            runtime().and_then(|rt| rt.block_on(ops::status(&config, what.as_deref(), json)))
+        }
+        Command::Retry { deposit_id, config } => runtime().and_then(|rt| rt.block_on(ops::retry(&config, &deposit_id))),
         Command::Config { command: ConfigCommand::Check { config } } => Config::load(&config).map(|c| {
             print!("{}", c.effective());
             0
@@ -99,6 +149,27 @@ fn main() -> ExitCode {
             ExitCode::from(TROUBLE)
         }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+fn cmd_run(config: PathBuf, role: RoleArg, log_format: LogFormat) -> Result<u8> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    let role = match role {
+        RoleArg::All => daemon::Role::All,
+        RoleArg::Watcher => daemon::Role::Watcher,
+        RoleArg::Worker => daemon::Role::Worker,
+    };
+    runtime()?.block_on(daemon::run(config, role))?;
+    Ok(0)
 }
 
 fn progress(quiet: bool) -> Option<progress::Terminal> {

@@ -11,7 +11,7 @@ use std::io;
 use serde::Serialize;
 
 /// Stable error codes: public interface (reports, Redis, exit codes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Code {
     NotAZip,
@@ -137,7 +137,7 @@ impl fmt::Display for Code {
 }
 
 /// Pipeline stages, as recorded in status and reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
     Unpack,

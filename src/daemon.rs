@@ -1,0 +1,417 @@
+//! `depot run`: the watcher/claimer/scheduler loop, the apalis workers, and
+//! the signals that stop or reload them.
+//!
+//! One producer's deposits run one at a time, in claim order, because the
+//! scheduler only ever queues a producer's oldest unfinished deposit; the
+//! next one is queued when that one leaves the spool. So the queue holds at
+//! most one job per producer (bounded, whatever is waiting in `new/`), and
+//! no lock has to outlive a publish.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use apalis::prelude::*;
+use apalis_redis::{Config as QueueConfig, RedisStorage};
+use futures::StreamExt;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc};
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::spool::{Entry, Spool};
+use crate::status::{self, Status};
+use crate::watcher::{self, Hint, Settler};
+use crate::worker;
+
+/// What travels through the queue: just enough to find the spool entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DepositJob {
+    pub id: String,
+    pub producer: String,
+}
+
+pub type Queue = RedisStorage<DepositJob>;
+
+/// State shared by the scheduler and the workers.
+pub struct Shared {
+    config: RwLock<Arc<Config>>,
+    pub spool: Spool,
+    pub status: Status,
+    /// In-process guard: two copies of one producer's job (a re-queued
+    /// orphan) never run at once here.
+    producer_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Producer → the deposit id we queued for it.
+    pub queued: Mutex<HashMap<String, String>>,
+    /// Deposit → when a transient failure may be retried.
+    pub retry_at: Mutex<HashMap<String, Instant>>,
+    /// Wakes the scheduler (a job finished, a retry is due).
+    pub wake: Notify,
+    pub stopping: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    pub fn producer_lock(&self, p: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.producer_locks).entry(p.to_owned()).or_default().clone()
+    }
+
+    pub fn done(&self, e: &Entry) {
+        let mut q = lock(&self.queued);
+        if q.get(&e.producer) == Some(&e.id) {
+            q.remove(&e.producer);
+        }
+        drop(q);
+        self.wake.notify_one();
+    }
+}
+
+/// `redis://…` reachable, or one clear line saying what to do.
+pub async fn connect(cfg: &Config) -> Result<ConnectionManager> {
+    let client = redis::Client::open(cfg.redis.url.as_str())
+        .with_context(|| format!("redis.url {:?} is not valid", cfg.redis.url))?;
+    let mcfg = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(3)))
+        .set_response_timeout(Some(Duration::from_secs(10)))
+        .set_number_of_retries(2);
+    let mut conn = tokio::time::timeout(Duration::from_secs(5), client.get_connection_manager_with_config(mcfg))
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out"))
+        .and_then(|r| r.map_err(anyhow::Error::from))
+        .with_context(|| {
+            format!(
+                "cannot reach Redis at {} — start one (`redis-server`, or `systemctl start redis-server`) or set redis.url in {}",
+                cfg.redis.url,
+                cfg.path.display()
+            )
+        })?;
+    let _: String = redis::cmd("PING").query_async(&mut conn).await.context("Redis did not answer PING")?;
+    Ok(conn)
+}
+
+fn queue(conn: ConnectionManager, cfg: &Config) -> Queue {
+    let qc = QueueConfig::default()
+        .queue(format!("{}:queue", cfg.redis.prefix))
+        // Orphans (jobs of a killed worker) come back after 3 x 5 s, not
+        // the default 300 s; the spool makes a second run harmless.
+        .heartbeat_interval(Duration::from_secs(5))
+        .missed_heartbeats(3);
+    RedisStorage::new(conn).with_config(qc)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    All,
+    Watcher,
+    Worker,
+}
+
+pub async fn run(config_path: PathBuf, role: Role) -> Result<()> {
+    let cfg = Arc::new(Config::load(&config_path)?);
+    std::fs::create_dir_all(&cfg.drop_root).with_context(|| format!("drop_root {}", cfg.drop_root.display()))?;
+    std::fs::create_dir_all(&cfg.publish_root)
+        .with_context(|| format!("publish_root {}", cfg.publish_root.display()))?;
+    let conn = connect(&cfg).await?;
+    let removed = jobs::publish::clean_stale(&cfg.publish_root).context("cleaning stale staging")?;
+    for r in removed {
+        info!(path = %r.display(), "removed stale staging");
+    }
+    let shared = Arc::new(Shared {
+        spool: Spool::new(&cfg.drop_root).context("creating the spool")?,
+        status: Status { conn: conn.clone(), prefix: cfg.redis.prefix.clone() },
+        config: RwLock::new(cfg.clone()),
+        producer_locks: Mutex::default(),
+        queued: Mutex::default(),
+        retry_at: Mutex::default(),
+        wake: Notify::new(),
+        stopping: AtomicBool::new(false),
+    });
+    // The queue gets a connection of its own: its commands must not hold up
+    // status writes on a shared multiplexed connection, nor the reverse.
+    let storage = queue(connect(&cfg).await?, &cfg);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let signals = tokio::spawn(handle_signals(shared.clone(), config_path.clone(), stop_tx));
+
+    let scheduler =
+        (role != Role::Worker).then(|| tokio::spawn(scheduler(shared.clone(), storage.clone(), stop_rx.clone())));
+    info!(role = ?role, drop_root = %cfg.drop_root.display(), publish_root = %cfg.publish_root.display(), "depot running");
+
+    if role != Role::Watcher {
+        let sh = shared.clone();
+        let concurrency = cfg.workers.concurrency;
+        let shutdown = Duration::from_secs(cfg.workers.shutdown_timeout_s);
+        let mut rx = stop_rx.clone();
+        let monitor = Monitor::new()
+            .register(move |restarts| {
+                // A fresh name per start: a restarted worker under its old
+                // name is refused while the old one still looks alive.
+                let name = format!("depot-{}-{}-{restarts}", std::process::id(), jobs::deposit::new_id("w"));
+                WorkerBuilder::new(name)
+                    .backend(storage.clone().poll_with_interval(Duration::from_millis(50)))
+                    .concurrency(concurrency)
+                    .data(sh.clone())
+                    .build(worker::handle)
+            })
+            .should_restart(|_ctx, e| {
+                warn!(error = %e, "queue worker stopped; restarting it");
+                true
+            })
+            .shutdown_timeout(shutdown);
+        let r = monitor
+            .run_with_signal(async move {
+                let _ = rx.wait_for(|s| *s).await;
+                Ok(())
+            })
+            .await;
+        if let Err(e) = r {
+            warn!(error = %e, "workers stopped with an error");
+        }
+    } else {
+        let mut rx = stop_rx.clone();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+    if let Some(s) = scheduler {
+        let _ = s.await;
+    }
+    signals.abort();
+    info!("depot stopped");
+    Ok(())
+}
+
+async fn handle_signals(shared: Arc<Shared>, config_path: PathBuf, stop: tokio::sync::watch::Sender<bool>) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = match signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot install signal handlers");
+            return;
+        }
+    };
+    while let Some(sig) = signals.next().await {
+        match sig {
+            SIGHUP => match Config::load(&config_path) {
+                Ok(c) => {
+                    if let Ok(mut w) = shared.config.write() {
+                        *w = Arc::new(c);
+                    }
+                    info!(config = %config_path.display(), "configuration reloaded");
+                    shared.wake.notify_one();
+                }
+                Err(e) => warn!(error = %format!("{e:#}"), "reload failed; keeping the running configuration"),
+            },
+            _ => {
+                info!("stopping: no new jobs; running jobs get workers.shutdown_timeout_s to finish");
+                shared.stopping.store(true, Ordering::SeqCst);
+                let _ = stop.send(true);
+                shared.wake.notify_one();
+                return;
+            }
+        }
+    }
+}
+
+/// Notice, settle, claim, and queue each producer's oldest deposit.
+async fn scheduler(shared: Arc<Shared>, storage: Queue, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let cfg = shared.config();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Hint>();
+    let mut watcher = watcher::start(&cfg.drop_root, cfg.watch.poll_ms, tx.clone())
+        .map_err(|e| warn!(error = %e, "cannot watch; polling by scanning only"))
+        .ok();
+    let mut settler = Settler::new(Duration::from_millis(cfg.watch.settle_ms), cfg.watch.sidecar_marks_done);
+    let mut last_scan = Instant::now() - Duration::from_secs(3600);
+    let mut redis_ok = true;
+    let mut instance = None::<String>;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut rescan = false;
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            _ = tick.tick() => {},
+            _ = shared.wake.notified() => {},
+            Some(h) = rx.recv() => {
+                handle_hint(&shared, &mut settler, h, &mut rescan);
+                while let Ok(h) = rx.try_recv() {
+                    handle_hint(&shared, &mut settler, h, &mut rescan);
+                }
+            }
+        }
+        if shared.stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        let cfg = shared.config();
+        settler.reconfigure(Duration::from_millis(cfg.watch.settle_ms), cfg.watch.sidecar_marks_done);
+        // Redis back after an outage, or back empty: everything it should
+        // know is re-sent from the spool.
+        let alive = check_instance(&shared.status, &mut instance).await;
+        match (alive, redis_ok) {
+            (Ok(reset), _) => {
+                if !redis_ok || reset {
+                    info!(reset, "Redis is back; resynchronising from the spool");
+                    lock(&shared.queued).clear();
+                    rescan = true;
+                }
+                redis_ok = true;
+            }
+            (Err(e), true) => {
+                warn!(error = %e, "Redis unreachable; deposits wait in new/ and the spool until it returns");
+                redis_ok = false;
+            }
+            (Err(_), false) => {}
+        }
+        if watcher.is_none() && cfg.watch.poll_ms == 0 {
+            watcher = watcher::start(&cfg.drop_root, cfg.watch.poll_ms, tx.clone()).ok();
+        }
+        // The scan is the safety net under inotify (missed events, a
+        // folder made and filled before its watch was added): a readdir of
+        // each new/ folder, cheap enough to do every second.
+        if rescan || last_scan.elapsed() >= Duration::from_secs(1) {
+            last_scan = Instant::now();
+            let is_p = |p: &str| cfg.is_producer(p);
+            for (_, path) in watcher::scan(&cfg.drop_root, &is_p) {
+                settler.observe(&path, Instant::now());
+            }
+        }
+        claim_settled(&shared, &cfg, &mut settler).await;
+        if redis_ok {
+            schedule(&shared, &storage).await;
+        }
+    }
+    drop(watcher);
+}
+
+fn handle_hint(shared: &Shared, settler: &mut Settler, h: Hint, rescan: &mut bool) {
+    match h {
+        Hint::Rescan => *rescan = true,
+        Hint::Path { path: p, created } => {
+            let cfg = shared.config();
+            let is_p = |x: &str| cfg.is_producer(x);
+            if let Some((_, name)) = watcher::classify(&cfg.drop_root, &p, &is_p) {
+                let target =
+                    if let Some(base) = name.strip_suffix(".md5") { p.with_file_name(base) } else { p.clone() };
+                let tname = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                if !watcher::ignored(&tname) {
+                    settler.observe(&target, Instant::now());
+                }
+            } else if created && p.strip_prefix(&cfg.drop_root).is_ok_and(|r| r.components().count() <= 2) {
+                // A new producer folder or its new/: files may have landed
+                // in it before the watch on it was in place, so look.
+                *rescan = true;
+            }
+        }
+    }
+}
+
+async fn check_instance(status: &Status, mine: &mut Option<String>) -> redis::RedisResult<bool> {
+    let mut conn = status.conn.clone();
+    let key = format!("{}:instance", status.prefix);
+    let cur: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+    match (cur, mine.as_ref()) {
+        (Some(c), Some(m)) if &c == m => Ok(false),
+        (Some(c), None) => {
+            *mine = Some(c);
+            Ok(true)
+        }
+        _ => {
+            // First start, or Redis came back empty: either way, resync.
+            let id = jobs::deposit::new_id("instance");
+            let _: () = redis::cmd("SET").arg(&key).arg(&id).query_async(&mut conn).await?;
+            *mine = Some(id);
+            Ok(true)
+        }
+    }
+}
+
+async fn claim_settled(shared: &Shared, cfg: &Config, settler: &mut Settler) {
+    let now = Instant::now();
+    let is_p = |p: &str| cfg.is_producer(p);
+    let mut ready: Vec<(String, PathBuf)> = Vec::new();
+    for path in settler.candidates() {
+        if settler.observe(&path, now)
+            && let Some((p, _)) = watcher::classify(&cfg.drop_root, &path, &is_p)
+        {
+            ready.push((p, path));
+        }
+    }
+    // Oldest first, so claim order follows upload order.
+    ready.sort_by_key(|(_, p)| std::fs::symlink_metadata(p).and_then(|m| m.modified()).ok());
+    for (p, path) in ready {
+        let spool_entry = tokio::task::block_in_place(|| shared.spool.claim(&p, &path));
+        match spool_entry {
+            Ok(e) => {
+                info!(deposit = %e.id, producer = %e.producer, file = %e.name, state = status::CREATED, "claimed");
+                if let Err(err) = shared.status.created(&e).await {
+                    warn!(deposit = %e.id, error = %err, "cannot record CREATED; will retry from the spool");
+                }
+            }
+            Err(err) => warn!(path = %path.display(), error = %err, "cannot claim"),
+        }
+        settler.forget(&path);
+    }
+}
+
+/// Queue each producer's oldest deposit that is not queued yet.
+async fn schedule(shared: &Shared, storage: &Queue) {
+    let entries = match tokio::task::block_in_place(|| shared.spool.list()) {
+        Ok(e) => e,
+        Err(e) => {
+            warn!(error = %e, "cannot list the spool");
+            return;
+        }
+    };
+    let mut oldest: BTreeMap<String, Entry> = BTreeMap::new();
+    for e in entries {
+        oldest.entry(e.producer.clone()).or_insert(e);
+    }
+    let now = Instant::now();
+    for (p, e) in oldest {
+        if lock(&shared.queued).get(&p) == Some(&e.id) {
+            continue;
+        }
+        if lock(&shared.retry_at).get(&e.id).is_some_and(|t| *t > now) {
+            continue;
+        }
+        // Finished since the listing? Then its successor is next time's.
+        if !shared.spool.dir(&e.id).join(&e.name).exists() {
+            continue;
+        }
+        if let Err(err) = shared.status.created(&e).await {
+            warn!(error = %err, "Redis write failed");
+            return;
+        }
+        // WAITING before the push: a fast worker's PROGRESS must not be
+        // overwritten by it.
+        match shared.status.set(&e, status::WAITING, &[]).await {
+            Ok(true) => {}
+            Ok(false) => continue, // already ended
+            Err(err) => {
+                warn!(error = %err, "Redis write failed");
+                return;
+            }
+        }
+        let mut s = storage.clone();
+        match s.push(DepositJob { id: e.id.clone(), producer: p.clone() }).await {
+            Ok(()) => {
+                lock(&shared.queued).insert(p.clone(), e.id.clone());
+                lock(&shared.retry_at).remove(&e.id);
+                info!(deposit = %e.id, producer = %p, state = status::WAITING, "queued");
+            }
+            Err(err) => {
+                warn!(deposit = %e.id, error = %err, "cannot queue; will retry");
+                return;
+            }
+        }
+    }
+}

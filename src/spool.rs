@@ -1,0 +1,163 @@
+//! Custody of deposits between `new/` and their outcome. The spool, not the
+//! queue, is the source of truth: an entry exists from the moment a deposit
+//! is claimed (an atomic rename out of `new/`) until it has been rotated and
+//! its terminal state recorded. Whatever Redis forgets, a restart finds here.
+//!
+//! `<drop_root>/.depot/spool/<id>/` holds `deposit.json`, the archive under
+//! the name it was dropped as, its `.md5` sidecar if any, and, once the
+//! pipeline has spoken, `outcome.json`.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+pub const SPOOL: &str = ".depot/spool";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Entry {
+    pub id: String,
+    pub producer: String,
+    /// The archive's name as dropped.
+    pub name: String,
+    /// Claim time (ns since the epoch): one producer's deposits run in this order.
+    pub claimed_ns: u128,
+    pub size: u64,
+    pub sidecar: bool,
+    pub created: String,
+}
+
+/// What the pipeline decided, kept until rotation and Redis both know it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Outcome {
+    pub state: String,
+    pub report: serde_json::Value,
+    pub error_code: Option<String>,
+    pub error: Option<String>,
+    pub release: Option<String>,
+    pub files: Option<u64>,
+    pub bytes: Option<u64>,
+    pub finished: String,
+}
+
+pub struct Spool {
+    pub root: PathBuf,
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    fs::write(&tmp, bytes)?;
+    fs::File::open(&tmp)?.sync_all()?;
+    fs::rename(&tmp, path)
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> io::Result<Option<T>> {
+    match fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(io::Error::other),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+impl Spool {
+    pub fn new(drop_root: &Path) -> io::Result<Spool> {
+        let root = drop_root.join(SPOOL);
+        fs::create_dir_all(&root)?;
+        Ok(Spool { root })
+    }
+
+    pub fn dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    pub fn archive(&self, e: &Entry) -> PathBuf {
+        self.dir(&e.id).join(&e.name)
+    }
+
+    pub fn sidecar(&self, e: &Entry) -> Option<PathBuf> {
+        e.sidecar.then(|| self.dir(&e.id).join(format!("{}.md5", e.name)))
+    }
+
+    /// Take `path` (a settled file in `<P>/new/`) into custody. The rename is
+    /// the claim: once it succeeds the deposit is ours and on disk.
+    pub fn claim(&self, producer: &str, path: &Path) -> io::Result<Entry> {
+        let name =
+            path.file_name().map(|n| n.to_string_lossy().into_owned()).ok_or_else(|| io::Error::other("no name"))?;
+        let size = fs::symlink_metadata(path)?.len();
+        let id = jobs::deposit::new_id(producer);
+        let dir = self.dir(&id);
+        fs::create_dir(&dir)?;
+        let claimed_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let side_src = path.with_file_name(format!("{name}.md5"));
+        let mut entry = Entry {
+            id,
+            producer: producer.to_owned(),
+            name,
+            claimed_ns,
+            size,
+            sidecar: false,
+            created: jobs::deposit::now_rfc3339(),
+        };
+        write_json(&dir.join("deposit.json"), &entry)?;
+        if let Err(e) = fs::rename(path, self.archive(&entry)) {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        if side_src.is_file() {
+            entry.sidecar = true;
+            if let Some(dst) = self.sidecar(&entry) {
+                fs::rename(&side_src, dst)?;
+            }
+            write_json(&dir.join("deposit.json"), &entry)?;
+        }
+        fs::File::open(&dir)?.sync_all()?;
+        fs::File::open(&self.root)?.sync_all()?;
+        Ok(entry)
+    }
+
+    pub fn load(&self, id: &str) -> io::Result<Option<Entry>> {
+        if !jobs::deposit::is_id(id) {
+            return Ok(None);
+        }
+        read_json(&self.dir(id).join("deposit.json"))
+    }
+
+    pub fn outcome(&self, id: &str) -> io::Result<Option<Outcome>> {
+        read_json(&self.dir(id).join("outcome.json"))
+    }
+
+    pub fn set_outcome(&self, id: &str, o: &Outcome) -> io::Result<()> {
+        write_json(&self.dir(id).join("outcome.json"), o)
+    }
+
+    /// The deposit is rotated and its state recorded: forget it.
+    pub fn remove(&self, id: &str) -> io::Result<()> {
+        match fs::remove_dir_all(self.dir(id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every entry, oldest claim first. Entries whose claim never completed
+    /// (a crash between mkdir and rename) are removed: their file is still
+    /// in `new/` and will be claimed again.
+    pub fn list(&self) -> io::Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        for d in fs::read_dir(&self.root)? {
+            let d = d?;
+            let id = d.file_name().to_string_lossy().into_owned();
+            if !jobs::deposit::is_id(&id) {
+                continue;
+            }
+            match self.load(&id)? {
+                Some(e) if self.archive(&e).exists() || self.outcome(&id)?.is_some() => out.push(e),
+                _ => self.remove(&id)?,
+            }
+        }
+        out.sort_by_key(|e| (e.claimed_ns, e.id.clone()));
+        Ok(out)
+    }
+}

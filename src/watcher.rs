@@ -1,0 +1,224 @@
+//! Noticing finished uploads. inotify (through `notify`) says that something
+//! changed; a full scan at start, every few seconds, and after any watcher
+//! error says what is there. A file is handed on once it has settled: size
+//! and mtime unchanged for `watch.settle_ms`, or its `.md5` sidecar arrived
+//! after it.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use notify::{RecursiveMode, Watcher as _};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+/// Names that are never deposits: partial uploads, sidecars, hidden files.
+pub fn ignored(name: &str) -> bool {
+    name.starts_with('.')
+        || [".part", ".filepart", ".tmp", ".md5"].iter().any(|s| name.to_ascii_lowercase().ends_with(s))
+}
+
+/// `<drop_root>/<P>/new/<name>` → (P, name), for producers this config serves.
+pub fn classify(drop_root: &Path, path: &Path, is_producer: &dyn Fn(&str) -> bool) -> Option<(String, String)> {
+    let rel = path.strip_prefix(drop_root).ok()?;
+    let mut c = rel.components();
+    let p = c.next()?.as_os_str().to_str()?.to_owned();
+    if c.next()?.as_os_str() != "new" {
+        return None;
+    }
+    let name = c.next()?.as_os_str().to_str()?.to_owned();
+    if c.next().is_some() || !is_producer(&p) {
+        return None;
+    }
+    Some((p, name))
+}
+
+#[derive(Debug)]
+struct Seen {
+    size: u64,
+    mtime: SystemTime,
+    since: Instant,
+}
+
+/// The settle rule, kept apart from the I/O so it reads like the SPEC.
+pub struct Settler {
+    settle: Duration,
+    sidecar_marks_done: bool,
+    seen: HashMap<PathBuf, Seen>,
+    warned: HashMap<PathBuf, ()>,
+}
+
+impl Settler {
+    pub fn new(settle: Duration, sidecar_marks_done: bool) -> Self {
+        Settler { settle, sidecar_marks_done, seen: HashMap::new(), warned: HashMap::new() }
+    }
+
+    pub fn reconfigure(&mut self, settle: Duration, sidecar_marks_done: bool) {
+        self.settle = settle;
+        self.sidecar_marks_done = sidecar_marks_done;
+    }
+
+    /// Look at one candidate now; true when it has settled.
+    pub fn observe(&mut self, path: &Path, now: Instant) -> bool {
+        // symlink_metadata: a link is never followed, a FIFO never opened.
+        let meta = match fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(_) => {
+                self.seen.remove(path);
+                return false;
+            }
+        };
+        if !meta.file_type().is_file() {
+            if self.warned.insert(path.to_path_buf(), ()).is_none() {
+                warn!(path = %path.display(), "skipping: not a regular file (link, FIFO, socket or device)");
+            }
+            self.seen.remove(path);
+            return false;
+        }
+        let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        if self.sidecar_marks_done {
+            let mut side = path.as_os_str().to_owned();
+            side.push(".md5");
+            if let Ok(sm) = fs::symlink_metadata(PathBuf::from(side))
+                && sm.file_type().is_file()
+                && sm.modified().is_ok_and(|t| t >= mtime)
+            {
+                self.seen.remove(path);
+                return true;
+            }
+        }
+        match self.seen.get_mut(path) {
+            Some(s) if s.size == meta.len() && s.mtime == mtime => {
+                if now.duration_since(s.since) >= self.settle {
+                    self.seen.remove(path);
+                    return true;
+                }
+                false
+            }
+            Some(s) => {
+                *s = Seen { size: meta.len(), mtime, since: now };
+                false
+            }
+            None => {
+                self.seen.insert(path.to_path_buf(), Seen { size: meta.len(), mtime, since: now });
+                false
+            }
+        }
+    }
+
+    pub fn candidates(&self) -> Vec<PathBuf> {
+        self.seen.keys().cloned().collect()
+    }
+
+    pub fn forget(&mut self, path: &Path) {
+        self.seen.remove(path);
+    }
+}
+
+/// Every candidate file under every producer's `new/`.
+pub fn scan(drop_root: &Path, is_producer: &dyn Fn(&str) -> bool) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    for p in walkdir::WalkDir::new(drop_root).min_depth(1).max_depth(1).into_iter().flatten() {
+        let name = p.file_name().to_string_lossy().into_owned();
+        if !p.file_type().is_dir() || !is_producer(&name) {
+            continue;
+        }
+        let new = p.path().join("new");
+        for f in walkdir::WalkDir::new(&new).min_depth(1).max_depth(1).into_iter().flatten() {
+            let fname = f.file_name().to_string_lossy();
+            if !ignored(&fname) {
+                out.push((name.clone(), f.path().to_path_buf()));
+            }
+        }
+    }
+    out
+}
+
+/// Filesystem events, reduced to "look at this path" or "rescan".
+#[derive(Debug)]
+pub enum Hint {
+    Path { path: PathBuf, created: bool },
+    Rescan,
+}
+
+/// Start the notify watcher (inotify, or polling every `poll_ms` for
+/// network filesystems). Events go to `tx`; errors ask for a rescan.
+pub fn start(
+    drop_root: &Path,
+    poll_ms: u64,
+    tx: mpsc::UnboundedSender<Hint>,
+) -> notify::Result<Box<dyn notify::Watcher + Send>> {
+    let handler = move |res: notify::Result<notify::Event>| match res {
+        Ok(ev) => {
+            if ev.need_rescan() {
+                let _ = tx.send(Hint::Rescan);
+            }
+            // Reads (our own scans open these folders) say nothing new.
+            if matches!(ev.kind, notify::EventKind::Access(_)) {
+                return;
+            }
+            let created = matches!(ev.kind, notify::EventKind::Create(_));
+            for p in ev.paths {
+                let _ = tx.send(Hint::Path { path: p, created });
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "watcher error; rescanning");
+            let _ = tx.send(Hint::Rescan);
+        }
+    };
+    let mut w: Box<dyn notify::Watcher + Send> = if poll_ms > 0 {
+        let cfg = notify::Config::default().with_poll_interval(Duration::from_millis(poll_ms));
+        Box::new(notify::PollWatcher::new(handler, cfg)?)
+    } else {
+        Box::new(notify::RecommendedWatcher::new(handler, notify::Config::default())?)
+    };
+    w.watch(drop_root, RecursiveMode::Recursive)?;
+    debug!(root = %drop_root.display(), poll_ms, "watching");
+    Ok(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ignore_rules() {
+        for n in [".x.zip.AbC123", "a.zip.part", "a.zip.filepart", "a.tmp", "a.zip.md5", "A.ZIP.MD5"] {
+            assert!(ignored(n), "{n}");
+        }
+        assert!(!ignored("MSEC_THEIA.zip"));
+    }
+
+    #[test]
+    fn classify_paths() {
+        let root = Path::new("/d");
+        let yes = |p: &str| p == "MSEC";
+        assert_eq!(classify(root, Path::new("/d/MSEC/new/a.zip"), &yes), Some(("MSEC".into(), "a.zip".into())));
+        assert_eq!(classify(root, Path::new("/d/MSEC/previous/a.zip"), &yes), None);
+        assert_eq!(classify(root, Path::new("/d/XXXX/new/a.zip"), &yes), None);
+        assert_eq!(classify(root, Path::new("/d/MSEC/new/sub/a.zip"), &yes), None);
+    }
+
+    #[test]
+    fn settles_after_quiet_period_or_sidecar() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("a.zip");
+        fs::write(&f, b"1").unwrap();
+        let mut s = Settler::new(Duration::from_millis(100), true);
+        let t0 = Instant::now();
+        assert!(!s.observe(&f, t0));
+        assert!(!s.observe(&f, t0 + Duration::from_millis(50)));
+        assert!(s.observe(&f, t0 + Duration::from_millis(150)));
+        let g = tmp.path().join("b.zip");
+        fs::write(&g, b"1").unwrap();
+        assert!(!s.observe(&g, t0));
+        fs::write(tmp.path().join("b.zip.md5"), b"x").unwrap();
+        assert!(s.observe(&g, t0));
+        // A FIFO is skipped without being opened.
+        let fifo = tmp.path().join("pipe");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        assert!(!s.observe(&fifo, t0 + Duration::from_secs(10)));
+    }
+}

@@ -1,0 +1,251 @@
+//! One queued deposit, run by an apalis worker: the `jobs` pipeline on a
+//! blocking thread, status in Redis as it goes, then rotation and the
+//! terminal state. Every step can be repeated after a crash: the spool
+//! entry says how far it got.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use apalis::prelude::*;
+use jobs::pipeline::{self, IngestOptions, Job};
+use jobs::report::{Report, ReportBase};
+use jobs::rotate::{self, Deposited};
+use jobs::unpack::Progress;
+use jobs::{Error, Stage};
+use tracing::{info, warn};
+
+use crate::daemon::{DepositJob, Shared};
+use crate::spool::{Entry, Outcome};
+use crate::status::{self, FAILURE, PROGRESS, SUCCESS};
+
+/// Shared between the pipeline thread and the status ticker.
+#[derive(Default)]
+struct Live {
+    stage: AtomicU8,
+    bytes: AtomicU64,
+    total: AtomicU64,
+    files: AtomicU64,
+}
+
+const STAGES: [Stage; 5] = [Stage::Unpack, Stage::Verify, Stage::Conflicts, Stage::Publish, Stage::Rotate];
+
+impl Progress for Live {
+    fn stage(&self, s: Stage) {
+        let i = STAGES.iter().position(|x| *x == s).unwrap_or(0);
+        self.stage.store(i as u8, Ordering::Relaxed);
+    }
+    fn totals(&self, bytes: u64, _files: u64) {
+        self.total.store(bytes, Ordering::Relaxed);
+    }
+    fn advance(&self, bytes: u64, files: u64) {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.files.fetch_add(files, Ordering::Relaxed);
+    }
+}
+
+impl Live {
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("stage", STAGES[self.stage.load(Ordering::Relaxed) as usize % STAGES.len()].as_str().to_owned()),
+            ("bytes_done", self.bytes.load(Ordering::Relaxed).to_string()),
+            ("bytes_total", self.total.load(Ordering::Relaxed).to_string()),
+        ]
+    }
+}
+
+/// The apalis handler. It never returns a plain error: the queue would
+/// re-run it on its own schedule (25 times); retries are ours, bounded by
+/// `workers.max_attempts`, and the spool keeps the deposit meanwhile.
+pub async fn handle(job: DepositJob, shared: Data<Arc<Shared>>) -> Result<(), BoxDynError> {
+    let shared: Arc<Shared> = (*shared).clone();
+    let guard = shared.producer_lock(&job.producer);
+    let _g = guard.lock().await;
+    let entry = match shared.spool.load(&job.id) {
+        Ok(Some(e)) => e,
+        // Already finished (a duplicate or re-queued orphan): nothing to do.
+        Ok(None) => return Ok(()),
+        Err(e) => return Err(AbortError::new(e).into()),
+    };
+    if let Ok(Some(o)) = shared.spool.outcome(&entry.id) {
+        finalize(&shared, &entry, &o).await;
+        return Ok(());
+    }
+    run_one(&shared, entry).await;
+    Ok(())
+}
+
+async fn run_one(shared: &Arc<Shared>, entry: Entry) {
+    let cfg = shared.config();
+    let started = jobs::deposit::now_rfc3339();
+    let attempts = shared.status.incr_attempts(&entry.id).await.unwrap_or(1);
+    let _ = shared
+        .status
+        .set(
+            &entry,
+            PROGRESS,
+            &[("started", started.clone()), ("stage", "unpack".into()), ("attempts", attempts.to_string())],
+        )
+        .await;
+    info!(deposit = %entry.id, producer = %entry.producer, stage = "unpack", state = PROGRESS, attempt = attempts, "started");
+
+    let live = Arc::new(Live::default());
+    let ticker = {
+        let (live, status, id) = (live.clone(), shared.status.clone(), entry.id.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let _ = status.progress(&id, &live.fields()).await;
+            }
+        })
+    };
+    let settings = cfg.settings_for(&entry.producer);
+    let publish_root = cfg.publish_root.clone();
+    let archive = shared.spool.archive(&entry);
+    let sidecar = shared.spool.sidecar(&entry);
+    let (id, producer, name) = (entry.id.clone(), entry.producer.clone(), entry.name.clone());
+    let l = live.clone();
+    let t0 = Instant::now();
+    let result = tokio::task::spawn_blocking(move || {
+        let job = Job {
+            id: &id,
+            producer: &producer,
+            archive: &archive,
+            name: &name,
+            sidecar: sidecar.as_deref(),
+            settings: &settings,
+        };
+        pipeline::preflight(&job, &publish_root)
+            .and_then(|()| pipeline::ingest(&job, &publish_root, IngestOptions::default(), &*l))
+    })
+    .await
+    .unwrap_or_else(|e| Err(Error::io(Stage::Unpack, "pipeline thread", std::io::Error::other(e.to_string()))));
+    ticker.abort();
+    let _ = shared.status.progress(&entry.id, &live.fields()).await;
+
+    let base = ReportBase {
+        deposit: entry.id.clone(),
+        producer: entry.producer.clone(),
+        archive: entry.name.clone(),
+        started,
+    };
+    let outcome = match &result {
+        Ok(p) => {
+            let release = p.release.display().to_string();
+            let report = Report::success(base, p.file_count, p.total_bytes, Some(release.clone()));
+            Outcome {
+                state: SUCCESS.into(),
+                report: serde_json::to_value(&report).unwrap_or_default(),
+                error_code: None,
+                error: None,
+                release: Some(release),
+                files: Some(p.file_count),
+                bytes: Some(p.total_bytes),
+                finished: report.finished.clone(),
+            }
+        }
+        Err(e) if e.is_transient() && attempts < cfg.workers.max_attempts => {
+            // Not the producer's fault: back off, keep the deposit, try again.
+            let wait = Duration::from_secs(2u64.saturating_pow(attempts.min(10)));
+            warn!(deposit = %entry.id, producer = %entry.producer, error = %e, attempt = attempts, retry_in_s = wait.as_secs(), "transient failure");
+            let _ = shared
+                .status
+                .set(&entry, status::WAITING, &[("error_code", e.code().as_str().into()), ("error", e.message())])
+                .await;
+            shared.retry_at.lock().map(|mut r| r.insert(entry.id.clone(), Instant::now() + wait)).ok();
+            shared.done(&entry);
+            return;
+        }
+        Err(e) => {
+            let report = Report::failure(base, e);
+            Outcome {
+                state: FAILURE.into(),
+                report: serde_json::to_value(&report).unwrap_or_default(),
+                error_code: Some(e.code().as_str().into()),
+                error: Some(e.message()),
+                release: None,
+                files: None,
+                bytes: None,
+                finished: report.finished.clone(),
+            }
+        }
+    };
+    if let Err(e) = shared.spool.set_outcome(&entry.id, &outcome) {
+        warn!(deposit = %entry.id, error = %e, "cannot record the outcome; the deposit will run again");
+        shared.done(&entry);
+        return;
+    }
+    info!(deposit = %entry.id, producer = %entry.producer, elapsed_ms = t0.elapsed().as_millis() as u64, "pipeline done");
+    finalize(shared, &entry, &outcome).await;
+}
+
+/// Rotate (if not done yet), record the terminal state, forget the entry.
+/// Each part is skipped when already done, so a crash in between is mended
+/// by running this again.
+pub async fn finalize(shared: &Shared, entry: &Entry, o: &Outcome) {
+    let cfg = shared.config();
+    let archive = shared.spool.archive(entry);
+    if archive.exists() {
+        let sidecar: Option<PathBuf> = shared.spool.sidecar(entry).filter(|p| p.exists());
+        let d = Deposited { archive: &archive, sidecar: sidecar.as_deref(), name: &entry.name };
+        let pdir = cfg.drop_root.join(&entry.producer);
+        let r = match serde_json::from_value::<ReportView>(o.report.clone()) {
+            _ if o.state == SUCCESS => rotate::to_previous(&pdir, &d).map(|_| ()),
+            Ok(v) => rotate::to_rejected(&pdir, &d, &v.into_report()).map(|_| ()),
+            Err(e) => Err(Error::io(Stage::Rotate, "outcome report", std::io::Error::other(e))),
+        };
+        if let Err(e) = r {
+            warn!(deposit = %entry.id, error = %e, "rotation failed; will retry");
+            shared.done(entry);
+            return;
+        }
+    }
+    match shared.status.terminal(entry, o).await {
+        Ok(_) => {
+            info!(deposit = %entry.id, producer = %entry.producer, state = %o.state, error_code = o.error_code.as_deref().unwrap_or(""), "finished");
+            if let Err(e) = shared.spool.remove(&entry.id) {
+                warn!(deposit = %entry.id, error = %e, "cannot remove the spool entry");
+            }
+        }
+        Err(e) => warn!(deposit = %entry.id, error = %e, "cannot record the final state yet; kept in the spool"),
+    }
+    shared.done(entry);
+}
+
+/// The report as stored in outcome.json, back into the type rotate writes.
+#[derive(serde::Deserialize)]
+struct ReportView {
+    deposit: String,
+    producer: String,
+    archive: String,
+    stage: Option<Stage>,
+    code: Option<String>,
+    message: Option<String>,
+    entry: Option<String>,
+    started: String,
+    finished: String,
+}
+
+impl ReportView {
+    fn into_report(self) -> Report {
+        let code =
+            self.code.as_deref().and_then(|c| jobs::Code::ALL.iter().find(|x| x.as_str() == c)).map(|c| c.as_str());
+        Report {
+            deposit: self.deposit,
+            producer: self.producer,
+            archive: self.archive,
+            accepted: false,
+            state: FAILURE,
+            stage: self.stage,
+            code,
+            message: self.message,
+            entry: self.entry,
+            started: self.started,
+            finished: self.finished,
+            file_count: None,
+            total_bytes: None,
+            release: None,
+        }
+    }
+}

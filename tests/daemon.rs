@@ -1,0 +1,347 @@
+//! `depot run` end to end: a private redis-server per test on a free
+//! loopback port, real folders, real zips, the real binary.
+
+#[path = "../jobs/tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// A redis-server of our own, stopped (by pid) when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Redis {
+    fn start() -> Redis {
+        Self::start_on(free_port())
+    }
+    fn start_on(port: u16) -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install -y redis-server)");
+        let r = Redis { child, port, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while r.cmd(&["PING"]).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+    fn conn(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(self.url())?.get_connection_with_timeout(Duration::from_secs(2))
+    }
+    fn cmd(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        let mut c = redis::cmd(args[0]);
+        for a in &args[1..] {
+            c.arg(*a);
+        }
+        c.query(&mut self.conn()?)
+    }
+    fn hgetall(&self, key: &str) -> HashMap<String, String> {
+        let mut c = self.conn().unwrap();
+        redis::cmd("HGETALL").arg(key).query(&mut c).unwrap()
+    }
+    fn deposits(&self) -> Vec<HashMap<String, String>> {
+        let mut c = self.conn().unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS").arg("depot:deposit:*").query(&mut c).unwrap();
+        keys.iter().map(|k| self.hgetall(k)).collect()
+    }
+    fn events(&self) -> Vec<HashMap<String, String>> {
+        let mut c = self.conn().unwrap();
+        let v: Vec<(String, HashMap<String, String>)> =
+            redis::cmd("XRANGE").arg("depot:events").arg("-").arg("+").query(&mut c).unwrap();
+        v.into_iter().map(|(_, h)| h).collect()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The daemon under test, with its folders.
+struct Site {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Site {
+    fn new(redis_url: &str, extra: &str) -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        fs::write(
+            &config,
+            format!(
+                "drop_root = \"drop\"\npublish_root = \"publish\"\n[redis]\nurl = \"{redis_url}\"\n[watch]\nsettle_ms = 300\n[publish]\nfsync = false\nkeep_releases = 10\n{extra}"
+            ),
+        )
+        .unwrap();
+        Site { dir, config }
+    }
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+    fn new_dir(&self, p: &str) -> PathBuf {
+        let d = self.root().join("drop").join(p).join("new");
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+    /// rsync's way: a hidden temp name, then a rename.
+    fn drop_rsync(&self, p: &str, name: &str, bytes: &[u8]) {
+        let d = self.new_dir(p);
+        let tmp = d.join(format!(".{name}.Xy12Ab"));
+        fs::write(&tmp, bytes).unwrap();
+        fs::rename(tmp, d.join(name)).unwrap();
+    }
+    fn start(&self) -> Daemon {
+        Daemon(Some(
+            Command::new(env!("CARGO_BIN_EXE_depot"))
+                .args(["run", "--config"])
+                .arg(&self.config)
+                .env("RUST_LOG", "info")
+                .stderr(fs::File::create(self.root().join("daemon.log")).unwrap())
+                .spawn()
+                .unwrap(),
+        ))
+    }
+    fn log(&self) -> String {
+        fs::read_to_string(self.root().join("daemon.log")).unwrap_or_default()
+    }
+}
+
+/// The daemon process; killed (by its pid) if a test ends without stopping it.
+struct Daemon(Option<Child>);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn wait_for(site: &Site, what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; daemon log:\n{}", site.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn terminal(d: &HashMap<String, String>) -> bool {
+    matches!(d.get("state").map(String::as_str), Some("SUCCESS" | "FAILURE"))
+}
+
+fn stop(mut d: Daemon) -> Option<i32> {
+    let mut child = d.0.take()?;
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn deposits_of_several_producers_each_end_once_in_drop_order() {
+    let redis = Redis::start();
+    let site = Site::new(&redis.url(), "");
+    let daemon = site.start();
+    let producers = ["AAAA", "BBBB", "CCCC"];
+    let mut n = 0;
+    for round in 0..3 {
+        for p in producers {
+            site.drop_rsync(p, &format!("{p}_{round}.zip"), &good_theia(p, &format!("r{round}")));
+            n += 1;
+        }
+    }
+    // A hostile deposit next to the good ones.
+    site.drop_rsync("DDDD", "DDDD_evil.zip", &RawZip::new().file("../evil.txt", "x").build());
+    n += 1;
+    wait_for(&site, "all deposits terminal", 60, || {
+        let d = redis.deposits();
+        d.len() == n && d.iter().all(terminal)
+    });
+    let deposits = redis.deposits();
+    for d in &deposits {
+        let expect = if d["producer"] == "DDDD" { "FAILURE" } else { "SUCCESS" };
+        assert_eq!(d["state"], expect, "{d:?}");
+    }
+    let evil = deposits.iter().find(|d| d["producer"] == "DDDD").unwrap();
+    assert_eq!(evil["error_code"], "UNSAFE_PATH");
+    assert!(site.root().join("drop/DDDD/rejected/DDDD_evil.zip.report.txt").is_file());
+    assert!(!site.root().join("drop/DDDD/evil.txt").exists() && !site.root().join("evil.txt").exists());
+    // Exactly one terminal event per deposit.
+    let events = redis.events();
+    for d in &deposits {
+        let ends = events
+            .iter()
+            .filter(|e| e["id"] == d["id"] && (e["state"] == "SUCCESS" || e["state"] == "FAILURE"))
+            .count();
+        assert_eq!(ends, 1, "{}", d["id"]);
+    }
+    for p in producers {
+        // Published in drop order: the current release is the last round's.
+        let obs = fs::read_to_string(site.root().join(format!("publish/{p}/current/{p}_DAT_1/obs1.txt"))).unwrap();
+        assert_eq!(obs, "a,b\n1,r2\n", "{}", site.log());
+        // Ids and times have one-second resolution; the event stream has order.
+        let mine: Vec<&HashMap<String, String>> = events
+            .iter()
+            .filter(|e| e["producer"] == p && e["state"] == "SUCCESS")
+            .map(|e| deposits.iter().find(|d| d["id"] == e["id"]).unwrap())
+            .collect();
+        let files: Vec<&str> = mine.iter().map(|d| d["file"].as_str()).collect();
+        assert_eq!(files, [format!("{p}_0.zip"), format!("{p}_1.zip"), format!("{p}_2.zip")]);
+        let prev: Vec<_> = fs::read_dir(site.root().join(format!("drop/{p}/previous")))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(prev, [format!("{p}_2.zip").as_str()]);
+        let producer = redis.hgetall(&format!("depot:producer:{p}"));
+        assert_eq!(producer["last_state"], "SUCCESS");
+        assert!(producer["current_release"].contains(&mine[2]["id"]));
+    }
+    // The spool is empty: every deposit left it.
+    assert_eq!(fs::read_dir(site.root().join("drop/.depot/spool")).unwrap().count(), 0);
+    assert_eq!(stop(daemon), Some(0), "{}", site.log());
+}
+
+#[test]
+fn a_slow_upload_is_taken_only_once_it_stopped_growing() {
+    let redis = Redis::start();
+    let site = Site::new(&redis.url(), "");
+    let daemon = site.start();
+    let bytes = good_theia("SLOW", "slow");
+    let path = site.new_dir("SLOW").join("SLOW_1.zip");
+    let mut f = fs::File::create(&path).unwrap();
+    use std::io::Write;
+    for chunk in bytes.chunks(bytes.len() / 8 + 1) {
+        f.write_all(chunk).unwrap();
+        f.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    drop(f);
+    wait_for(&site, "slow deposit terminal", 30, || redis.deposits().iter().any(terminal));
+    let d = redis.deposits();
+    assert_eq!(d.len(), 1, "claimed more than once: {d:?}");
+    assert_eq!(d[0]["state"], "SUCCESS", "{:?}", d[0]);
+    assert_eq!(stop(daemon), Some(0));
+}
+
+#[test]
+fn a_spool_entry_left_by_a_crash_is_finished_at_start() {
+    let redis = Redis::start();
+    let site = Site::new(&redis.url(), "");
+    // What a crash right after the claim leaves: a spool entry, no status.
+    let id = "20260101T000000Z-CRSH-0000abcd";
+    let dir = site.root().join("drop/.depot/spool").join(id);
+    fs::create_dir_all(&dir).unwrap();
+    let bytes = good_theia("CRSH", "c");
+    fs::write(dir.join("CRSH_1.zip"), &bytes).unwrap();
+    fs::write(
+        dir.join("deposit.json"),
+        format!(
+            "{{\"id\":\"{id}\",\"producer\":\"CRSH\",\"name\":\"CRSH_1.zip\",\"claimed_ns\":1,\"size\":{},\"sidecar\":false,\"created\":\"2026-01-01T00:00:00Z\"}}",
+            bytes.len()
+        ),
+    )
+    .unwrap();
+    // And stale staging from a crash mid-publish.
+    fs::create_dir_all(site.root().join("publish/.staging/20250101T000000Z-CRSH-00000001/x")).unwrap();
+    let daemon = site.start();
+    wait_for(&site, "recovered deposit terminal", 30, || terminal(&redis.hgetall(&format!("depot:deposit:{id}"))));
+    assert_eq!(redis.hgetall(&format!("depot:deposit:{id}"))["state"], "SUCCESS");
+    assert!(site.root().join("publish/CRSH/current/CRSH_DAT_2/obs3.txt").is_file());
+    assert!(!site.root().join("publish/.staging/20250101T000000Z-CRSH-00000001").exists());
+    assert_eq!(stop(daemon), Some(0));
+}
+
+#[test]
+fn redis_restarted_empty_loses_nothing() {
+    let port = free_port();
+    let redis = Redis::start_on(port);
+    let site = Site::new(&redis.url(), "");
+    let daemon = site.start();
+    site.drop_rsync("RDIS", "RDIS_0.zip", &good_theia("RDIS", "0"));
+    wait_for(&site, "first deposit", 30, || redis.deposits().iter().any(terminal));
+    drop(redis);
+    // Dropped while Redis is away: they wait.
+    site.drop_rsync("RDIS", "RDIS_1.zip", &good_theia("RDIS", "1"));
+    site.drop_rsync("QQQQ", "QQQQ_1.zip", &good_theia("QQQQ", "1"));
+    std::thread::sleep(Duration::from_secs(3));
+    let redis = Redis::start_on(port);
+    wait_for(&site, "deposits after the outage", 60, || {
+        let d = redis.deposits();
+        d.len() == 2 && d.iter().all(terminal)
+    });
+    assert!(redis.deposits().iter().all(|d| d["state"] == "SUCCESS"));
+    let obs = fs::read_to_string(site.root().join("publish/RDIS/current/RDIS_DAT_1/obs1.txt")).unwrap();
+    assert_eq!(obs, "a,b\n1,1\n");
+    let log = site.log();
+    assert!(log.matches("Redis unreachable").count() <= 2, "{log}");
+    assert_eq!(stop(daemon), Some(0));
+}
+
+#[test]
+fn unreachable_redis_at_start_is_one_clear_line() {
+    let site = Site::new(&format!("redis://127.0.0.1:{}", free_port()), "");
+    let out = Command::new(env!("CARGO_BIN_EXE_depot")).args(["run", "--config"]).arg(&site.config).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach Redis") && err.contains("redis-server"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn status_and_retry_commands() {
+    let redis = Redis::start();
+    let site = Site::new(&redis.url(), "");
+    let daemon = site.start();
+    site.drop_rsync("STAT", "STAT_1.zip", b"not a zip");
+    wait_for(&site, "failure", 30, || redis.deposits().iter().any(terminal));
+    let id = redis.deposits()[0]["id"].clone();
+    let cfg = site.config.to_str().unwrap().to_owned();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_depot")).args(["status", &id, "--json", "--config", &cfg]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error_code"], "NOT_A_ZIP");
+    let out = Command::new(env!("CARGO_BIN_EXE_depot")).args(["status", "STAT", "--config", &cfg]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAILURE"));
+    let out = Command::new(env!("CARGO_BIN_EXE_depot")).args(["retry", &id, "--config", &cfg]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for(&site, "second deposit", 30, || {
+        let d = redis.deposits();
+        d.len() == 2 && d.iter().all(terminal)
+    });
+    assert_eq!(stop(daemon), Some(0));
+}

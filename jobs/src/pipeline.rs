@@ -75,6 +75,11 @@ fn examine(
         kept,
     })?;
     progress.totals(plan.total_bytes, plan.total_files);
+    // Now the unpacked size is known from the central directories: refuse
+    // before writing rather than fill the publish filesystem.
+    if let Some(root) = root {
+        crate::publish::check_free_space(root, plan.total_bytes, s.limits.min_free_bytes)?;
+    }
     let target = Target { root, fsync: s.publish.fsync };
     let mut got: Unpacked = unpack::run(&plan, job.archive, sidecar_md5.is_some(), target, s.threads(), progress)?;
     for c in &plan.containers {
@@ -167,7 +172,8 @@ pub fn ingest(job: &Job<'_>, publish_root: &Path, opts: IngestOptions, progress:
     publish::publish(&req, staging, &summary.files, s.checks.case_insensitive)
 }
 
-/// Check free space before unpacking into staging.
+/// Check free space before reading the archive at all (its own size is a
+/// floor; the unpacked size is checked again once the directory is read).
 pub fn preflight(job: &Job<'_>, publish_root: &Path) -> Result<()> {
     fs::create_dir_all(publish_root).ctx(Stage::Unpack, || format!("create {}", publish_root.display()))?;
     let size = fs::metadata(job.archive).ctx(Stage::Unpack, || format!("stat {}", job.archive.display()))?.len();

@@ -12,7 +12,7 @@ use rustix::fs::{FlockOperation, flock};
 use serde::{Deserialize, Serialize};
 
 use crate::conflicts::RELEASE_MANIFEST;
-use crate::error::{Code, Error, IoContext, Result, Stage};
+use crate::error::{Error, IoContext, Result, Stage};
 use crate::md5sums;
 use crate::names;
 use crate::settings::PublishMode;
@@ -336,7 +336,6 @@ pub fn check_free_space(publish_root: &Path, need: u64, margin: u64) -> Result<(
             io::Error::from_raw_os_error(28),
         ));
     }
-    let _ = Code::NoSpace;
     Ok(())
 }
 

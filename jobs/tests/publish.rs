@@ -197,3 +197,18 @@ fn check_writes_nothing() {
     assert_eq!(summary.file_count, 4);
     assert_eq!(Env::tree(env.tmp.path()), before);
 }
+
+#[test]
+fn not_enough_free_space_is_transient_and_keeps_the_deposit() {
+    let env = Env::new();
+    let s =
+        Settings { limits: jobs::Limits { min_free_bytes: u64::MAX / 4, ..Default::default() }, ..theia_settings() };
+    let out = env.ingest("MSEC", "MSEC_1.zip", &good_theia("MSEC", "v1"), &s);
+    let err = out.result.unwrap_err();
+    assert_eq!(err.code(), jobs::Code::NoSpace);
+    assert!(err.is_transient());
+    assert!(env.current("MSEC").is_none());
+    assert!(env.staging_is_empty());
+    // Transient: not rotated, the deposit stays where it was.
+    assert!(env.drop_root.join(".depot/spool/MSEC_1.zip").is_file());
+}

@@ -52,6 +52,9 @@ pub struct Shared {
     /// Wakes the scheduler (a job finished, a retry is due).
     pub wake: Notify,
     pub stopping: AtomicBool,
+    /// Set when the shutdown grace period is over: running pipelines stop
+    /// (staging removed) and their deposits resume at the next start.
+    pub abort: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -136,6 +139,7 @@ pub async fn run(config_path: PathBuf, role: Role) -> Result<()> {
         retry_at: Mutex::default(),
         wake: Notify::new(),
         stopping: AtomicBool::new(false),
+        abort: AtomicBool::new(false),
     });
     // The queue gets a connection of its own: its commands must not hold up
     // status writes on a shared multiplexed connection, nor the reverse.
@@ -185,6 +189,8 @@ pub async fn run(config_path: PathBuf, role: Role) -> Result<()> {
     if let Some(s) = scheduler {
         let _ = s.await;
     }
+    // Jobs still running past the grace period see `abort` and stop.
+    shared.abort.store(true, Ordering::SeqCst);
     signals.abort();
     info!("depot stopped");
     Ok(())
@@ -216,6 +222,10 @@ async fn handle_signals(shared: Arc<Shared>, config_path: PathBuf, stop: tokio::
                 shared.stopping.store(true, Ordering::SeqCst);
                 let _ = stop.send(true);
                 shared.wake.notify_one();
+                let grace = Duration::from_secs(shared.config().workers.shutdown_timeout_s);
+                tokio::time::sleep(grace).await;
+                warn!("shutdown grace period over: interrupting running jobs (they resume at the next start)");
+                shared.abort.store(true, Ordering::SeqCst);
                 return;
             }
         }
@@ -281,7 +291,7 @@ async fn scheduler(shared: Arc<Shared>, storage: Queue, mut stop: tokio::sync::w
             last_scan = Instant::now();
             let is_p = |p: &str| cfg.is_producer(p);
             for (_, path) in watcher::scan(&cfg.drop_root, &is_p) {
-                settler.observe(&path, Instant::now());
+                settler.note(&path, Instant::now());
             }
         }
         claim_settled(&shared, &cfg, &mut settler).await;
@@ -303,7 +313,7 @@ fn handle_hint(shared: &Shared, settler: &mut Settler, h: Hint, rescan: &mut boo
                     if let Some(base) = name.strip_suffix(".md5") { p.with_file_name(base) } else { p.clone() };
                 let tname = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 if !watcher::ignored(&tname) {
-                    settler.observe(&target, Instant::now());
+                    settler.note(&target, Instant::now());
                 }
             } else if created && p.strip_prefix(&cfg.drop_root).is_ok_and(|r| r.components().count() <= 2) {
                 // A new producer folder or its new/: files may have landed
@@ -334,31 +344,40 @@ async fn check_instance(status: &Status, mine: &mut Option<String>) -> redis::Re
     }
 }
 
+/// Claim settled uploads, each producer's in upload order: a producer's
+/// files are taken oldest first and the walk stops at the first one not
+/// settled yet, so a file noticed late is not overtaken by a newer one.
 async fn claim_settled(shared: &Shared, cfg: &Config, settler: &mut Settler) {
     let now = Instant::now();
     let is_p = |p: &str| cfg.is_producer(p);
-    let mut ready: Vec<(String, PathBuf)> = Vec::new();
+    let mut producers = std::collections::BTreeSet::new();
     for path in settler.candidates() {
-        if settler.observe(&path, now)
-            && let Some((p, _)) = watcher::classify(&cfg.drop_root, &path, &is_p)
-        {
-            ready.push((p, path));
+        if let Some((p, _)) = watcher::classify(&cfg.drop_root, &path, &is_p) {
+            producers.insert(p);
         }
     }
-    // Oldest first, so claim order follows upload order.
-    ready.sort_by_key(|(_, p)| std::fs::symlink_metadata(p).and_then(|m| m.modified()).ok());
-    for (p, path) in ready {
-        let spool_entry = tokio::task::block_in_place(|| shared.spool.claim(&p, &path));
-        match spool_entry {
-            Ok(e) => {
-                info!(deposit = %e.id, producer = %e.producer, file = %e.name, state = status::CREATED, "claimed");
-                if let Err(err) = shared.status.created(&e).await {
-                    warn!(deposit = %e.id, error = %err, "cannot record CREATED; will retry from the spool");
+    for p in producers {
+        let new_dir = cfg.drop_root.join(&p).join("new");
+        for path in tokio::task::block_in_place(|| watcher::candidates_of(&new_dir)) {
+            if !settler.observe(&path, now) {
+                break;
+            }
+            let spool_entry = tokio::task::block_in_place(|| shared.spool.claim(&p, &path));
+            match spool_entry {
+                Ok(e) => {
+                    info!(deposit = %e.id, producer = %e.producer, file = %e.name, state = status::CREATED, "claimed");
+                    if let Err(err) = shared.status.created(&e).await {
+                        warn!(deposit = %e.id, error = %err, "cannot record CREATED; will retry from the spool");
+                    }
+                }
+                Err(err) => {
+                    warn!(path = %path.display(), error = %err, "cannot claim");
+                    settler.forget(&path);
+                    break;
                 }
             }
-            Err(err) => warn!(path = %path.display(), error = %err, "cannot claim"),
+            settler.forget(&path);
         }
-        settler.forget(&path);
     }
 }
 

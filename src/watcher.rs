@@ -88,6 +88,13 @@ impl Settler {
                 return true;
             }
         }
+        // Not written for settle_ms already (noticed late, or an rsync
+        // rename that kept the source's mtime): settled, since the size
+        // cannot change without the mtime changing.
+        if SystemTime::now().duration_since(mtime).is_ok_and(|age| age >= self.settle) {
+            self.seen.remove(path);
+            return true;
+        }
         match self.seen.get_mut(path) {
             Some(s) if s.size == meta.len() && s.mtime == mtime => {
                 if now.duration_since(s.since) >= self.settle {
@@ -107,6 +114,20 @@ impl Settler {
         }
     }
 
+    /// Remember a path to look at; judged by `observe`.
+    pub fn note(&mut self, path: &Path, now: Instant) {
+        if !self.seen.contains_key(path) {
+            self.observe(path, now);
+            // Settled at first sight: keep it listed until claimed.
+            if let Ok(m) = fs::symlink_metadata(path)
+                && m.file_type().is_file()
+            {
+                let mtime = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                self.seen.entry(path.to_path_buf()).or_insert(Seen { size: m.len(), mtime, since: now });
+            }
+        }
+    }
+
     pub fn candidates(&self) -> Vec<PathBuf> {
         self.seen.keys().cloned().collect()
     }
@@ -114,6 +135,21 @@ impl Settler {
     pub fn forget(&mut self, path: &Path) {
         self.seen.remove(path);
     }
+}
+
+/// One producer's candidate files, oldest upload first: by mtime, then by
+/// name (file times are only as fine as the kernel's clock tick).
+pub fn candidates_of(new_dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<(SystemTime, PathBuf)> = walkdir::WalkDir::new(new_dir)
+        .min_depth(1)
+        .max_depth(1)
+        .into_iter()
+        .flatten()
+        .filter(|f| f.file_type().is_file() && !ignored(&f.file_name().to_string_lossy()))
+        .map(|f| (f.metadata().ok().and_then(|m| m.modified().ok()).unwrap_or(SystemTime::UNIX_EPOCH), f.into_path()))
+        .collect();
+    files.sort();
+    files.into_iter().map(|(_, p)| p).collect()
 }
 
 /// Every candidate file under every producer's `new/`.
@@ -209,6 +245,16 @@ mod tests {
         let mut s = Settler::new(Duration::from_millis(100), true);
         let t0 = Instant::now();
         assert!(!s.observe(&f, t0));
+        // Noticed late: not written for longer than the settle time.
+        let old = tmp.path().join("old.zip");
+        fs::write(&old, b"1").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(5))
+            .unwrap();
+        assert!(s.observe(&old, t0));
         assert!(!s.observe(&f, t0 + Duration::from_millis(50)));
         assert!(s.observe(&f, t0 + Duration::from_millis(150)));
         let g = tmp.path().join("b.zip");

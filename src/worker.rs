@@ -21,12 +21,12 @@ use crate::spool::{Entry, Outcome};
 use crate::status::{self, FAILURE, PROGRESS, SUCCESS};
 
 /// Shared between the pipeline thread and the status ticker.
-#[derive(Default)]
 struct Live {
     stage: AtomicU8,
     bytes: AtomicU64,
     total: AtomicU64,
     files: AtomicU64,
+    shared: Arc<Shared>,
 }
 
 const STAGES: [Stage; 5] = [Stage::Unpack, Stage::Verify, Stage::Conflicts, Stage::Publish, Stage::Rotate];
@@ -42,6 +42,9 @@ impl Progress for Live {
     fn advance(&self, bytes: u64, files: u64) {
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
         self.files.fetch_add(files, Ordering::Relaxed);
+    }
+    fn cancelled(&self) -> bool {
+        self.shared.abort.load(Ordering::Relaxed)
     }
 }
 
@@ -90,7 +93,13 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
         .await;
     info!(deposit = %entry.id, producer = %entry.producer, stage = "unpack", state = PROGRESS, attempt = attempts, "started");
 
-    let live = Arc::new(Live::default());
+    let live = Arc::new(Live {
+        stage: AtomicU8::new(0),
+        bytes: AtomicU64::new(0),
+        total: AtomicU64::new(0),
+        files: AtomicU64::new(0),
+        shared: shared.clone(),
+    });
     let ticker = {
         let (live, status, id) = (live.clone(), shared.status.clone(), entry.id.clone());
         tokio::spawn(async move {
@@ -131,6 +140,13 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
         started,
     };
     let outcome = match &result {
+        Err(Error::Cancelled) => {
+            // Shutdown interrupted it; staging is gone, the deposit stays
+            // in the spool and runs again at the next start.
+            info!(deposit = %entry.id, producer = %entry.producer, "interrupted by shutdown; resumes at the next start");
+            let _ = shared.status.set(&entry, status::WAITING, &[("stage", String::new())]).await;
+            return;
+        }
         Ok(p) => {
             let release = p.release.display().to_string();
             let report = Report::success(base, p.file_count, p.total_bytes, Some(release.clone()));

@@ -345,3 +345,133 @@ fn status_and_retry_commands() {
     });
     assert_eq!(stop(daemon), Some(0));
 }
+
+#[test]
+fn two_hundred_deposits_over_ten_producers() {
+    let redis = Redis::start();
+    let site = Site::new(&redis.url(), "[workers]\nconcurrency = 4\n");
+    let daemon = site.start();
+    let producers: Vec<String> = ["AAA", "BBB", "CCC", "DDD", "EEE", "FFF", "GGG", "HHH", "III", "JJJ"]
+        .iter()
+        .map(|s| format!("M{s}"))
+        .collect();
+    for round in 0..20 {
+        for p in &producers {
+            site.drop_rsync(p, &format!("{p}_{round:02}.zip"), &good_theia(p, &format!("r{round}")));
+        }
+    }
+    wait_for(&site, "200 deposits terminal", 120, || {
+        let d = redis.deposits();
+        d.len() == 200 && d.iter().all(terminal)
+    });
+    let deposits = redis.deposits();
+    assert!(deposits.iter().all(|d| d["state"] == "SUCCESS"));
+    let events = redis.events();
+    for p in &producers {
+        let order: Vec<String> = events
+            .iter()
+            .filter(|e| &e["producer"] == p && e["state"] == "SUCCESS")
+            .map(|e| deposits.iter().find(|d| d["id"] == e["id"]).unwrap()["file"].clone())
+            .collect();
+        let want: Vec<String> = (0..20).map(|r| format!("{p}_{r:02}.zip")).collect();
+        assert_eq!(order, want, "{p} published out of drop order");
+        let obs = fs::read_to_string(site.root().join(format!("publish/{p}/current/{p}_DAT_1/obs1.txt"))).unwrap();
+        assert_eq!(obs, "a,b\n1,r19\n");
+    }
+    assert_eq!(stop(daemon), Some(0));
+}
+
+/// A Theia deposit with one big stored file: slow enough to catch mid-job.
+fn big_deposit(p: &str, mib: usize) -> Vec<u8> {
+    let inner = RawZip::new().stored("big.bin", vec![7u8; mib << 20]).build();
+    RawZip::new()
+        .file(format!("{p}_en.json"), pivot(p, &[(&format!("{p}_DAT_1"), &["big.bin"])]))
+        .stored(format!("{p}_DAT_1.zip"), inner)
+        .build()
+}
+
+fn state_of(redis: &Redis) -> Option<String> {
+    redis.deposits().first().and_then(|d| d.get("state").cloned())
+}
+
+#[test]
+fn sigterm_mid_job_exits_zero_and_the_job_resumes() {
+    let redis = Redis::start();
+    // No grace at all: the running job is interrupted, never half-published.
+    let site = Site::new(&redis.url(), "[workers]\nshutdown_timeout_s = 0\n");
+    let daemon = site.start();
+    site.drop_rsync("TERM", "TERM_1.zip", &big_deposit("TERM", 400));
+    wait_for(&site, "PROGRESS", 60, || state_of(&redis).as_deref() == Some("PROGRESS"));
+    let t0 = Instant::now();
+    assert_eq!(stop(daemon), Some(0), "{}", site.log());
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    let st = state_of(&redis).unwrap();
+    assert!(st == "SUCCESS" || st == "WAITING" || st == "PROGRESS", "{st}");
+    if st != "SUCCESS" {
+        assert!(!site.root().join("publish/TERM/current").exists(), "half a release visible");
+    }
+    // Taken up again at the next start.
+    let daemon = site.start();
+    wait_for(&site, "SUCCESS after restart", 60, || state_of(&redis).as_deref() == Some("SUCCESS"));
+    assert_eq!(fs::metadata(site.root().join("publish/TERM/current/TERM_DAT_1/big.bin")).unwrap().len(), 400 << 20);
+    let ends = redis.events().iter().filter(|e| e["state"] == "SUCCESS").count();
+    assert_eq!(ends, 1);
+    assert_eq!(stop(daemon), Some(0));
+    assert_eq!(fs::read_dir(site.root().join("publish/.staging")).map(|d| d.count()).unwrap_or(0), 0);
+}
+
+#[test]
+fn sigkill_mid_job_then_restart_ends_success_once() {
+    let redis = Redis::start();
+    let site = Site::new(&redis.url(), "");
+    let mut daemon = site.start();
+    site.drop_rsync("KILL", "KILL_0.zip", &good_theia("KILL", "old"));
+    wait_for(&site, "first release", 30, || state_of(&redis).as_deref() == Some("SUCCESS"));
+    site.drop_rsync("KILL", "KILL_1.zip", &big_deposit("KILL", 400));
+    wait_for(&site, "PROGRESS", 60, || redis.deposits().iter().any(|d| d["state"] == "PROGRESS"));
+    let child = daemon.0.as_mut().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Whatever was killed, `current` is a complete release.
+    let cur = site.root().join("publish/KILL/current");
+    let m: serde_json::Value = serde_json::from_slice(&fs::read(cur.join("manifest.json")).unwrap()).unwrap();
+    for f in m["files"].as_array().unwrap() {
+        assert_eq!(fs::metadata(cur.join(f["path"].as_str().unwrap())).unwrap().len(), f["size"].as_u64().unwrap());
+    }
+    let daemon = site.start();
+    wait_for(&site, "both terminal", 60, || {
+        let d = redis.deposits();
+        d.len() == 2 && d.iter().all(|d| d["state"] == "SUCCESS")
+    });
+    let ends: Vec<_> = redis.events().into_iter().filter(|e| e["state"] == "SUCCESS").collect();
+    assert_eq!(ends.len(), 2);
+    assert!(cur.join("KILL_DAT_1/big.bin").is_file());
+    assert_eq!(stop(daemon), Some(0));
+    assert_eq!(fs::read_dir(site.root().join("publish/.staging")).map(|d| d.count()).unwrap_or(0), 0);
+    assert_eq!(fs::read_dir(site.root().join("drop/.depot/spool")).unwrap().count(), 0);
+}
+
+#[test]
+fn sighup_reloads_and_a_bad_config_is_kept_out() {
+    let redis = Redis::start();
+    let site = Site::new(&redis.url(), "[producers]\nallow = [\"HUPA\"]\n");
+    let daemon = site.start();
+    let pid = daemon.0.as_ref().unwrap().id().to_string();
+    site.drop_rsync("HUPB", "HUPB_1.zip", &good_theia("HUPB", "b"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(redis.deposits().is_empty(), "a producer outside producers.allow was served");
+    let cfg = fs::read_to_string(&site.config).unwrap().replace("allow = [\"HUPA\"]", "allow = [\"HUPA\", \"HUPB\"]");
+    fs::write(&site.config, cfg).unwrap();
+    Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    wait_for(&site, "HUPB after reload", 30, || redis.deposits().iter().any(terminal));
+    fs::write(&site.config, "this is = = not toml").unwrap();
+    Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    site.drop_rsync("HUPA", "HUPA_1.zip", &good_theia("HUPA", "a"));
+    wait_for(&site, "HUPA with the kept config", 30, || {
+        let d = redis.deposits();
+        d.len() == 2 && d.iter().all(|d| d["state"] == "SUCCESS")
+    });
+    assert!(site.log().contains("reload failed"), "{}", site.log());
+    assert_eq!(stop(daemon), Some(0));
+}

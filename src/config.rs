@@ -19,11 +19,14 @@ use toml::Table;
 pub struct Redis {
     pub url: String,
     pub prefix: String,
+    /// Finished queue tasks (apalis' done/dead sets and their meta) kept;
+    /// apalis-redis never expires them itself.
+    pub keep_finished_jobs: u64,
 }
 
 impl Default for Redis {
     fn default() -> Self {
-        Redis { url: "redis://127.0.0.1:6379".into(), prefix: "depot".into() }
+        Redis { url: "redis://127.0.0.1:6379".into(), prefix: "depot".into(), keep_finished_jobs: 1000 }
     }
 }
 

@@ -47,6 +47,9 @@ pub struct Shared {
     producer_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Producer → the deposit id we queued for it.
     pub queued: Mutex<HashMap<String, String>>,
+    /// The spool in memory, producer → entries in claim order, so that
+    /// scheduling does not re-read every deposit.json on every tick.
+    pub index: Mutex<HashMap<String, BTreeMap<(u128, String), Entry>>>,
     /// Deposit → when a transient failure may be retried.
     pub retry_at: Mutex<HashMap<String, Instant>>,
     /// Wakes the scheduler (a job finished, a retry is due).
@@ -70,7 +73,35 @@ impl Shared {
         lock(&self.producer_locks).entry(p.to_owned()).or_default().clone()
     }
 
+    pub fn index_add(&self, e: &Entry) {
+        lock(&self.index).entry(e.producer.clone()).or_default().insert((e.claimed_ns, e.id.clone()), e.clone());
+    }
+
+    fn index_remove(&self, e: &Entry) {
+        let mut idx = lock(&self.index);
+        if let Some(m) = idx.get_mut(&e.producer) {
+            m.remove(&(e.claimed_ns, e.id.clone()));
+            if m.is_empty() {
+                idx.remove(&e.producer);
+            }
+        }
+    }
+
+    /// Reload the index from disk (start, Redis resync).
+    fn index_reload(&self) -> std::io::Result<()> {
+        let entries = self.spool.list()?;
+        let mut idx = lock(&self.index);
+        idx.clear();
+        for e in entries {
+            idx.entry(e.producer.clone()).or_default().insert((e.claimed_ns, e.id.clone()), e);
+        }
+        Ok(())
+    }
+
     pub fn done(&self, e: &Entry) {
+        if !self.spool.dir(&e.id).exists() {
+            self.index_remove(e);
+        }
         let mut q = lock(&self.queued);
         if q.get(&e.producer) == Some(&e.id) {
             q.remove(&e.producer);
@@ -136,6 +167,7 @@ pub async fn run(config_path: PathBuf, role: Role) -> Result<()> {
         config: RwLock::new(cfg.clone()),
         producer_locks: Mutex::default(),
         queued: Mutex::default(),
+        index: Mutex::default(),
         retry_at: Mutex::default(),
         wake: Notify::new(),
         stopping: AtomicBool::new(false),
@@ -243,6 +275,7 @@ async fn scheduler(shared: Arc<Shared>, storage: Queue, mut stop: tokio::sync::w
     let mut last_scan = Instant::now() - Duration::from_secs(3600);
     let mut redis_ok = true;
     let mut instance = None::<String>;
+    let mut last_trim = Instant::now() - Duration::from_secs(3600);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -271,6 +304,9 @@ async fn scheduler(shared: Arc<Shared>, storage: Queue, mut stop: tokio::sync::w
                 if !redis_ok || reset {
                     info!(reset, "Redis is back; resynchronising from the spool");
                     lock(&shared.queued).clear();
+                    if let Err(e) = tokio::task::block_in_place(|| shared.index_reload()) {
+                        warn!(error = %e, "cannot read the spool");
+                    }
                     rescan = true;
                 }
                 redis_ok = true;
@@ -297,6 +333,10 @@ async fn scheduler(shared: Arc<Shared>, storage: Queue, mut stop: tokio::sync::w
         claim_settled(&shared, &cfg, &mut settler).await;
         if redis_ok {
             schedule(&shared, &storage).await;
+            if last_trim.elapsed() >= Duration::from_secs(60) {
+                last_trim = Instant::now();
+                trim_queue(&shared.status, &storage, cfg.redis.keep_finished_jobs).await;
+            }
         }
     }
     drop(watcher);
@@ -344,6 +384,8 @@ async fn check_instance(status: &Status, mine: &mut Option<String>) -> redis::Re
     }
 }
 
+const CLAIMS_PER_TICK: usize = 256;
+
 /// Claim settled uploads, each producer's in upload order: a producer's
 /// files are taken oldest first and the walk stops at the first one not
 /// settled yet, so a file noticed late is not overtaken by a newer one.
@@ -356,15 +398,20 @@ async fn claim_settled(shared: &Shared, cfg: &Config, settler: &mut Settler) {
             producers.insert(p);
         }
     }
+    // A backlog waits in new/ and is claimed a slice per tick, so the
+    // scheduler keeps queueing while thousands of files are taken in.
+    let mut budget = CLAIMS_PER_TICK;
     for p in producers {
         let new_dir = cfg.drop_root.join(&p).join("new");
         for path in tokio::task::block_in_place(|| watcher::candidates_of(&new_dir)) {
-            if !settler.observe(&path, now) {
+            if budget == 0 || !settler.observe(&path, now) {
                 break;
             }
+            budget -= 1;
             let spool_entry = tokio::task::block_in_place(|| shared.spool.claim(&p, &path));
             match spool_entry {
                 Ok(e) => {
+                    shared.index_add(&e);
                     info!(deposit = %e.id, producer = %e.producer, file = %e.name, state = status::CREATED, "claimed");
                     if let Err(err) = shared.status.created(&e).await {
                         warn!(deposit = %e.id, error = %err, "cannot record CREATED; will retry from the spool");
@@ -381,18 +428,60 @@ async fn claim_settled(shared: &Shared, cfg: &Config, settler: &mut Settler) {
     }
 }
 
+/// apalis-redis keeps every finished task (set member, meta hash, payload)
+/// forever; keep the configured number.
+const TRIM: &str = r#"
+local removed = 0
+for _, set in ipairs({KEYS[1], KEYS[2]}) do
+  local n = redis.call('SCARD', set) - tonumber(ARGV[1])
+  if n > 0 then
+    if n > 5000 then n = 5000 end
+    for _, id in ipairs(redis.call('SPOP', set, n)) do
+      redis.call('DEL', KEYS[3] .. ':' .. id)
+      redis.call('HDEL', KEYS[4], id)
+      removed = removed + 1
+    end
+  end
+end
+return removed
+"#;
+
+pub async fn trim_queue(status: &Status, storage: &Queue, keep: u64) {
+    let qc = storage.get_config();
+    let mut conn = status.conn.clone();
+    let r: redis::RedisResult<i64> = redis::Script::new(TRIM)
+        .key(qc.done_jobs_set())
+        .key(qc.dead_jobs_set())
+        .key(qc.job_meta_hash())
+        .key(qc.job_data_hash())
+        .arg(keep)
+        .invoke_async(&mut conn)
+        .await;
+    match r {
+        Ok(n) if n > 0 => info!(removed = n, "trimmed finished queue tasks"),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot trim the queue"),
+    }
+}
+
 /// Queue each producer's oldest deposit that is not queued yet.
 async fn schedule(shared: &Shared, storage: &Queue) {
-    let entries = match tokio::task::block_in_place(|| shared.spool.list()) {
-        Ok(e) => e,
-        Err(e) => {
-            warn!(error = %e, "cannot list the spool");
-            return;
+    // Each producer's oldest entry still in the spool; entries finished by
+    // a worker elsewhere (--role worker) are dropped from the index here.
+    let mut oldest: Vec<(String, Entry)> = Vec::new();
+    {
+        let mut idx = lock(&shared.index);
+        for (p, entries) in idx.iter_mut() {
+            while let Some((k, e)) = entries.first_key_value() {
+                if shared.spool.dir(&e.id).exists() {
+                    oldest.push((p.clone(), e.clone()));
+                    break;
+                }
+                let k = k.clone();
+                entries.remove(&k);
+            }
         }
-    };
-    let mut oldest: BTreeMap<String, Entry> = BTreeMap::new();
-    for e in entries {
-        oldest.entry(e.producer.clone()).or_insert(e);
+        idx.retain(|_, m| !m.is_empty());
     }
     let now = Instant::now();
     for (p, e) in oldest {
@@ -400,10 +489,6 @@ async fn schedule(shared: &Shared, storage: &Queue) {
             continue;
         }
         if lock(&shared.retry_at).get(&e.id).is_some_and(|t| *t > now) {
-            continue;
-        }
-        // Finished since the listing? Then its successor is next time's.
-        if !shared.spool.dir(&e.id).join(&e.name).exists() {
             continue;
         }
         if let Err(err) = shared.status.created(&e).await {

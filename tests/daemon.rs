@@ -90,12 +90,15 @@ struct Site {
 
 impl Site {
     fn new(redis_url: &str, extra: &str) -> Site {
+        Self::with_redis_keys(redis_url, "", extra)
+    }
+    fn with_redis_keys(redis_url: &str, redis_keys: &str, extra: &str) -> Site {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("config.toml");
         fs::write(
             &config,
             format!(
-                "drop_root = \"drop\"\npublish_root = \"publish\"\n[redis]\nurl = \"{redis_url}\"\n[watch]\nsettle_ms = 300\n[publish]\nfsync = false\nkeep_releases = 10\n{extra}"
+                "drop_root = \"drop\"\npublish_root = \"publish\"\n[redis]\nurl = \"{redis_url}\"\n{redis_keys}\n[watch]\nsettle_ms = 300\n[publish]\nfsync = false\nkeep_releases = 10\n{extra}"
             ),
         )
         .unwrap();
@@ -473,5 +476,80 @@ fn sighup_reloads_and_a_bad_config_is_kept_out() {
         d.len() == 2 && d.iter().all(|d| d["state"] == "SUCCESS")
     });
     assert!(site.log().contains("reload failed"), "{}", site.log());
+    assert_eq!(stop(daemon), Some(0));
+}
+
+#[test]
+fn finished_queue_tasks_are_trimmed() {
+    let redis = Redis::start();
+    let site = Site::with_redis_keys(&redis.url(), "keep_finished_jobs = 2", "");
+    let daemon = site.start();
+    for i in 0..6 {
+        site.drop_rsync("TRIM", &format!("TRIM_{i}.zip"), &good_theia("TRIM", &i.to_string()));
+    }
+    wait_for(&site, "six deposits", 60, || {
+        let d = redis.deposits();
+        d.len() == 6 && d.iter().all(terminal)
+    });
+    assert_eq!(stop(daemon), Some(0));
+    let count = |pattern: &str| -> usize {
+        let mut c = redis.conn().unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query(&mut c).unwrap();
+        keys.len()
+    };
+    assert!(count("depot:queue:meta:*") >= 6);
+    // Trimmed at the next start (and every minute while running).
+    let daemon = site.start();
+    wait_for(&site, "trim", 30, || count("depot:queue:meta:*") <= 2);
+    let mut c = redis.conn().unwrap();
+    let done: usize = redis::cmd("SCARD").arg("depot:queue:done").query(&mut c).unwrap();
+    assert!(done <= 2);
+    // Deposit records are not the queue's: all six remain.
+    assert_eq!(redis.deposits().len(), 6);
+    assert_eq!(stop(daemon), Some(0));
+}
+
+#[test]
+fn more_than_ten_thousand_deposits_keep_the_queue_bounded() {
+    let redis = Redis::start();
+    let producers: Vec<String> = (0..20)
+        .map(|i| {
+            format!(
+                "Q{}",
+                [
+                    "AAA", "AAB", "AAC", "AAD", "AAE", "AAF", "AAG", "AAH", "AAI", "AAJ", "AAK", "AAL", "AAM", "AAN",
+                    "AAO", "AAP", "AAQ", "AAR", "AAS", "AAT"
+                ][i]
+            )
+        })
+        .collect();
+    let site = Site::new(&redis.url(), "[producers]\nprofile = \"plain\"\n[workers]\nconcurrency = 4\n");
+    // Dropped before the daemon starts: the whole backlog is there at once.
+    let zip = RawZip::new().stored("a.txt", "a").build();
+    let per = 505;
+    for p in &producers {
+        let d = site.new_dir(p);
+        for i in 0..per {
+            fs::write(d.join(format!("{p}_{i:04}.zip")), &zip).unwrap();
+        }
+    }
+    let total = per * producers.len();
+    assert!(total > 10_000);
+    let daemon = site.start();
+    let mut max_queued = 0usize;
+    wait_for(&site, "all deposits terminal", 600, || {
+        let mut c = redis.conn().unwrap();
+        let active: usize = redis::cmd("LLEN").arg("depot:queue:active").query(&mut c).unwrap();
+        let scheduled: usize = redis::cmd("ZCARD").arg("depot:queue:scheduled").query(&mut c).unwrap();
+        max_queued = max_queued.max(active + scheduled);
+        let spool = fs::read_dir(site.root().join("drop/.depot/spool")).map(|d| d.count()).unwrap_or(1);
+        let left: usize = producers.iter().map(|p| fs::read_dir(site.new_dir(p)).unwrap().count()).sum();
+        std::thread::sleep(Duration::from_millis(400));
+        spool == 0 && left == 0
+    });
+    assert!(max_queued <= producers.len(), "queue grew to {max_queued}");
+    let mut c = redis.conn().unwrap();
+    let n: usize = redis::cmd("ZCARD").arg("depot:deposits").query(&mut c).unwrap();
+    assert_eq!(n, total);
     assert_eq!(stop(daemon), Some(0));
 }

@@ -37,6 +37,9 @@ pub struct DepositJob {
 
 pub type Queue = RedisStorage<DepositJob>;
 
+/// One producer's spool entries by (claim time, id).
+pub type ProducerQueue = BTreeMap<(u128, String), Entry>;
+
 /// State shared by the scheduler and the workers.
 pub struct Shared {
     config: RwLock<Arc<Config>>,
@@ -49,7 +52,7 @@ pub struct Shared {
     pub queued: Mutex<HashMap<String, String>>,
     /// The spool in memory, producer → entries in claim order, so that
     /// scheduling does not re-read every deposit.json on every tick.
-    pub index: Mutex<HashMap<String, BTreeMap<(u128, String), Entry>>>,
+    pub index: Mutex<HashMap<String, ProducerQueue>>,
     /// Deposit → when a transient failure may be retried.
     pub retry_at: Mutex<HashMap<String, Instant>>,
     /// Wakes the scheduler (a job finished, a retry is due).

@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Benchmark of issue 3: `depot run` against a private redis-server.
+
+  python3 bench/daemon.py [--deposits 2000] [--producers 20] [--drops 200]
+
+(1) drop-to-SUCCESS latency of a 100 KB deposit beyond the settle time
+    (median and p99 over --drops sequential drops),
+(2) --deposits small deposits over --producers producers dropped at once:
+    deposits per second until all are SUCCESS (fsync on),
+(3) peak RSS of the daemon (VmHWM) over the whole run.
+Needs redis-server; builds the release binary.
+"""
+import argparse, io, os, random, shutil, socket, statistics, subprocess, sys, tempfile, time, zipfile
+
+
+class Resp:
+    """Just enough RESP to XREAD the events stream."""
+    def __init__(self, port):
+        self.s = socket.create_connection(("127.0.0.1", port))
+        self.f = self.s.makefile("rb")
+
+    def cmd(self, *args):
+        out = b"*%d\r\n" % len(args)
+        for a in args:
+            a = a if isinstance(a, bytes) else str(a).encode()
+            out += b"$%d\r\n%s\r\n" % (len(a), a)
+        self.s.sendall(out)
+        return self.read()
+
+    def read(self):
+        line = self.f.readline()
+        t, rest = line[:1], line[1:-2]
+        if t in (b"+", b"-"):
+            return rest.decode()
+        if t == b":":
+            return int(rest)
+        if t == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            data = self.f.read(n + 2)[:-2]
+            return data.decode()
+        if t == b"*":
+            n = int(rest)
+            return None if n < 0 else [self.read() for _ in range(n)]
+        raise RuntimeError(line)
+
+
+def theia(p, tag, size):
+    """A Theia deposit: pivot + one stored dataset zip with `size` bytes of data."""
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("obs1.bin", random.randbytes(size))
+    pivot = ('{"producer":{"producerId":"%s"},"datasets":[{"datasetId":"%s_DAT_1","observations":'
+             '[{"observationId":"%s_OBS_1","result":{"dataFile":{"name":"obs1.bin"}}}]}]}' % (p, p, p))
+    outer = io.BytesIO()
+    with zipfile.ZipFile(outer, "w", zipfile.ZIP_STORED) as z:
+        z.writestr(f"{p}_en.json", pivot)
+        z.writestr(f"{p}_DAT_1.zip", inner.getvalue())
+    return outer.getvalue()
+
+
+def drop(root, p, name, data):
+    d = os.path.join(root, "drop", p, "new")
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, "." + name + ".tmp1")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.rename(tmp, os.path.join(d, name))
+
+
+def wait_success(r, last_id, want, timeout=600):
+    """Read events until `want` SUCCESS/FAILURE events; returns (last_id, [(id, state, t)])."""
+    got = []
+    deadline = time.time() + timeout
+    while len(got) < want:
+        if time.time() > deadline:
+            raise SystemExit(f"timed out: {len(got)}/{want}")
+        res = r.cmd("XREAD", "BLOCK", 1000, "COUNT", 1000, "STREAMS", "depot:events", last_id)
+        if not res:
+            continue
+        for _, entries in res:
+            for eid, fields in entries:
+                last_id = eid
+                kv = dict(zip(fields[::2], fields[1::2]))
+                if kv.get("state") in ("SUCCESS", "FAILURE"):
+                    got.append((kv["id"], kv["state"], time.time()))
+    return last_id, got
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--deposits", type=int, default=2000)
+    ap.add_argument("--producers", type=int, default=20)
+    ap.add_argument("--drops", type=int, default=200)
+    ap.add_argument("--settle-ms", type=int, default=200)
+    a = ap.parse_args()
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run(["cargo", "build", "--release", "-q"], cwd=repo, check=True)
+    work = tempfile.mkdtemp(prefix="depot-bench-")
+    port = random.randint(20000, 40000)
+    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                              "--dir", work], stdout=subprocess.DEVNULL)
+    time.sleep(0.5)
+    cfg = os.path.join(work, "config.toml")
+    with open(cfg, "w") as f:
+        f.write(f'drop_root = "drop"\npublish_root = "publish"\n[redis]\nurl = "redis://127.0.0.1:{port}"\n'
+                f'[watch]\nsettle_ms = {a.settle_ms}\n[producers]\npattern = "^[A-Z]{{4}}$"\n')
+    daemon = subprocess.Popen([os.path.join(repo, "target/release/depot"), "run", "--config", cfg],
+                              stderr=open(os.path.join(work, "daemon.log"), "w"), env=dict(os.environ, RUST_LOG="warn"))
+    try:
+        time.sleep(1.0)
+        r = Resp(port)
+        last = "0-0"
+        # (1) latency
+        lat = []
+        data = theia("LATX", "x", 100_000)
+        for i in range(a.drops):
+            t0 = time.time()
+            drop(work, "LATX", f"LATX_{i:04}.zip", data)
+            last, got = wait_success(r, last, 1)
+            lat.append((got[0][2] - t0) * 1000 - a.settle_ms)
+        lat.sort()
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        print(f"(1) drop-to-SUCCESS beyond settle_ms={a.settle_ms}: median {statistics.median(lat):.1f} ms, p99 {p99:.1f} ms over {a.drops} drops")
+        # (2) throughput
+        names = ["%s%s" % (chr(65 + i // 26), chr(65 + i % 26)) for i in range(a.producers)]
+        producers = [f"TP{n}" for n in names]
+        small = {p: theia(p, "t", 2000) for p in producers}
+        per = a.deposits // len(producers)
+        t0 = time.time()
+        for i in range(per):
+            for p in producers:
+                drop(work, p, f"{p}_{i:05}.zip", small[p])
+        t_dropped = time.time()
+        last, got = wait_success(r, last, per * len(producers))
+        t1 = got[-1][2]
+        ok = sum(1 for g in got if g[1] == "SUCCESS")
+        n = per * len(producers)
+        print(f"(2) {n} deposits over {len(producers)} producers (fsync on): {ok} SUCCESS in {t1 - t0:.2f} s "
+              f"= {n / (t1 - t0):.0f} deposits/s (dropping took {t_dropped - t0:.2f} s; settle {a.settle_ms} ms included)")
+        with open(f"/proc/{daemon.pid}/status") as f:
+            hwm = [l for l in f if l.startswith("VmHWM")][0].split()[1]
+        print(f"(3) daemon peak RSS (VmHWM): {int(hwm) / 1024:.1f} MiB")
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
+        redis.terminate()
+        redis.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -94,6 +94,7 @@ def main():
     ap.add_argument("--producers", type=int, default=20)
     ap.add_argument("--drops", type=int, default=200)
     ap.add_argument("--settle-ms", type=int, default=200)
+    ap.add_argument("--concurrency", type=int, default=0, help="workers.concurrency (0: the default)")
     a = ap.parse_args()
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run(["cargo", "build", "--release", "-q"], cwd=repo, check=True)
@@ -105,7 +106,8 @@ def main():
     cfg = os.path.join(work, "config.toml")
     with open(cfg, "w") as f:
         f.write(f'drop_root = "drop"\npublish_root = "publish"\n[redis]\nurl = "redis://127.0.0.1:{port}"\n'
-                f'[watch]\nsettle_ms = {a.settle_ms}\n[producers]\npattern = "^[A-Z]{{4}}$"\n')
+                f'[watch]\nsettle_ms = {a.settle_ms}\n[producers]\npattern = "^[A-Z]{{4}}$"\n'
+                + (f'[workers]\nconcurrency = {a.concurrency}\n' if a.concurrency else ''))
     daemon = subprocess.Popen([os.path.join(repo, "target/release/depot"), "run", "--config", cfg],
                               stderr=open(os.path.join(work, "daemon.log"), "w"), env=dict(os.environ, RUST_LOG="warn"))
     try:

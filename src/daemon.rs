@@ -198,7 +198,7 @@ pub async fn run(config_path: PathBuf, role: Role) -> Result<()> {
                 // name is refused while the old one still looks alive.
                 let name = format!("depot-{}-{}-{restarts}", std::process::id(), jobs::deposit::new_id("w"));
                 WorkerBuilder::new(name)
-                    .backend(storage.clone().poll_with_interval(Duration::from_millis(50)))
+                    .backend(storage.clone().poll_with_interval(Duration::from_millis(10)))
                     .concurrency(concurrency)
                     .data(sh.clone())
                     .build(worker::handle)
@@ -279,7 +279,10 @@ async fn scheduler(shared: Arc<Shared>, storage: Queue, mut stop: tokio::sync::w
     let mut redis_ok = true;
     let mut instance = None::<String>;
     let mut last_trim = Instant::now() - Duration::from_secs(3600);
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut last_ping = Instant::now() - Duration::from_secs(3600);
+    // Short ticks: the settle deadline and the next deposit of a producer
+    // are noticed within 20 ms; a tick costs no syscall when nothing waits.
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let mut rescan = false;
@@ -301,6 +304,13 @@ async fn scheduler(shared: Arc<Shared>, storage: Queue, mut stop: tokio::sync::w
         settler.reconfigure(Duration::from_millis(cfg.watch.settle_ms), cfg.watch.sidecar_marks_done);
         // Redis back after an outage, or back empty: everything it should
         // know is re-sent from the spool.
+        // Redis liveness (and emptiness) once a second, or when a write failed.
+        if redis_ok && last_ping.elapsed() < Duration::from_secs(1) {
+            claim_settled(&shared, &cfg, &mut settler).await;
+            schedule(&shared, &storage).await;
+            continue;
+        }
+        last_ping = Instant::now();
         let alive = check_instance(&shared.status, &mut instance).await;
         match (alive, redis_ok) {
             (Ok(reset), _) => {

@@ -141,9 +141,10 @@ impl Spool {
         }
     }
 
-    /// Every entry, oldest claim first. Entries whose claim never completed
-    /// (a crash between mkdir and rename) are removed: their file is still
-    /// in `new/` and will be claimed again.
+    /// Every entry, oldest claim first. An entry whose claim never
+    /// completed (a crash before deposit.json was on disk) gives its files
+    /// back to the producer's `new/` (the producer is in the id), never
+    /// deletes them.
     pub fn list(&self) -> io::Result<Vec<Entry>> {
         let mut out = Vec::new();
         for d in fs::read_dir(&self.root)? {
@@ -152,12 +153,60 @@ impl Spool {
             if !jobs::deposit::is_id(&id) {
                 continue;
             }
-            match self.load(&id)? {
-                Some(e) if self.archive(&e).exists() || self.outcome(&id)?.is_some() => out.push(e),
-                _ => self.remove(&id)?,
+            match self.load(&id) {
+                Ok(Some(e)) if self.archive(&e).exists() || self.outcome(&id)?.is_some() => out.push(e),
+                Ok(Some(_)) => self.remove(&id)?,
+                Ok(None) | Err(_) => self.give_back(&id)?,
             }
         }
         out.sort_by_key(|e| (e.claimed_ns, e.id.clone()));
         Ok(out)
+    }
+
+    fn give_back(&self, id: &str) -> io::Result<()> {
+        let dir = self.dir(id);
+        let producer = id.split('-').nth(1).unwrap_or_default();
+        let new = self.root.parent().and_then(Path::parent).map(|d| d.join(producer).join("new"));
+        if let Some(new) = new.filter(|_| !producer.is_empty()) {
+            for f in fs::read_dir(&dir)? {
+                let f = f?;
+                let name = f.file_name().to_string_lossy().into_owned();
+                if name != "deposit.json" && !name.ends_with(".tmp") && f.file_type()?.is_file() {
+                    fs::create_dir_all(&new)?;
+                    fs::rename(f.path(), new.join(&name))?;
+                }
+            }
+        }
+        self.remove(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_half_claimed_entry_gives_its_file_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = Spool::new(tmp.path()).unwrap();
+        let id = "20260101T000000Z-MSEC-0000abcd";
+        fs::create_dir_all(spool.dir(id)).unwrap();
+        fs::write(spool.dir(id).join("MSEC_1.zip"), b"data").unwrap();
+        assert!(spool.list().unwrap().is_empty());
+        assert_eq!(fs::read(tmp.path().join("MSEC/new/MSEC_1.zip")).unwrap(), b"data");
+        assert!(!spool.dir(id).exists());
+    }
+
+    #[test]
+    fn claim_then_list() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = Spool::new(tmp.path()).unwrap();
+        let new = tmp.path().join("MSEC/new");
+        fs::create_dir_all(&new).unwrap();
+        fs::write(new.join("a.zip"), b"a").unwrap();
+        fs::write(new.join("a.zip.md5"), b"m").unwrap();
+        let e = spool.claim("MSEC", &new.join("a.zip")).unwrap();
+        assert!(e.sidecar && !new.join("a.zip").exists() && !new.join("a.zip.md5").exists());
+        assert_eq!(spool.list().unwrap(), vec![e]);
     }
 }

@@ -157,7 +157,8 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn cmd_run(config: PathBuf, role: RoleArg, log_format: LogFormat) -> Result<u8> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // notify logs a harmless line at info for every removed folder watch.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,notify=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match log_format {
         LogFormat::Json => builder.json().init(),

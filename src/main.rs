@@ -193,7 +193,7 @@ fn print_report(report: &Report, json: bool) {
     if json {
         println!("{}", report.to_json());
     } else {
-        let advice = report.code.and_then(|c| jobs::Code::ALL.iter().find(|x| x.as_str() == c)).map(|c| c.advice());
+        let advice = report.code.and_then(jobs::Code::parse).map(jobs::Code::advice);
         print!("{}", report.to_text(advice));
     }
 }

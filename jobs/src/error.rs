@@ -56,6 +56,11 @@ impl Code {
         Code::NoSpace,
     ];
 
+    /// The code named by its stable string (reports, Redis), if any.
+    pub fn parse(s: &str) -> Option<Code> {
+        Code::ALL.iter().copied().find(|c| c.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Code::NotAZip => "NOT_A_ZIP",

@@ -78,7 +78,7 @@ pub fn to_previous(producer_dir: &Path, d: &Deposited<'_>) -> Result<PathBuf> {
 pub fn to_rejected(producer_dir: &Path, d: &Deposited<'_>, report: &Report) -> Result<PathBuf> {
     let rej = producer_dir.join(REJECTED);
     ensure_dir(&rej)?;
-    let advice = report.code.and_then(code_advice);
+    let advice = report.code.and_then(Code::parse).map(Code::advice);
     let json = rej.join(format!("{}.report.json", d.name));
     let txt = rej.join(format!("{}.report.txt", d.name));
     write_atomic(&json, report.to_json().as_bytes())?;
@@ -91,10 +91,6 @@ pub fn to_rejected(producer_dir: &Path, d: &Deposited<'_>, report: &Report) -> R
     }
     sync_dir(&rej)?;
     Ok(json)
-}
-
-fn code_advice(code: &str) -> Option<&'static str> {
-    Code::ALL.iter().find(|c| c.as_str() == code).map(|c| c.advice())
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

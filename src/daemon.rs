@@ -339,9 +339,11 @@ async fn scheduler(shared: Arc<Shared>, storage: Queue, mut stop: tokio::sync::w
         if rescan || last_scan.elapsed() >= Duration::from_secs(1) {
             last_scan = Instant::now();
             let is_p = |p: &str| cfg.is_producer(p);
-            for (_, path) in watcher::scan(&cfg.drop_root, &is_p) {
-                settler.note(&path, Instant::now());
-            }
+            tokio::task::block_in_place(|| {
+                for (_, path) in watcher::scan(&cfg.drop_root, &is_p) {
+                    settler.note(&path, Instant::now());
+                }
+            });
         }
         claim_settled(&shared, &cfg, &mut settler).await;
         if redis_ok {

@@ -65,13 +65,13 @@ pub async fn handle(job: DepositJob, shared: Data<Arc<Shared>>) -> Result<(), Bo
     let shared: Arc<Shared> = (*shared).clone();
     let guard = shared.producer_lock(&job.producer);
     let _g = guard.lock().await;
-    let entry = match shared.spool.load(&job.id) {
+    let entry = match tokio::task::block_in_place(|| shared.spool.load(&job.id)) {
         Ok(Some(e)) => e,
         // Already finished (a duplicate or re-queued orphan): nothing to do.
         Ok(None) => return Ok(()),
         Err(e) => return Err(AbortError::new(e).into()),
     };
-    if let Ok(Some(o)) = shared.spool.outcome(&entry.id) {
+    if let Ok(Some(o)) = tokio::task::block_in_place(|| shared.spool.outcome(&entry.id)) {
         finalize(&shared, &entry, &o).await;
         return Ok(());
     }
@@ -187,7 +187,7 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
             }
         }
     };
-    if let Err(e) = shared.spool.set_outcome(&entry.id, &outcome) {
+    if let Err(e) = tokio::task::block_in_place(|| shared.spool.set_outcome(&entry.id, &outcome)) {
         warn!(deposit = %entry.id, error = %e, "cannot record the outcome; the deposit will run again");
         shared.done(&entry);
         return;
@@ -201,26 +201,30 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
 /// by running this again.
 pub async fn finalize(shared: &Shared, entry: &Entry, o: &Outcome) {
     let cfg = shared.config();
-    let archive = shared.spool.archive(entry);
-    if archive.exists() {
+    // Rotation moves files and fsyncs folders: off the async workers.
+    let rotated = tokio::task::block_in_place(|| {
+        let archive = shared.spool.archive(entry);
+        if !archive.exists() {
+            return Ok(());
+        }
         let sidecar: Option<PathBuf> = shared.spool.sidecar(entry).filter(|p| p.exists());
         let d = Deposited { archive: &archive, sidecar: sidecar.as_deref(), name: &entry.name };
         let pdir = cfg.drop_root.join(&entry.producer);
-        let r = match serde_json::from_value::<ReportView>(o.report.clone()) {
+        match serde_json::from_value::<ReportView>(o.report.clone()) {
             _ if o.state == SUCCESS => rotate::to_previous(&pdir, &d).map(|_| ()),
             Ok(v) => rotate::to_rejected(&pdir, &d, &v.into_report()).map(|_| ()),
             Err(e) => Err(Error::io(Stage::Rotate, "outcome report", std::io::Error::other(e))),
-        };
-        if let Err(e) = r {
-            warn!(deposit = %entry.id, error = %e, "rotation failed; will retry");
-            shared.done(entry);
-            return;
         }
+    });
+    if let Err(e) = rotated {
+        warn!(deposit = %entry.id, error = %e, "rotation failed; will retry");
+        shared.done(entry);
+        return;
     }
     match shared.status.terminal(entry, o).await {
         Ok(_) => {
             info!(deposit = %entry.id, producer = %entry.producer, state = %o.state, error_code = o.error_code.as_deref().unwrap_or(""), "finished");
-            if let Err(e) = shared.spool.remove(&entry.id) {
+            if let Err(e) = tokio::task::block_in_place(|| shared.spool.remove(&entry.id)) {
                 warn!(deposit = %entry.id, error = %e, "cannot remove the spool entry");
             }
         }
@@ -245,8 +249,7 @@ struct ReportView {
 
 impl ReportView {
     fn into_report(self) -> Report {
-        let code =
-            self.code.as_deref().and_then(|c| jobs::Code::ALL.iter().find(|x| x.as_str() == c)).map(|c| c.as_str());
+        let code = self.code.as_deref().and_then(jobs::Code::parse).map(jobs::Code::as_str);
         Report {
             deposit: self.deposit,
             producer: self.producer,

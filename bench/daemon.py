@@ -104,6 +104,8 @@ def main():
                               "--dir", work], stdout=subprocess.DEVNULL)
     time.sleep(0.5)
     cfg = os.path.join(work, "config.toml")
+    for root in ("drop", "publish"):
+        os.makedirs(os.path.join(work, root))
     with open(cfg, "w") as f:
         f.write(f'drop_root = "drop"\npublish_root = "publish"\n[redis]\nurl = "redis://127.0.0.1:{port}"\n'
                 f'[watch]\nsettle_ms = {a.settle_ms}\n[producers]\npattern = "^[A-Z]{{4}}$"\n'

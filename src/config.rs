@@ -61,6 +61,29 @@ impl Default for Workers {
     }
 }
 
+/// `[notify]`: a program run once per terminal state (mail, webhook, …).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Notify {
+    /// argv, no shell; empty = off.
+    pub command: Vec<String>,
+    pub timeout_s: u64,
+}
+
+impl Default for Notify {
+    fn default() -> Self {
+        Notify { command: Vec::new(), timeout_s: 30 }
+    }
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Metrics {
+    /// `host:port`; empty = off.
+    pub listen: String,
+}
+
 /// The whole file, typed.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -71,6 +94,8 @@ pub struct Config {
     pub watch: Watch,
     pub workers: Workers,
     pub producers: Producers,
+    pub notify: Notify,
+    pub metrics: Metrics,
     /// The untyped global tables, kept to merge per-producer overrides in.
     base: BTreeMap<&'static str, Table>,
 }
@@ -123,6 +148,8 @@ impl Config {
         let watch: Watch = typed(take_table(&mut root, "watch")?, "watch")?;
         let workers: Workers = typed(take_table(&mut root, "workers")?, "workers")?;
         let producers = parse_producers(take_table(&mut root, "producers")?)?;
+        let notify: Notify = typed(take_table(&mut root, "notify")?, "notify")?;
+        let metrics: Metrics = typed(take_table(&mut root, "metrics")?, "metrics")?;
         let mut base = BTreeMap::new();
         for key in MERGED {
             base.insert(key, take_table(&mut root, key)?);
@@ -145,7 +172,27 @@ impl Config {
         if workers.max_attempts == 0 {
             bail!("workers.max_attempts must be at least 1");
         }
-        let cfg = Config { path: path.to_path_buf(), drop_root, publish_root, redis, watch, workers, producers, base };
+        if notify.command.first().is_some_and(|c| c.is_empty()) {
+            bail!("notify.command: the program (first element) must not be empty");
+        }
+        if notify.timeout_s == 0 {
+            bail!("notify.timeout_s must be at least 1");
+        }
+        if !metrics.listen.is_empty() && metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+            bail!("metrics.listen must be host:port with a numeric host (e.g. 127.0.0.1:9187), or empty for off");
+        }
+        let cfg = Config {
+            path: path.to_path_buf(),
+            drop_root,
+            publish_root,
+            redis,
+            watch,
+            workers,
+            producers,
+            notify,
+            metrics,
+            base,
+        };
         cfg.settings_for_inner(None)?;
         for p in cfg.producers.overrides.keys() {
             cfg.settings_for_inner(Some(p))?;
@@ -201,10 +248,12 @@ impl Config {
         struct View<'a> {
             drop_root: &'a Path,
             publish_root: &'a Path,
-            redis: &'a Redis,
+            redis: Redis,
             watch: &'a Watch,
             workers: &'a Workers,
             producers: ProducersView<'a>,
+            notify: &'a Notify,
+            metrics: &'a Metrics,
             checks: Checks,
             limits: Limits,
             publish: Publish,
@@ -223,7 +272,7 @@ impl Config {
         let view = View {
             drop_root: &self.drop_root,
             publish_root: &self.publish_root,
-            redis: &self.redis,
+            redis: Redis { url: redacted(&self.redis.url), ..self.redis.clone() },
             watch: &self.watch,
             workers: &self.workers,
             producers: ProducersView {
@@ -232,6 +281,8 @@ impl Config {
                 profile: self.producers.profile,
                 overrides,
             },
+            notify: &self.notify,
+            metrics: &self.metrics,
             checks: global.checks,
             limits: global.limits,
             publish: global.publish,
@@ -245,6 +296,19 @@ impl Config {
     pub fn is_producer(&self, name: &str) -> bool {
         self.producers.pattern.is_match(name)
             && self.producers.allow.as_ref().is_none_or(|a| a.iter().any(|x| x == name))
+    }
+}
+
+/// The URL with its password (if any) replaced, for logs and output.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{}", &rest[at + 1..])
+        }
+        None => url.to_owned(),
     }
 }
 
@@ -348,6 +412,28 @@ mod tests {
         assert!(s.checks.flat_names);
         assert_eq!(s.limits.max_entries, 10);
         assert_eq!(c.settings_for("MSEC").profile, Profile::Theia);
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redacted("redis://:s3cret@host:6380/2"), "redis://:***@host:6380/2");
+        assert_eq!(redacted("rediss://depot:s3cret@host/0"), "rediss://depot:***@host/0");
+        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        let c = parse("drop_root = \"/d\"\npublish_root = \"/p\"\n[redis]\nurl = \"redis://:pw@h:1/3\"\n").unwrap();
+        assert!(!c.effective().contains("pw@"));
+    }
+
+    #[test]
+    fn notify_and_metrics_are_checked() {
+        for (extra, key) in [
+            ("[notify]\ncommand = [\"\"]\n", "notify.command"),
+            ("[notify]\ntimeout_s = 0\n", "notify.timeout_s"),
+            ("[metrics]\nlisten = \"nowhere\"\n", "metrics.listen"),
+            ("[metrics]\nport = 1\n", "port"),
+        ] {
+            let err = format!("{:#}", parse(&format!("{MIN}{extra}")).unwrap_err());
+            assert!(err.contains(key), "{extra}: {err}");
+        }
     }
 
     #[test]

@@ -22,11 +22,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc};
 use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, redacted};
+use crate::metrics::{Gauges, Metrics};
+use crate::service::{self, Heartbeat};
 use crate::spool::{Entry, Spool};
 use crate::status::{self, Status};
 use crate::watcher::{self, Hint, Settler};
-use crate::worker;
+use crate::{selfcheck, worker};
 
 /// What travels through the queue: just enough to find the spool entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,6 +63,10 @@ pub struct Shared {
     /// Set when the shutdown grace period is over: running pipelines stop
     /// (staging removed) and their deposits resume at the next start.
     pub abort: AtomicBool,
+    /// Turned by the scheduler loop; feeds systemd's watchdog.
+    pub beat: Arc<Heartbeat>,
+    pub metrics: Arc<Metrics>,
+    pub redis_up: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -101,6 +107,11 @@ impl Shared {
         Ok(())
     }
 
+    pub fn gauges(&self) -> Gauges {
+        let spool = lock(&self.index).iter().map(|(p, m)| (p.clone(), m.len())).collect();
+        Gauges { spool, queued: lock(&self.queued).len(), redis_up: self.redis_up.load(Ordering::Relaxed) }
+    }
+
     pub fn done(&self, e: &Entry) {
         if !self.spool.dir(&e.id).exists() {
             self.index_remove(e);
@@ -129,7 +140,7 @@ pub async fn connect(cfg: &Config) -> Result<ConnectionManager> {
         .with_context(|| {
             format!(
                 "cannot reach Redis at {} — start one (`redis-server`, or `systemctl start redis-server`) or set redis.url in {}",
-                cfg.redis.url,
+                redacted(&cfg.redis.url),
                 cfg.path.display()
             )
         })?;
@@ -156,9 +167,12 @@ pub enum Role {
 
 pub async fn run(config_path: PathBuf, role: Role) -> Result<()> {
     let cfg = Arc::new(Config::load(&config_path)?);
-    std::fs::create_dir_all(&cfg.drop_root).with_context(|| format!("drop_root {}", cfg.drop_root.display()))?;
-    std::fs::create_dir_all(&cfg.publish_root)
-        .with_context(|| format!("publish_root {}", cfg.publish_root.display()))?;
+    // The checks of `depot config check`: refuse to start on a failed one
+    // rather than fail every deposit later.
+    let failed: Vec<String> = selfcheck::filesystem(&cfg).into_iter().filter(|f| !f.ok).map(|f| f.what).collect();
+    if !failed.is_empty() {
+        anyhow::bail!("start-up check failed (`depot config check` lists them all): {}", failed.join("; "));
+    }
     let conn = connect(&cfg).await?;
     let removed = jobs::publish::clean_stale(&cfg.publish_root).context("cleaning stale staging")?;
     for r in removed {
@@ -175,7 +189,14 @@ pub async fn run(config_path: PathBuf, role: Role) -> Result<()> {
         wake: Notify::new(),
         stopping: AtomicBool::new(false),
         abort: AtomicBool::new(false),
+        beat: Arc::default(),
+        metrics: Arc::default(),
+        redis_up: AtomicBool::new(true),
     });
+    let metrics = match cfg.metrics.listen.as_str() {
+        "" => None,
+        addr => Some(crate::metrics::serve(addr, shared.clone()).await?),
+    };
     // The queue gets a connection of its own: its commands must not hold up
     // status writes on a shared multiplexed connection, nor the reverse.
     let storage = queue(connect(&cfg).await?, &cfg);
@@ -183,8 +204,26 @@ pub async fn run(config_path: PathBuf, role: Role) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let signals = tokio::spawn(handle_signals(shared.clone(), config_path.clone(), stop_tx));
 
-    let scheduler =
-        (role != Role::Worker).then(|| tokio::spawn(scheduler(shared.clone(), storage.clone(), stop_rx.clone())));
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let scheduler = (role != Role::Worker)
+        .then(|| tokio::spawn(scheduler(shared.clone(), storage.clone(), stop_rx.clone(), ready_tx)));
+    let watchdog = service::spawn_watchdog(shared.beat.clone());
+    let worker_beat = (role == Role::Worker).then(|| {
+        // No scheduler loop here; the beat proves the runtime still turns.
+        let beat = shared.beat.clone();
+        tokio::spawn(async move {
+            loop {
+                beat.beat();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    });
+    let ready = tokio::spawn(async move {
+        if role == Role::Worker || ready_rx.await.is_ok() {
+            service::ready(&format!("running ({role:?})"));
+            info!(role = ?role, "ready");
+        }
+    });
     info!(role = ?role, drop_root = %cfg.drop_root.display(), publish_root = %cfg.publish_root.display(), "depot running");
 
     if role != Role::Watcher {
@@ -227,6 +266,10 @@ pub async fn run(config_path: PathBuf, role: Role) -> Result<()> {
     // Jobs still running past the grace period see `abort` and stop.
     shared.abort.store(true, Ordering::SeqCst);
     signals.abort();
+    for t in [watchdog, worker_beat, metrics].into_iter().flatten() {
+        t.abort();
+    }
+    ready.abort();
     info!("depot stopped");
     Ok(())
 }
@@ -244,6 +287,9 @@ async fn handle_signals(shared: Arc<Shared>, config_path: PathBuf, stop: tokio::
         match sig {
             SIGHUP => match Config::load(&config_path) {
                 Ok(c) => {
+                    if c.metrics.listen != shared.config().metrics.listen {
+                        warn!("metrics.listen changed: takes effect at the next start");
+                    }
                     if let Ok(mut w) = shared.config.write() {
                         *w = Arc::new(c);
                     }
@@ -253,6 +299,7 @@ async fn handle_signals(shared: Arc<Shared>, config_path: PathBuf, stop: tokio::
                 Err(e) => warn!(error = %format!("{e:#}"), "reload failed; keeping the running configuration"),
             },
             _ => {
+                service::stopping();
                 info!("stopping: no new jobs; running jobs get workers.shutdown_timeout_s to finish");
                 shared.stopping.store(true, Ordering::SeqCst);
                 let _ = stop.send(true);
@@ -268,7 +315,13 @@ async fn handle_signals(shared: Arc<Shared>, config_path: PathBuf, stop: tokio::
 }
 
 /// Notice, settle, claim, and queue each producer's oldest deposit.
-async fn scheduler(shared: Arc<Shared>, storage: Queue, mut stop: tokio::sync::watch::Receiver<bool>) {
+async fn scheduler(
+    shared: Arc<Shared>,
+    storage: Queue,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    ready: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut ready = Some(ready);
     let cfg = shared.config();
     let (tx, mut rx) = mpsc::unbounded_channel::<Hint>();
     let mut watcher = watcher::start(&cfg.drop_root, cfg.watch.poll_ms, tx.clone())
@@ -300,6 +353,7 @@ async fn scheduler(shared: Arc<Shared>, storage: Queue, mut stop: tokio::sync::w
         if shared.stopping.load(Ordering::SeqCst) {
             break;
         }
+        shared.beat.beat();
         let cfg = shared.config();
         settler.reconfigure(Duration::from_millis(cfg.watch.settle_ms), cfg.watch.sidecar_marks_done);
         // Redis back after an outage, or back empty: everything it should
@@ -321,11 +375,15 @@ async fn scheduler(shared: Arc<Shared>, storage: Queue, mut stop: tokio::sync::w
                         warn!(error = %e, "cannot read the spool");
                     }
                     rescan = true;
+                    if ready.is_none() {
+                        service::status("running");
+                    }
                 }
                 redis_ok = true;
             }
             (Err(e), true) => {
                 warn!(error = %e, "Redis unreachable; deposits wait in new/ and the spool until it returns");
+                service::status("Redis unreachable; deposits wait in new/ and the spool");
                 redis_ok = false;
             }
             (Err(_), false) => {}
@@ -345,9 +403,15 @@ async fn scheduler(shared: Arc<Shared>, storage: Queue, mut stop: tokio::sync::w
                 }
             });
         }
+        shared.redis_up.store(redis_ok, Ordering::Relaxed);
         claim_settled(&shared, &cfg, &mut settler).await;
         if redis_ok {
             schedule(&shared, &storage).await;
+            // Redis answered, the spool was recovered and queued, the
+            // drop folders scanned and watched: systemd may call us ready.
+            if let Some(r) = ready.take() {
+                let _ = r.send(());
+            }
             if last_trim.elapsed() >= Duration::from_secs(60) {
                 last_trim = Instant::now();
                 trim_queue(&shared.status, &storage, cfg.redis.keep_finished_jobs).await;
@@ -427,6 +491,7 @@ async fn claim_settled(shared: &Shared, cfg: &Config, settler: &mut Settler) {
             match spool_entry {
                 Ok(e) => {
                     shared.index_add(&e);
+                    shared.metrics.claimed(&e.producer);
                     info!(deposit = %e.id, producer = %e.producer, file = %e.name, state = status::CREATED, "claimed");
                     if let Err(err) = shared.status.created(&e).await {
                         warn!(deposit = %e.id, error = %err, "cannot record CREATED; will retry from the spool");

@@ -4,8 +4,12 @@
 
 mod config;
 mod daemon;
+mod hook;
+mod metrics;
 mod ops;
 mod progress;
+mod selfcheck;
+mod service;
 mod spool;
 mod status;
 mod watcher;
@@ -116,7 +120,9 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Load and validate the config; print the effective configuration.
+    /// Load and validate the config, print the effective configuration, then
+    /// check the roots (exist, writable, renames stay on one filesystem) and
+    /// Redis. Exit 0 when all is well, 2 otherwise.
     Check {
         #[arg(long, default_value = "config.toml", env = "DEPOT_CONFIG")]
         config: PathBuf,
@@ -137,10 +143,7 @@ fn main() -> ExitCode {
             runtime().and_then(|rt| rt.block_on(ops::status(&config, what.as_deref(), json)))
         }
         Command::Retry { deposit_id, config } => runtime().and_then(|rt| rt.block_on(ops::retry(&config, &deposit_id))),
-        Command::Config { command: ConfigCommand::Check { config } } => Config::load(&config).map(|c| {
-            print!("{}", c.effective());
-            0
-        }),
+        Command::Config { command: ConfigCommand::Check { config } } => cmd_config_check(&config),
     };
     match r {
         Ok(code) => ExitCode::from(code),
@@ -171,6 +174,17 @@ fn cmd_run(config: PathBuf, role: RoleArg, log_format: LogFormat) -> Result<u8> 
     };
     runtime()?.block_on(daemon::run(config, role))?;
     Ok(0)
+}
+
+/// Effective config, then every start-up check `depot run` makes; exit 2
+/// when any fails, so a deploy script can gate on it.
+fn cmd_config_check(config: &Path) -> Result<u8> {
+    let cfg = Config::load(config)?;
+    print!("{}", cfg.effective());
+    let mut findings = selfcheck::filesystem(&cfg);
+    findings.push(runtime()?.block_on(selfcheck::redis(&cfg)));
+    print!("{}", selfcheck::render(&findings));
+    Ok(if findings.iter().all(|f| f.ok) { ACCEPTED } else { TROUBLE })
 }
 
 fn progress(quiet: bool) -> Option<progress::Terminal> {

@@ -4,8 +4,8 @@
 //! entry says how far it got.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use apalis::prelude::*;
@@ -17,6 +17,7 @@ use jobs::{Error, Stage};
 use tracing::{info, warn};
 
 use crate::daemon::{DepositJob, Shared};
+use crate::hook;
 use crate::spool::{Entry, Outcome};
 use crate::status::{self, FAILURE, PROGRESS, SUCCESS};
 
@@ -27,6 +28,8 @@ struct Live {
     total: AtomicU64,
     files: AtomicU64,
     shared: Arc<Shared>,
+    /// When the current stage began, for `depot_stage_seconds`.
+    since: Mutex<Instant>,
 }
 
 const STAGES: [Stage; 5] = [Stage::Unpack, Stage::Verify, Stage::Conflicts, Stage::Publish, Stage::Rotate];
@@ -34,7 +37,10 @@ const STAGES: [Stage; 5] = [Stage::Unpack, Stage::Verify, Stage::Conflicts, Stag
 impl Progress for Live {
     fn stage(&self, s: Stage) {
         let i = STAGES.iter().position(|x| *x == s).unwrap_or(0);
-        self.stage.store(i as u8, Ordering::Relaxed);
+        let prev = self.stage.swap(i as u8, Ordering::Relaxed);
+        if prev != i as u8 {
+            self.lap(prev);
+        }
     }
     fn totals(&self, bytes: u64, _files: u64) {
         self.total.store(bytes, Ordering::Relaxed);
@@ -49,6 +55,13 @@ impl Progress for Live {
 }
 
 impl Live {
+    /// Account the time since the last lap to stage `i`.
+    fn lap(&self, i: u8) {
+        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
+        self.shared.metrics.stage(STAGES[i as usize % STAGES.len()].as_str(), since.elapsed());
+        *since = Instant::now();
+    }
+
     fn fields(&self) -> Vec<(&'static str, String)> {
         vec![
             ("stage", STAGES[self.stage.load(Ordering::Relaxed) as usize % STAGES.len()].as_str().to_owned()),
@@ -99,6 +112,7 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
         total: AtomicU64::new(0),
         files: AtomicU64::new(0),
         shared: shared.clone(),
+        since: Mutex::new(Instant::now()),
     });
     let ticker = {
         let (live, status, id) = (live.clone(), shared.status.clone(), entry.id.clone());
@@ -131,6 +145,7 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
     .await
     .unwrap_or_else(|e| Err(Error::io(Stage::Unpack, "pipeline thread", std::io::Error::other(e.to_string()))));
     ticker.abort();
+    live.lap(live.stage.load(Ordering::Relaxed));
     let _ = shared.status.progress(&entry.id, &live.fields()).await;
 
     let base = ReportBase {
@@ -201,6 +216,7 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
 /// by running this again.
 pub async fn finalize(shared: &Shared, entry: &Entry, o: &Outcome) {
     let cfg = shared.config();
+    let t0 = Instant::now();
     // Rotation moves files and fsyncs folders: off the async workers.
     let rotated = tokio::task::block_in_place(|| {
         let archive = shared.spool.archive(entry);
@@ -221,8 +237,12 @@ pub async fn finalize(shared: &Shared, entry: &Entry, o: &Outcome) {
         shared.done(entry);
         return;
     }
+    shared.metrics.stage(Stage::Rotate.as_str(), t0.elapsed());
     match shared.status.terminal(entry, o).await {
-        Ok(_) => {
+        Ok(first) => {
+            if first {
+                tell(shared, &cfg, entry, o);
+            }
             info!(deposit = %entry.id, producer = %entry.producer, state = %o.state, error_code = o.error_code.as_deref().unwrap_or(""), "finished");
             if let Err(e) = tokio::task::block_in_place(|| shared.spool.remove(&entry.id)) {
                 warn!(deposit = %entry.id, error = %e, "cannot remove the spool entry");
@@ -231,6 +251,34 @@ pub async fn finalize(shared: &Shared, entry: &Entry, o: &Outcome) {
         Err(e) => warn!(deposit = %entry.id, error = %e, "cannot record the final state yet; kept in the spool"),
     }
     shared.done(entry);
+}
+
+/// Count the outcome and run `notify.command`, once per terminal state.
+fn tell(shared: &Shared, cfg: &crate::config::Config, entry: &Entry, o: &Outcome) {
+    shared.metrics.finished(
+        &entry.producer,
+        &o.state,
+        o.error_code.as_deref(),
+        o.files.unwrap_or(0),
+        o.bytes.unwrap_or(0),
+    );
+    let report = if o.state == FAILURE {
+        let dir = cfg.drop_root.join(&entry.producer).join(rotate::REJECTED);
+        dir.join(format!("{}.report.json", entry.name)).display().to_string()
+    } else {
+        String::new()
+    };
+    let ev = hook::Event {
+        deposit: entry.id.clone(),
+        producer: entry.producer.clone(),
+        state: o.state.clone(),
+        file: entry.name.clone(),
+        error_code: o.error_code.clone().unwrap_or_default(),
+        error: o.error.clone().unwrap_or_default(),
+        report,
+        release: o.release.clone().unwrap_or_default(),
+    };
+    hook::spawn(&cfg.notify, ev, shared.metrics.clone());
 }
 
 /// The report as stored in outcome.json, back into the type rotate writes.

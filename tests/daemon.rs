@@ -17,6 +17,8 @@ use support::*;
 struct Redis {
     child: Child,
     port: u16,
+    /// `requirepass`, if the server was started with one.
+    password: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -29,15 +31,19 @@ impl Redis {
         Self::start_on(free_port())
     }
     fn start_on(port: u16) -> Redis {
+        Self::start_with(port, None)
+    }
+    fn start_with(port: u16, password: Option<&str>) -> Redis {
         let dir = tempfile::tempdir().unwrap();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(password.map(|p| ["--requirepass", p]).into_iter().flatten())
             .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (apt-get install -y redis-server)");
-        let r = Redis { child, port, _dir: dir };
+        let r = Redis { child, port, password: password.map(str::to_owned), _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(10);
         while r.cmd(&["PING"]).is_err() {
             assert!(Instant::now() < deadline, "redis-server did not start");
@@ -46,7 +52,10 @@ impl Redis {
         r
     }
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
     fn conn(&self) -> redis::RedisResult<redis::Connection> {
         redis::Client::open(self.url())?.get_connection_with_timeout(Duration::from_secs(2))
@@ -102,6 +111,10 @@ impl Site {
             ),
         )
         .unwrap();
+        // `depot run` refuses roots that do not exist (as on a real host,
+        // where tmpfiles makes them).
+        fs::create_dir_all(dir.path().join("drop")).unwrap();
+        fs::create_dir_all(dir.path().join("publish")).unwrap();
         Site { dir, config }
     }
     fn root(&self) -> &Path {
@@ -120,11 +133,15 @@ impl Site {
         fs::rename(tmp, d.join(name)).unwrap();
     }
     fn start(&self) -> Daemon {
+        self.start_env(&[])
+    }
+    fn start_env(&self, env: &[(&str, &str)]) -> Daemon {
         Daemon(Some(
             Command::new(env!("CARGO_BIN_EXE_depot"))
                 .args(["run", "--config"])
                 .arg(&self.config)
                 .env("RUST_LOG", "info")
+                .envs(env.iter().copied())
                 .stderr(fs::File::create(self.root().join("daemon.log")).unwrap())
                 .spawn()
                 .unwrap(),
@@ -552,4 +569,209 @@ fn more_than_ten_thousand_deposits_keep_the_queue_bounded() {
     let n: usize = redis::cmd("ZCARD").arg("depot:deposits").query(&mut c).unwrap();
     assert_eq!(n, total);
     assert_eq!(stop(daemon), Some(0));
+}
+
+/// systemd's side of `Type=notify`: READY=1 only once Redis answered and a
+/// deposit left in new/ while depot was down has been claimed and queued,
+/// WATCHDOG=1 at half of WATCHDOG_USEC while it runs, STOPPING=1 on SIGTERM.
+#[test]
+fn systemd_notify_ready_watchdog_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let redis = Redis::start();
+    let site = Site::new(&redis.url(), "");
+    let d = site.new_dir("SDNT");
+    let f = d.join("SDNT_1.zip");
+    fs::write(&f, good_theia("SDNT", "1")).unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(60);
+    fs::File::options().write(true).open(&f).unwrap().set_modified(old).unwrap();
+    let sock_path = site.root().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let t0 = Instant::now();
+    let daemon = site.start_env(&[("NOTIFY_SOCKET", sock_path.to_str().unwrap()), ("WATCHDOG_USEC", "400000")]);
+    let mut buf = [0u8; 4096];
+    let mut recv = || -> String {
+        let n = sock.recv(&mut buf).unwrap_or_else(|e| panic!("no notification: {e}; log:\n{}", site.log()));
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // Watchdog pings may come first; READY=1 must come, and by then the
+    // deposit that waited in new/ is known to Redis.
+    loop {
+        if recv().contains("READY=1") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "no READY=1");
+    }
+    let known = redis.deposits();
+    assert_eq!(known.len(), 1, "READY=1 before the waiting deposit was claimed and queued");
+    assert!(["WAITING", "PROGRESS", "SUCCESS"].contains(&known[0]["state"].as_str()), "{known:?}");
+    // At least two watchdog pings within ~1 s (every 200 ms).
+    let t1 = Instant::now();
+    let mut pings = 0;
+    while pings < 2 {
+        if recv().contains("WATCHDOG=1") {
+            pings += 1;
+        }
+    }
+    assert!(t1.elapsed() < Duration::from_secs(3), "watchdog pings too slow");
+    let pid = daemon.0.as_ref().unwrap().id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    loop {
+        if recv().contains("STOPPING=1") {
+            break;
+        }
+    }
+    assert_eq!(stop(daemon), Some(0));
+}
+
+/// notify.command runs once per terminal state with the DEPOT_* environment;
+/// a command that hangs is killed at notify.timeout_s and changes nothing.
+/// metrics.listen serves the counters.
+#[test]
+fn notify_command_and_metrics() {
+    let redis = Redis::start();
+    let port = free_port();
+    let out = tempfile::tempdir().unwrap();
+    let script = "env | grep '^DEPOT_' | sort > \"$1/$DEPOT_DEPOSIT.env\"; [ \"$DEPOT_STATE\" = SUCCESS ] || sleep 30";
+    let site = Site::new(
+        &redis.url(),
+        &format!(
+            "[notify]\ncommand = [\"/bin/sh\", \"-c\", {script:?}, \"sh\", {:?}]\ntimeout_s = 1\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+            out.path().to_str().unwrap()
+        ),
+    );
+    let daemon = site.start();
+    site.drop_rsync("GOOD", "GOOD_1.zip", &good_theia("GOOD", "1"));
+    site.drop_rsync("BADD", "BADD_1.zip", b"this is not a zip");
+    wait_for(&site, "two terminal states", 30, || redis.deposits().iter().filter(|d| terminal(d)).count() == 2);
+    wait_for(&site, "two notify runs", 10, || fs::read_dir(out.path()).unwrap().count() == 2);
+    wait_for(&site, "the hung command killed", 10, || site.log().contains("notify.command timed out"));
+    let mut envs = HashMap::new();
+    for e in fs::read_dir(out.path()).unwrap() {
+        let text = fs::read_to_string(e.unwrap().path()).unwrap();
+        let kv: HashMap<String, String> =
+            text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        envs.insert(kv["DEPOT_PRODUCER"].clone(), kv);
+    }
+    let good = &envs["GOOD"];
+    assert_eq!(good["DEPOT_STATE"], "SUCCESS");
+    assert_eq!(good["DEPOT_FILE"], "GOOD_1.zip");
+    assert!(good["DEPOT_RELEASE"].contains("GOOD/releases/"), "{good:?}");
+    assert!(good["DEPOT_DEPOSIT"].contains("-GOOD-"));
+    let bad = &envs["BADD"];
+    assert_eq!(bad["DEPOT_STATE"], "FAILURE");
+    assert_eq!(bad["DEPOT_ERROR_CODE"], "NOT_A_ZIP");
+    assert!(Path::new(&bad["DEPOT_REPORT"]).is_file(), "{bad:?}");
+    // The command's failure left the deposit as it was.
+    let states: Vec<String> = redis.deposits().iter().map(|d| d["state"].clone()).collect();
+    assert!(states.contains(&"SUCCESS".to_owned()) && states.contains(&"FAILURE".to_owned()));
+
+    let metrics = http_get(port, "/metrics");
+    assert!(metrics.starts_with("HTTP/1.0 200"), "{metrics}");
+    for line in [
+        "depot_deposits_total{producer=\"GOOD\",state=\"SUCCESS\"} 1",
+        "depot_deposits_total{producer=\"BADD\",state=\"FAILURE\"} 1",
+        "depot_failures_total{producer=\"BADD\",code=\"NOT_A_ZIP\"} 1",
+        "depot_claimed_total{producer=\"GOOD\"} 1",
+        "depot_stage_seconds_count{stage=\"publish\"} 1",
+        "depot_notify_failures_total 1",
+        "depot_queue_depth 0",
+        "depot_redis_up 1",
+    ] {
+        assert!(metrics.contains(line), "missing {line}:\n{metrics}");
+    }
+    assert!(http_get(port, "/other").starts_with("HTTP/1.0 404"));
+    assert_eq!(stop(daemon), Some(0));
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// `depot config check` runs every start-up check; `depot run` refuses a
+/// failed one with a line that names it.
+#[test]
+fn config_check_and_start_up_checks() {
+    let redis = Redis::start();
+    let site = Site::new(&redis.url(), "");
+    let check = || {
+        Command::new(env!("CARGO_BIN_EXE_depot"))
+            .args(["config", "check", "--config"])
+            .arg(&site.config)
+            .output()
+            .unwrap()
+    };
+    let out = check();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for l in [
+        "# ok: drop_root",
+        "# ok: publish_root",
+        "# ok: spool and drop folders",
+        "# ok: staging and releases",
+        "# ok: Redis",
+    ] {
+        assert!(text.contains(l), "missing {l}:\n{text}");
+    }
+    // The output is a config file itself.
+    let again = site.root().join("effective.toml");
+    fs::write(&again, text.as_bytes()).unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_depot")).args(["config", "check", "--config"]).arg(&again).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+
+    fs::remove_dir(site.root().join("publish")).unwrap();
+    let out = check();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("# FAILED: publish_root"), "{text}");
+    let out = Command::new(env!("CARGO_BIN_EXE_depot")).args(["run", "--config"]).arg(&site.config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("publish_root") && err.trim().lines().count() == 1, "{err}");
+
+    // Redis gone: config check says so (and exits 2).
+    fs::create_dir(site.root().join("publish")).unwrap();
+    drop(redis);
+    let out = check();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("# FAILED: cannot reach Redis"), "{text}");
+}
+
+/// A Redis with a password, a database number and a key prefix of the
+/// operator's choosing; the password never appears in output.
+#[test]
+fn redis_password_database_and_prefix() {
+    let redis = Redis::start_with(free_port(), Some("s3cr3t-pw"));
+    let url = format!("{}/3", redis.url());
+    let site = Site::with_redis_keys(&url, "prefix = \"arch\"", "");
+    let out = Command::new(env!("CARGO_BIN_EXE_depot"))
+        .args(["config", "check", "--config"])
+        .arg(&site.config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(!text.contains("s3cr3t-pw"), "{text}");
+    let daemon = site.start();
+    site.drop_rsync("PASS", "PASS_1.zip", &good_theia("PASS", "1"));
+    let mut c = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
+    wait_for(&site, "SUCCESS in db 3 under arch:", 30, || {
+        let keys: Vec<String> = redis::cmd("KEYS").arg("arch:deposit:*").query(&mut c).unwrap();
+        keys.first().is_some_and(|k| {
+            let h: HashMap<String, String> = redis::cmd("HGETALL").arg(k).query(&mut c).unwrap();
+            h.get("state").is_some_and(|s| s == "SUCCESS")
+        })
+    });
+    let db0: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut redis.conn().unwrap()).unwrap();
+    assert!(db0.is_empty(), "database 0 untouched: {db0:?}");
+    assert_eq!(stop(daemon), Some(0));
+    assert!(!site.log().contains("s3cr3t-pw"));
 }

@@ -1,0 +1,119 @@
+//! The start-up checks shared by `depot config check` and `depot run`: a
+//! daemon that starts on a root it cannot write, or with a spool on another
+//! filesystem than the drop folders (claims would copy instead of rename and
+//! stop being atomic), would fail deposit after deposit instead of once, at
+//! start, with a message an operator can act on.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+use crate::spool;
+
+pub struct Finding {
+    pub ok: bool,
+    pub what: String,
+}
+
+impl Finding {
+    fn ok(what: impl Into<String>) -> Finding {
+        Finding { ok: true, what: what.into() }
+    }
+    fn fail(what: impl Into<String>) -> Finding {
+        Finding { ok: false, what: what.into() }
+    }
+}
+
+/// Exists, is a folder, and a file can be created in it.
+fn writable_dir(key: &str, dir: &Path) -> Finding {
+    match fs::metadata(dir) {
+        Err(e) => return Finding::fail(format!("{key} {}: {e} (create it, owned by depot's user)", dir.display())),
+        Ok(m) if !m.is_dir() => return Finding::fail(format!("{key} {} is not a folder", dir.display())),
+        Ok(_) => {}
+    }
+    let probe = dir.join(format!(".depot-write-check-{}", std::process::id()));
+    match fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(_) => {
+            let _ = fs::remove_file(&probe);
+            Finding::ok(format!("{key} {} exists and is writable", dir.display()))
+        }
+        Err(e) => Finding::fail(format!("{key} {} is not writable: {e}", dir.display())),
+    }
+}
+
+fn dev(p: &Path) -> Option<u64> {
+    fs::symlink_metadata(p).ok().map(|m| m.dev())
+}
+
+/// Every existing folder of `others` is on the filesystem of `anchor`.
+fn one_filesystem(what: &str, anchor: &Path, others: &[PathBuf]) -> Finding {
+    let Some(a) = dev(anchor) else {
+        return Finding::fail(format!("{what}: cannot stat {}", anchor.display()));
+    };
+    let apart: Vec<String> =
+        others.iter().filter(|o| dev(o).is_some_and(|d| d != a)).map(|o| o.display().to_string()).collect();
+    if apart.is_empty() {
+        Finding::ok(format!("{what}: one filesystem"))
+    } else {
+        Finding::fail(format!(
+            "{what}: {} on another filesystem than {} (renames would not be atomic; mount them together)",
+            apart.join(", "),
+            anchor.display()
+        ))
+    }
+}
+
+/// The producer folders present now, with `sub` appended (`new`, `releases`).
+fn producer_dirs(cfg: &Config, root: &Path, subs: &[&str]) -> Vec<PathBuf> {
+    let Ok(rd) = fs::read_dir(root) else { return Vec::new() };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if cfg.is_producer(&name) && e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.push(e.path());
+            out.extend(subs.iter().map(|s| e.path().join(s)));
+        }
+    }
+    out
+}
+
+/// The filesystem checks; the Redis one is [`redis`].
+pub fn filesystem(cfg: &Config) -> Vec<Finding> {
+    let mut out = vec![writable_dir("drop_root", &cfg.drop_root), writable_dir("publish_root", &cfg.publish_root)];
+    if !out.iter().all(|f| f.ok) {
+        return out;
+    }
+    // The spool is made inside drop_root at start; if it is there already
+    // it may be a mount of its own.
+    let spool = cfg.drop_root.join(spool::SPOOL);
+    let anchor = if spool.exists() { spool } else { cfg.drop_root.clone() };
+    let mut drops = vec![cfg.drop_root.clone()];
+    drops.extend(producer_dirs(cfg, &cfg.drop_root, &["new", "previous", "rejected"]));
+    out.push(one_filesystem("spool and drop folders", &anchor, &drops));
+    let staging = cfg.publish_root.join(".staging");
+    let anchor = if staging.exists() { staging } else { cfg.publish_root.clone() };
+    let mut publish = vec![cfg.publish_root.clone()];
+    publish.extend(producer_dirs(cfg, &cfg.publish_root, &["releases"]));
+    out.push(one_filesystem("staging and releases", &anchor, &publish));
+    out
+}
+
+pub async fn redis(cfg: &Config) -> Finding {
+    match crate::daemon::connect(cfg).await {
+        Ok(_) => Finding::ok(format!("Redis at {} answers", crate::config::redacted(&cfg.redis.url))),
+        Err(e) => Finding::fail(format!("{e:#}")),
+    }
+}
+
+/// `# ok: …` / `# FAILED: …` lines: comments, so that `depot config check`
+/// output stays a valid TOML file.
+pub fn render(findings: &[Finding]) -> String {
+    let mut s = String::from("\n# checks\n");
+    for f in findings {
+        s.push_str(if f.ok { "# ok: " } else { "# FAILED: " });
+        s.push_str(&f.what);
+        s.push('\n');
+    }
+    s
+}

@@ -775,3 +775,67 @@ fn redis_password_database_and_prefix() {
     assert_eq!(stop(daemon), Some(0));
     assert!(!site.log().contains("s3cr3t-pw"));
 }
+
+/// `rediss://`: a redis-server that only speaks TLS, its certificate signed
+/// by a CA of the test's own (trusted through SSL_CERT_FILE, as an operator
+/// would point at a private CA); the daemon runs a deposit through it.
+#[test]
+fn redis_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sh = |script: &str| {
+        let out = Command::new("sh").arg("-c").arg(script).current_dir(d).output().unwrap();
+        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=depot-test-ca");
+    sh("openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1");
+    sh("printf 'subjectAltName=IP:127.0.0.1\\n' > ext && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key \
+        -CAcreateserial -out server.pem -days 2 -extfile ext");
+    let port = free_port();
+    let mut server = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--tls-cert-file", "server.pem", "--tls-key-file", "server.key", "--tls-ca-cert-file", "ca.pem"])
+        .args(["--tls-auth-clients", "no"])
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(&mut server);
+    let site = Site::new(&format!("rediss://127.0.0.1:{port}/0"), "");
+    let ca = d.join("ca.pem");
+    let depot = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_depot"))
+            .args(args)
+            .arg("--config")
+            .arg(&site.config)
+            .env("SSL_CERT_FILE", &ca)
+            .output()
+            .unwrap()
+    };
+    wait_for(&site, "Redis answering over TLS", 20, || depot(&["config", "check"]).status.success());
+    let daemon = site.start_env(&[("SSL_CERT_FILE", ca.to_str().unwrap())]);
+    site.drop_rsync("TLSS", "TLSS_1.zip", &good_theia("TLSS", "1"));
+    wait_for(&site, "SUCCESS over TLS", 30, || {
+        let out = depot(&["status", "TLSS", "--json"]);
+        String::from_utf8_lossy(&out.stdout).contains("SUCCESS")
+    });
+    assert_eq!(stop(daemon), Some(0));
+}

@@ -839,3 +839,126 @@ fn redis_over_tls() {
     });
     assert_eq!(stop(daemon), Some(0));
 }
+
+/// The README's shell commands, with continuations joined and multi-line
+/// commands kept whole (a line is added until `sh -n` accepts the text).
+fn readme_commands() -> Vec<String> {
+    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let mut out = Vec::new();
+    let mut in_block = false;
+    let mut block: Vec<String> = Vec::new();
+    for line in readme.lines() {
+        if !in_block {
+            in_block = line.trim() == "```sh";
+            continue;
+        }
+        if line.trim() == "```" {
+            in_block = false;
+            if block.first().is_some_and(|l| l.starts_with("#!")) {
+                // A script shown whole: one "command".
+                out.push(block.join("\n"));
+                block.clear();
+                continue;
+            }
+            let mut acc = String::new();
+            for l in block.drain(..) {
+                let l = l.trim();
+                if l.starts_with('#') || l.is_empty() {
+                    continue;
+                }
+                let code = l.split("  #").next().unwrap_or(l).trim_end();
+                if !acc.is_empty() {
+                    acc.push('\n');
+                }
+                acc.push_str(code.strip_suffix('\\').unwrap_or(code));
+                let complete = !code.ends_with('\\')
+                    && Command::new("sh").args(["-n", "-c", &acc]).stderr(Stdio::null()).status().unwrap().success();
+                if complete {
+                    out.push(std::mem::take(&mut acc));
+                }
+            }
+            assert!(acc.is_empty(), "README: incomplete command {acc:?}");
+            continue;
+        }
+        block.push(line.to_owned());
+    }
+    out
+}
+
+/// Every command the README shows is run here, or listed below with the
+/// place that runs it (or why it cannot run on a CI machine); a new README
+/// command without a home fails this test.
+#[test]
+fn readme_commands_run() {
+    const ELSEWHERE: &[(&str, &str)] = &[
+        ("cargo run --release -- run --config config.toml", "this test runs the repository's config.toml"),
+        ("cargo test --workspace", ".ci/run"),
+        ("cargo install --path . --locked", ".ci/run, into a temporary root"),
+        ("systemd-sysusers depot.conf", "tests/systemd.rs applies depot.sysusers to a private root"),
+        ("systemd-tmpfiles --create depot.conf", "tests/systemd.rs applies depot.tmpfiles to a private root"),
+        ("install -m 0644 systemd/", "host only: root on a systemd host (the files are tested in tests/systemd.rs)"),
+        ("install -m 0640 -g depot config.toml", "host only: root, user depot"),
+        ("install -d", "host only: root, producer accounts"),
+        ("useradd", "host only: root"),
+        ("systemctl", "host only: systemd as PID 1"),
+        ("journalctl", "host only: systemd as PID 1"),
+        ("sshd -t", "host only: OpenSSH server"),
+        ("#!/bin/sh", "example notify script: needs mail(1) and a contacts folder"),
+        ("bench/ingest.sh", "benchmark, run by hand"),
+        ("python3 bench/daemon.py", "benchmark, run by hand"),
+        ("PROPTEST_CASES=", "long fuzzing run, by hand"),
+    ];
+    let commands = readme_commands();
+    assert!(commands.len() > 15, "{commands:#?}");
+
+    // The quick start's main job: the repository's config.toml as it is,
+    // but for the Redis URL (a private server) and the folders (a temp dir).
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let text = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml")).unwrap();
+    assert!(text.contains("url = \"redis://127.0.0.1:6379\""));
+    let text = text.replace("url = \"redis://127.0.0.1:6379\"", &format!("url = {:?}", redis.url()));
+    let config = dir.path().join("config.toml");
+    fs::write(&config, text).unwrap();
+    fs::create_dir_all(dir.path().join("var/drop")).unwrap();
+    fs::create_dir_all(dir.path().join("var/publish")).unwrap();
+    let site = Site { dir, config };
+    let daemon = site.start();
+    let d = site.root().join("var/drop/MSEC/new");
+    fs::create_dir_all(&d).unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(60);
+    for (name, bytes) in [("MSEC_THEIA.zip", good_theia("MSEC", "1")), ("MSEC_BAD.zip", b"not a zip".to_vec())] {
+        fs::write(d.join(name), bytes).unwrap();
+        fs::File::options().write(true).open(d.join(name)).unwrap().set_modified(old).unwrap();
+    }
+    wait_for(&site, "both deposits", 60, || redis.deposits().iter().filter(|d| terminal(d)).count() == 2);
+    let id = redis.deposits().into_iter().find(|d| d["state"] == "SUCCESS").unwrap()["id"].clone();
+
+    let bin = env!("CARGO_BIN_EXE_depot");
+    let cfg = site.config.to_str().unwrap();
+    let mut ran = 0;
+    for c in &commands {
+        let c = c.replace("20261122T101500Z-MSEC-1a2b3c4d", &id);
+        let script = if c.starts_with("depot ") {
+            let c = c.replace("/etc/depot/config.toml", cfg);
+            let c = format!("{bin}{}", &c["depot".len()..]);
+            if c.contains("--config") { c } else { format!("{c} --config {cfg}") }
+        } else if c.starts_with("redis-cli ") {
+            c.replace("redis-cli", &format!("redis-cli -p {}", redis.port))
+        } else {
+            let home = ELSEWHERE.iter().find(|(prefix, _)| c.starts_with(prefix));
+            assert!(home.is_some(), "README command run nowhere (run it here or list it in ELSEWHERE): {c}");
+            continue;
+        };
+        let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && !stdout.trim().is_empty(),
+            "README command failed or printed nothing: {c}\n{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ran += 1;
+    }
+    assert!(ran >= 8, "only {ran} README commands ran");
+    assert_eq!(stop(daemon), Some(0));
+}

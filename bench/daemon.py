@@ -95,6 +95,7 @@ def main():
     ap.add_argument("--drops", type=int, default=200)
     ap.add_argument("--settle-ms", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=0, help="workers.concurrency (0: the default)")
+    ap.add_argument("--config-extra", default="", help="TOML appended to the config (e.g. '[publish]\\nfsync = false')")
     a = ap.parse_args()
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run(["cargo", "build", "--release", "-q"], cwd=repo, check=True)
@@ -109,7 +110,8 @@ def main():
     with open(cfg, "w") as f:
         f.write(f'drop_root = "drop"\npublish_root = "publish"\n[redis]\nurl = "redis://127.0.0.1:{port}"\n'
                 f'[watch]\nsettle_ms = {a.settle_ms}\n[producers]\npattern = "^[A-Z]{{4}}$"\n'
-                + (f'[workers]\nconcurrency = {a.concurrency}\n' if a.concurrency else ''))
+                + (f'[workers]\nconcurrency = {a.concurrency}\n' if a.concurrency else '')
+                + a.config_extra.replace("\\n", "\n") + "\n")
     daemon = subprocess.Popen([os.path.join(repo, "target/release/depot"), "run", "--config", cfg],
                               stderr=open(os.path.join(work, "daemon.log"), "w"), env=dict(os.environ, RUST_LOG="warn"))
     try:
@@ -125,8 +127,9 @@ def main():
             last, got = wait_success(r, last, 1)
             lat.append((got[0][2] - t0) * 1000 - a.settle_ms)
         lat.sort()
-        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-        print(f"(1) drop-to-SUCCESS beyond settle_ms={a.settle_ms}: median {statistics.median(lat):.1f} ms, p99 {p99:.1f} ms over {a.drops} drops")
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else 0.0
+        if lat:
+            print(f"(1) drop-to-SUCCESS beyond settle_ms={a.settle_ms}: median {statistics.median(lat):.1f} ms, p99 {p99:.1f} ms over {a.drops} drops")
         # (2) throughput
         names = ["%s%s" % (chr(65 + i // 26), chr(65 + i % 26)) for i in range(a.producers)]
         producers = [f"TP{n}" for n in names]
@@ -143,6 +146,11 @@ def main():
         n = per * len(producers)
         print(f"(2) {n} deposits over {len(producers)} producers (fsync on): {ok} SUCCESS in {t1 - t0:.2f} s "
               f"= {n / (t1 - t0):.0f} deposits/s (dropping took {t_dropped - t0:.2f} s; settle {a.settle_ms} ms included)")
+        with open(f"/proc/{daemon.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+            tck = os.sysconf("SC_CLK_TCK")
+            user, system = int(fields[11]) / tck, int(fields[12]) / tck
+        print(f"    daemon CPU over the whole run: user {user:.2f} s, system {system:.2f} s")
         with open(f"/proc/{daemon.pid}/status") as f:
             hwm = [l for l in f if l.startswith("VmHWM")][0].split()[1]
         print(f"(3) daemon peak RSS (VmHWM): {int(hwm) / 1024:.1f} MiB")

@@ -327,6 +327,7 @@ async fn scheduler(
     let mut watcher = watcher::start(&cfg.drop_root, cfg.watch.poll_ms, tx.clone())
         .map_err(|e| warn!(error = %e, "cannot watch; polling by scanning only"))
         .ok();
+    let mut watched = std::collections::HashSet::new();
     let mut settler = Settler::new(Duration::from_millis(cfg.watch.settle_ms), cfg.watch.sidecar_marks_done);
     let mut last_scan = Instant::now() - Duration::from_secs(3600);
     let mut redis_ok = true;
@@ -390,6 +391,8 @@ async fn scheduler(
         }
         if watcher.is_none() && cfg.watch.poll_ms == 0 {
             watcher = watcher::start(&cfg.drop_root, cfg.watch.poll_ms, tx.clone()).ok();
+            watched.clear();
+            rescan = true;
         }
         // The scan is the safety net under inotify (missed events, a
         // folder made and filled before its watch was added): a readdir of
@@ -398,6 +401,9 @@ async fn scheduler(
             last_scan = Instant::now();
             let is_p = |p: &str| cfg.is_producer(p);
             tokio::task::block_in_place(|| {
+                if let Some(w) = watcher.as_mut() {
+                    watcher::watch_producers(w.as_mut(), &mut watched, &cfg.drop_root, &is_p);
+                }
                 for (_, path) in watcher::scan(&cfg.drop_root, &is_p) {
                     settler.note(&path, Instant::now());
                 }
@@ -480,30 +486,39 @@ async fn claim_settled(shared: &Shared, cfg: &Config, settler: &mut Settler) {
     // A backlog waits in new/ and is claimed a slice per tick, so the
     // scheduler keeps queueing while thousands of files are taken in.
     let mut budget = CLAIMS_PER_TICK;
-    for p in producers {
-        let new_dir = cfg.drop_root.join(&p).join("new");
-        for path in tokio::task::block_in_place(|| watcher::candidates_of(&new_dir)) {
-            if budget == 0 || !settler.observe(&path, now) {
-                break;
-            }
-            budget -= 1;
-            let spool_entry = tokio::task::block_in_place(|| shared.spool.claim(&p, &path));
-            match spool_entry {
-                Ok(e) => {
-                    shared.index_add(&e);
-                    shared.metrics.claimed(&e.producer);
-                    info!(deposit = %e.id, producer = %e.producer, file = %e.name, state = status::CREATED, "claimed");
-                    if let Err(err) = shared.status.created(&e).await {
-                        warn!(deposit = %e.id, error = %err, "cannot record CREATED; will retry from the spool");
-                    }
-                }
-                Err(err) => {
-                    warn!(path = %path.display(), error = %err, "cannot claim");
-                    settler.forget(&path);
+    let mut claimed = Vec::new();
+    tokio::task::block_in_place(|| {
+        for p in producers {
+            let new_dir = cfg.drop_root.join(&p).join("new");
+            for path in watcher::candidates_of(&new_dir) {
+                if budget == 0 || !settler.observe(&path, now) {
                     break;
                 }
+                budget -= 1;
+                settler.forget(&path);
+                match shared.spool.claim(&p, &path) {
+                    Ok(e) => claimed.push(e),
+                    Err(err) => {
+                        warn!(path = %path.display(), error = %err, "cannot claim");
+                        break;
+                    }
+                }
             }
-            settler.forget(&path);
+        }
+        if !claimed.is_empty()
+            && let Err(err) = shared.spool.sync()
+        {
+            // The entries are in custody either way; a crash before the
+            // next sync can only give them back to new/, to be claimed again.
+            warn!(error = %err, "cannot sync the spool");
+        }
+    });
+    for e in claimed {
+        shared.index_add(&e);
+        shared.metrics.claimed(&e.producer);
+        info!(deposit = %e.id, producer = %e.producer, file = %e.name, state = status::CREATED, "claimed");
+        if let Err(err) = shared.status.created(&e).await {
+            warn!(deposit = %e.id, error = %err, "cannot record CREATED; will retry from the spool");
         }
     }
 }

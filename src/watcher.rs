@@ -4,7 +4,7 @@
 //! and mtime unchanged for `watch.settle_ms`, or its `.md5` sidecar arrived
 //! after it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -210,9 +210,51 @@ pub fn start(
     } else {
         Box::new(notify::RecommendedWatcher::new(handler, notify::Config::default())?)
     };
-    w.watch(drop_root, RecursiveMode::Recursive)?;
+    // Not recursive: a recursive watch would also follow the spool,
+    // previous/ and rejected/, adding and dropping an inotify watch for
+    // every spool entry (measured: most of the daemon's system time under a
+    // flood of small deposits). Producer folders and their new/ get watches
+    // of their own, from [`watch_producers`].
+    w.watch(drop_root, RecursiveMode::NonRecursive)?;
     debug!(root = %drop_root.display(), poll_ms, "watching");
     Ok(w)
+}
+
+/// Watch every producer folder (to see its `new/` appear) and every
+/// `<P>/new/`; forget watches of folders that went away, so that a folder
+/// made again is watched again. Run with each scan: cheap (a readdir of
+/// drop_root and a stat per producer).
+pub fn watch_producers(
+    w: &mut dyn notify::Watcher,
+    watched: &mut HashSet<PathBuf>,
+    drop_root: &Path,
+    is_producer: &dyn Fn(&str) -> bool,
+) {
+    watched.retain(|p| {
+        let alive = p.is_dir();
+        if !alive {
+            let _ = w.unwatch(p);
+        }
+        alive
+    });
+    let Ok(rd) = fs::read_dir(drop_root) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // file_type does not follow symlinks: a linked producer folder is skipped.
+        if !e.file_type().is_ok_and(|t| t.is_dir()) || !is_producer(&name) {
+            continue;
+        }
+        for dir in [e.path(), e.path().join("new")] {
+            if !watched.contains(&dir) && dir.is_dir() {
+                match w.watch(&dir, RecursiveMode::NonRecursive) {
+                    Ok(()) => {
+                        watched.insert(dir);
+                    }
+                    Err(err) => warn!(path = %dir.display(), error = %err, "cannot watch; the scan still sees it"),
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

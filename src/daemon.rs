@@ -506,7 +506,7 @@ async fn claim_settled(shared: &Shared, cfg: &Config, settler: &mut Settler) {
             }
         }
         if !claimed.is_empty()
-            && let Err(err) = shared.spool.sync()
+            && let Err(err) = shared.spool.sync(&claimed, &cfg.drop_root)
         {
             // The entries are in custody either way; a crash before the
             // next sync can only give them back to new/, to be claimed again.

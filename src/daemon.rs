@@ -151,10 +151,13 @@ pub async fn connect(cfg: &Config) -> Result<ConnectionManager> {
 fn queue(conn: ConnectionManager, cfg: &Config) -> Queue {
     let qc = QueueConfig::default()
         .queue(format!("{}:queue", cfg.redis.prefix))
-        // Orphans (jobs of a killed worker) come back after 3 x 5 s, not
-        // the default 300 s; the spool makes a second run harmless.
-        .heartbeat_interval(Duration::from_secs(5))
-        .missed_heartbeats(3);
+        // A worker starts fetching at its first heartbeat: 1 s, so that a
+        // deposit dropped just after a (re)start does not wait 5 s (the p99
+        // of bench/daemon.py was that wait). Orphans (jobs of a killed
+        // worker) come back after 10 x 1 s, not the default 300 s; the
+        // spool makes a second run harmless.
+        .heartbeat_interval(Duration::from_secs(1))
+        .missed_heartbeats(10);
     RedisStorage::new(conn).with_config(qc)
 }
 

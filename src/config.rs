@@ -437,6 +437,14 @@ mod tests {
     }
 
     #[test]
+    fn packaged_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/depot.toml");
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.drop_root, Path::new("/srv/depot/drop"));
+        assert_eq!(c.publish_root, Path::new("/srv/depot/publish"));
+    }
+
+    #[test]
     fn repository_config_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
         Config::load(&path).unwrap();

@@ -15,9 +15,10 @@ fn units() -> Vec<&'static str> {
 fn installed(dir: &Path, unit: &str) -> std::path::PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd").join(unit);
     let text = fs::read_to_string(src).unwrap();
-    assert!(text.contains("/usr/local/bin/depot "), "{unit}: ExecStart= should run /usr/local/bin/depot");
+    assert!(text.contains("\nExecStart=depot "), "{unit}: ExecStart= should run depot from systemd's PATH");
     let out = dir.join(unit);
-    fs::write(&out, text.replace("/usr/local/bin/depot ", &format!("{} ", env!("CARGO_BIN_EXE_depot")))).unwrap();
+    fs::write(&out, text.replace("\nExecStart=depot ", &format!("\nExecStart={} ", env!("CARGO_BIN_EXE_depot"))))
+        .unwrap();
     out
 }
 

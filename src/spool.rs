@@ -90,9 +90,10 @@ impl Spool {
     /// Take `path` (a settled file in `<P>/new/`) into custody. The rename is
     /// the claim: once it succeeds the deposit is ours. Nothing is fsynced
     /// here: claims come in batches and [`Spool::sync`] makes a whole batch
-    /// durable (one fsync per entry, not three) before anyone is told. A crash before that sync leaves
-    /// each file in `new/` or in an entry whose deposit.json may be missing
-    /// or empty, which [`Spool::list`] gives back to `new/`: never lost.
+    /// durable (one fsync per entry, not three) before anyone is told. A
+    /// crash before that sync leaves each file in `new/` or in an entry
+    /// whose deposit.json may be missing or empty, which [`Spool::list`]
+    /// gives back to `new/`: never lost.
     pub fn claim(&self, producer: &str, path: &Path) -> io::Result<Entry> {
         let name =
             path.file_name().map(|n| n.to_string_lossy().into_owned()).ok_or_else(|| io::Error::other("no name"))?;

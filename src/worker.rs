@@ -263,8 +263,7 @@ fn tell(shared: &Shared, cfg: &crate::config::Config, entry: &Entry, o: &Outcome
         o.bytes.unwrap_or(0),
     );
     let report = if o.state == FAILURE {
-        let dir = cfg.drop_root.join(&entry.producer).join(rotate::REJECTED);
-        dir.join(format!("{}.report.json", entry.name)).display().to_string()
+        rotate::report_path(&cfg.drop_root.join(&entry.producer), &entry.name).display().to_string()
     } else {
         String::new()
     };

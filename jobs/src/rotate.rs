@@ -73,13 +73,19 @@ pub fn to_previous(producer_dir: &Path, d: &Deposited<'_>) -> Result<PathBuf> {
     Ok(dest)
 }
 
+/// Where the json report of a rejected deposit named `name` lies: the
+/// daemon tells `notify.command` even when rotation ran in an earlier life.
+pub fn report_path(producer_dir: &Path, name: &str) -> PathBuf {
+    producer_dir.join(REJECTED).join(format!("{name}.report.json"))
+}
+
 /// Failure: the deposit goes to `rejected/` with `<name>.report.json` and
 /// `<name>.report.txt`. Returns the json report's path.
 pub fn to_rejected(producer_dir: &Path, d: &Deposited<'_>, report: &Report) -> Result<PathBuf> {
     let rej = producer_dir.join(REJECTED);
     ensure_dir(&rej)?;
     let advice = report.code.and_then(Code::parse).map(Code::advice);
-    let json = rej.join(format!("{}.report.json", d.name));
+    let json = report_path(producer_dir, d.name);
     let txt = rej.join(format!("{}.report.txt", d.name));
     write_atomic(&json, report.to_json().as_bytes())?;
     write_atomic(&txt, report.to_text(advice).as_bytes())?;

@@ -24,6 +24,9 @@ const BUF: usize = 256 << 10;
 /// two threads share even one big dataset.
 const CHUNK_BYTES: u64 = 64 << 20;
 const CHUNK_FILES: usize = 512;
+/// Up to this much data, a deposit is unpacked on the calling thread.
+const INLINE_BYTES: u64 = 1 << 20;
+const INLINE_FILES: u64 = 64;
 
 /// Told how far a deposit has got; called from several threads.
 pub trait Progress: Sync {
@@ -88,46 +91,56 @@ pub fn run(
     let done: Mutex<Unpacked> = Mutex::new(Unpacked::default());
     let first_error: Mutex<Option<(usize, Error)>> = Mutex::new(None);
     let threads = threads.clamp(1, units.len().max(1));
-    // fsync waits on the disk, not the CPU: one thread does all of them
-    // while the workers go on inflating the next files.
-    let (tx, rx) = mpsc::channel::<(File, String)>();
-    let use_syncer = target.fsync && target.root.is_some();
     let (units, next, stop, done, first_error) = (&units, &next, &stop, &done, &first_error);
-    let synced = std::thread::scope(|s| {
-        let syncer = use_syncer.then(|| s.spawn(move || drain_fsyncs(rx)));
-        for _ in 0..threads {
-            let tx = use_syncer.then(|| tx.clone());
-            s.spawn(move || {
-                let mut w = Worker { plan, target, buf: vec![0u8; BUF], open: HashMap::new(), syncer: tx };
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= units.len() || stop.load(Ordering::Relaxed) {
-                        break;
+    // A small deposit needs no 256 KiB buffer (an mmap and munmap each).
+    let buf_len = usize::try_from(plan.total_bytes).unwrap_or(BUF).clamp(16 << 10, BUF);
+    let work = |syncer: Option<mpsc::Sender<(File, String)>>| {
+        let mut w = Worker { plan, target, buf: vec![0u8; buf_len], open: HashMap::new(), syncer };
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= units.len() || stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let cancelled = || stop.load(Ordering::Relaxed) || progress.cancelled();
+            match w.run(&units[i], archive_path, progress, &cancelled) {
+                Ok(Out::Files(f)) => lock(done).files.extend(f),
+                Ok(Out::ArchiveMd5(d)) => lock(done).archive_md5 = Some(d),
+                Err(Error::Cancelled) if stop.load(Ordering::Relaxed) => break,
+                Err(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    let mut first = lock(first_error);
+                    if first.as_ref().is_none_or(|(j, _)| i < *j) {
+                        *first = Some((i, e));
                     }
-                    let cancelled = || stop.load(Ordering::Relaxed) || progress.cancelled();
-                    match w.run(&units[i], archive_path, progress, &cancelled) {
-                        Ok(Out::Files(f)) => lock(done).files.extend(f),
-                        Ok(Out::ArchiveMd5(d)) => lock(done).archive_md5 = Some(d),
-                        Err(Error::Cancelled) if stop.load(Ordering::Relaxed) => break,
-                        Err(e) => {
-                            stop.store(true, Ordering::Relaxed);
-                            let mut first = lock(first_error);
-                            if first.as_ref().is_none_or(|(j, _)| i < *j) {
-                                *first = Some((i, e));
-                            }
-                            break;
-                        }
-                    }
+                    break;
                 }
-            });
+            }
         }
-        drop(tx);
-        match syncer.map(|h| h.join()) {
-            Some(Ok(r)) => r,
-            Some(Err(_)) => Err(Error::io(Stage::Publish, "fsync thread", io::Error::other("panicked"))),
-            None => Ok(()),
-        }
-    });
+    };
+    let synced = if plan.total_bytes <= INLINE_BYTES && plan.total_files <= INLINE_FILES {
+        // A small deposit is done before a thread would have started:
+        // starting three per deposit cost more than the work (bench/daemon.py).
+        work(None);
+        Ok(())
+    } else {
+        // fsync waits on the disk, not the CPU: one thread does all of them
+        // while the workers go on inflating the next files.
+        let (tx, rx) = mpsc::channel::<(File, String)>();
+        let use_syncer = target.fsync && target.root.is_some();
+        std::thread::scope(|s| {
+            let syncer = use_syncer.then(|| s.spawn(move || drain_fsyncs(rx)));
+            for _ in 0..threads {
+                let tx = use_syncer.then(|| tx.clone());
+                s.spawn(move || work(tx));
+            }
+            drop(tx);
+            match syncer.map(|h| h.join()) {
+                Some(Ok(r)) => r,
+                Some(Err(_)) => Err(Error::io(Stage::Publish, "fsync thread", io::Error::other("panicked"))),
+                None => Ok(()),
+            }
+        })
+    };
     if let Some((_, e)) = lock(first_error).take() {
         return Err(e);
     }

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,10 @@ pub struct Shared {
     pub beat: Arc<Heartbeat>,
     pub metrics: Arc<Metrics>,
     pub redis_up: AtomicBool,
+    /// Jobs running in this process.
+    pub running: AtomicUsize,
+    /// Old releases may wait in `<publish_root>/.pruned` (see `pruner`).
+    pub pruned: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -195,6 +199,9 @@ pub async fn run(config_path: PathBuf, role: Role) -> Result<()> {
         beat: Arc::default(),
         metrics: Arc::default(),
         redis_up: AtomicBool::new(true),
+        running: AtomicUsize::new(0),
+        // Whatever an earlier run set aside is deleted once idle.
+        pruned: AtomicBool::new(true),
     });
     let metrics = match cfg.metrics.listen.as_str() {
         "" => None,
@@ -211,6 +218,7 @@ pub async fn run(config_path: PathBuf, role: Role) -> Result<()> {
     let scheduler = (role != Role::Worker)
         .then(|| tokio::spawn(scheduler(shared.clone(), storage.clone(), stop_rx.clone(), ready_tx)));
     let watchdog = service::spawn_watchdog(shared.beat.clone());
+    let pruner = (role != Role::Watcher).then(|| tokio::spawn(pruner(shared.clone())));
     let worker_beat = (role == Role::Worker).then(|| {
         // No scheduler loop here; the beat proves the runtime still turns.
         let beat = shared.beat.clone();
@@ -269,12 +277,39 @@ pub async fn run(config_path: PathBuf, role: Role) -> Result<()> {
     // Jobs still running past the grace period see `abort` and stop.
     shared.abort.store(true, Ordering::SeqCst);
     signals.abort();
-    for t in [watchdog, worker_beat, metrics].into_iter().flatten() {
+    for t in [watchdog, worker_beat, metrics, pruner].into_iter().flatten() {
         t.abort();
     }
     ready.abort();
     info!("depot stopped");
     Ok(())
+}
+
+/// Deletes the releases that publishing set aside (`jobs::publish::prune`)
+/// when no deposit is running or waiting, or at least every 30 s under a
+/// steady load: deletions in the middle of a burst slow every inode
+/// creation after them.
+async fn pruner(shared: Arc<Shared>) {
+    let mut last = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let idle = shared.running.load(Ordering::Relaxed) == 0 && lock(&shared.index).is_empty();
+        if !shared.pruned.load(Ordering::Relaxed) || !(idle || last.elapsed() >= Duration::from_secs(30)) {
+            continue;
+        }
+        shared.pruned.store(false, Ordering::Relaxed);
+        last = Instant::now();
+        let root = shared.config().publish_root.clone();
+        match tokio::task::spawn_blocking(move || jobs::publish::empty_pruned(&root)).await {
+            Ok(Ok(n)) if n > 0 => info!(releases = n, "deleted pruned releases"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot delete pruned releases; will try again");
+                shared.pruned.store(true, Ordering::Relaxed);
+            }
+            Err(e) => warn!(error = %e, "pruned releases task failed"),
+        }
+    }
 }
 
 async fn handle_signals(shared: Arc<Shared>, config_path: PathBuf, stop: tokio::sync::watch::Sender<bool>) {
@@ -589,11 +624,7 @@ async fn schedule(shared: &Shared, storage: &Queue) {
         if lock(&shared.retry_at).get(&e.id).is_some_and(|t| *t > now) {
             continue;
         }
-        if let Err(err) = shared.status.created(&e).await {
-            warn!(error = %err, "Redis write failed");
-            return;
-        }
-        // WAITING before the push: a fast worker's PROGRESS must not be
+        // WAITING (and CREATED first, if Redis lost it) before the push: a fast worker's PROGRESS must not be
         // overwritten by it.
         match shared.status.set(&e, status::WAITING, &[]).await {
             Ok(true) => {}

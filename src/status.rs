@@ -24,27 +24,57 @@ pub struct Status {
     pub prefix: String,
 }
 
-/// Record a terminal state once: a second call (a job run twice after a
-/// crash) changes nothing and adds no event.
-const TERMINAL: &str = r#"
+/// Lua prelude of every state change: the deposit's hash is made (CREATED,
+/// with its event) if missing, so that one round trip both records a claim
+/// and moves it on, and a Redis that came back empty is filled again.
+/// KEYS: deposit, events, producer, deposits (zset), producers (set).
+/// ARGV: maxlen, id, producer, score, n, then n create field/value args,
+/// then the script's own args.
+const ENSURE: &str = r#"
+local n = tonumber(ARGV[5])
+local rest = 6 + n
+if redis.call('HSETNX', KEYS[1], 'id', ARGV[2]) == 1 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 6, 5 + n))
+  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[2])
+  redis.call('SADD', KEYS[5], ARGV[3])
+  redis.call('HSET', KEYS[3], 'last_deposit', ARGV[2], 'last_state', 'CREATED')
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'id', ARGV[2], 'producer', ARGV[3], 'state', 'CREATED')
+end
 local s = redis.call('HGET', KEYS[1], 'state')
-if s == 'SUCCESS' or s == 'FAILURE' then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'id', ARGV[2], 'state', redis.call('HGET', KEYS[1], 'state'),
-  'producer', redis.call('HGET', KEYS[1], 'producer') or '', 'error_code', redis.call('HGET', KEYS[1], 'error_code') or '')
-return 1
 "#;
 
 /// Move a deposit to a non-terminal state, unless it already ended: a late
 /// writer (a scheduler that listed the spool just before the end) must not
-/// turn a SUCCESS back into WAITING.
+/// turn a SUCCESS back into WAITING. ARGV[rest]: the state ('' = only make
+/// sure it exists); then field/value pairs. Returns 0 when it had ended,
+/// the attempt number when it moved to PROGRESS, else 1.
 const ADVANCE: &str = r#"
-local s = redis.call('HGET', KEYS[1], 'state')
+local state = ARGV[rest]
+if state == '' then return 1 end
 if s == 'SUCCESS' or s == 'FAILURE' then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
-redis.call('HSET', KEYS[3], 'last_state', ARGV[3])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'id', ARGV[2], 'producer', redis.call('HGET', KEYS[1], 'producer') or '', 'state', ARGV[3])
-return 1
+redis.call('HSET', KEYS[1], 'state', state)
+if #ARGV > rest then redis.call('HSET', KEYS[1], unpack(ARGV, rest + 1)) end
+local r = 1
+if state == 'PROGRESS' then r = redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
+redis.call('HSET', KEYS[3], 'last_state', state)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'id', ARGV[2], 'producer', ARGV[3], 'state', state)
+return r
+"#;
+
+/// Record a terminal state once: a second call (a job run twice after a
+/// crash) changes nothing and adds no event. ARGV[rest]: how many of the
+/// pairs that follow go to the deposit; the others go to the producer.
+const TERMINAL: &str = r#"
+local m = tonumber(ARGV[rest])
+local first = 0
+if s ~= 'SUCCESS' and s ~= 'FAILURE' then
+  redis.call('HSET', KEYS[1], unpack(ARGV, rest + 1, rest + m))
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'id', ARGV[2], 'state', redis.call('HGET', KEYS[1], 'state'),
+    'producer', ARGV[3], 'error_code', redis.call('HGET', KEYS[1], 'error_code') or '')
+  first = 1
+end
+redis.call('HSET', KEYS[3], unpack(ARGV, rest + m + 1))
+return first
 "#;
 
 impl Status {
@@ -64,32 +94,15 @@ impl Status {
         format!("{}:producers", self.prefix)
     }
 
-    async fn event(&self, id: &str, producer: &str, state: &str, extra: &[(&str, &str)]) -> redis::RedisResult<()> {
-        let mut conn = self.conn.clone();
-        let mut fields: Vec<(&str, &str)> = vec![("id", id), ("producer", producer), ("state", state)];
-        fields.extend_from_slice(extra);
-        let _: String = redis::cmd("XADD")
-            .arg(self.events_key())
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(EVENTS_MAXLEN)
-            .arg("*")
-            .arg(&fields)
-            .query_async(&mut conn)
-            .await?;
-        Ok(())
-    }
-
-    /// A deposit was claimed. Idempotent: an existing hash is left alone
-    /// (recovery after Redis came back, or a restart).
-    pub async fn created(&self, e: &Entry) -> redis::RedisResult<bool> {
-        let mut conn = self.conn.clone();
-        let key = self.deposit_key(&e.id);
-        let fresh: bool = conn.hset_nx(&key, "id", &e.id).await?;
-        if !fresh {
-            return Ok(false);
-        }
-        let fields: Vec<(&str, String)> = vec![
+    /// A script invocation with the ENSURE prelude's keys and arguments.
+    fn invocation<'a>(&self, script: &'a redis::Script, e: &Entry) -> redis::ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        inv.key(self.deposit_key(&e.id))
+            .key(self.events_key())
+            .key(self.producer_key(&e.producer))
+            .key(self.deposits_key())
+            .key(self.producers_key());
+        let create: [(&str, String); 9] = [
             ("producer", e.producer.clone()),
             ("file", e.name.clone()),
             ("size", e.size.to_string()),
@@ -100,28 +113,42 @@ impl Status {
             ("bytes_total", "0".into()),
             ("bytes_done", "0".into()),
         ];
-        let _: () = conn.hset_multiple(&key, &fields).await?;
-        let _: () = conn.zadd(self.deposits_key(), &e.id, (e.claimed_ns / 1_000_000) as f64).await?;
-        let _: () = conn.sadd(self.producers_key(), &e.producer).await?;
-        let _: () = conn
-            .hset_multiple(self.producer_key(&e.producer), &[("last_deposit", e.id.as_str()), ("last_state", CREATED)])
-            .await?;
-        self.event(&e.id, &e.producer, CREATED, &[]).await?;
-        Ok(true)
+        inv.arg(EVENTS_MAXLEN).arg(&e.id).arg(&e.producer).arg((e.claimed_ns / 1_000_000) as f64);
+        inv.arg(create.len() * 2);
+        for (k, v) in create {
+            inv.arg(k).arg(v);
+        }
+        inv
     }
 
-    /// Move a non-terminal deposit to `state` with these fields.
-    pub async fn set(&self, e: &Entry, state: &str, fields: &[(&str, String)]) -> redis::RedisResult<bool> {
-        let mut conn = self.conn.clone();
-        let script = redis::Script::new(ADVANCE);
-        let mut inv = script.prepare_invoke();
-        inv.key(self.deposit_key(&e.id)).key(self.events_key()).key(self.producer_key(&e.producer));
-        inv.arg(EVENTS_MAXLEN).arg(&e.id).arg(state).arg("state").arg(state);
+    async fn advance(&self, e: &Entry, state: &str, fields: &[(&str, String)]) -> redis::RedisResult<i64> {
+        static SCRIPT: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(&format!("{ENSURE}{ADVANCE}")));
+        let mut inv = self.invocation(&SCRIPT, e);
+        inv.arg(state);
         for (k, v) in fields {
             inv.arg(*k).arg(v);
         }
-        let changed: i64 = inv.invoke_async(&mut conn).await?;
-        Ok(changed == 1)
+        inv.invoke_async(&mut self.conn.clone()).await
+    }
+
+    /// A deposit was claimed. Idempotent: an existing hash is left alone
+    /// (recovery after Redis came back, or a restart).
+    pub async fn created(&self, e: &Entry) -> redis::RedisResult<()> {
+        self.advance(e, "", &[]).await.map(drop)
+    }
+
+    /// Move a non-terminal deposit to `state` with these fields (making its
+    /// hash first if Redis lost it). False when it had already ended.
+    pub async fn set(&self, e: &Entry, state: &str, fields: &[(&str, String)]) -> redis::RedisResult<bool> {
+        Ok(self.advance(e, state, fields).await? != 0)
+    }
+
+    /// PROGRESS, counting the attempt: its number, or None when the deposit
+    /// had already ended.
+    pub async fn start(&self, e: &Entry, fields: &[(&str, String)]) -> redis::RedisResult<Option<u32>> {
+        let n = self.advance(e, PROGRESS, fields).await?;
+        Ok((n > 0).then(|| u32::try_from(n).unwrap_or(u32::MAX)))
     }
 
     /// Progress within a state: no event, just the moving fields.
@@ -130,15 +157,10 @@ impl Status {
         conn.hset_multiple(self.deposit_key(id), fields).await
     }
 
-    pub async fn incr_attempts(&self, id: &str) -> redis::RedisResult<u32> {
-        let mut conn = self.conn.clone();
-        conn.hincr(self.deposit_key(id), "attempts", 1).await
-    }
-
     /// SUCCESS or FAILURE, exactly once, with the producer's summary.
     pub async fn terminal(&self, e: &Entry, o: &Outcome) -> redis::RedisResult<bool> {
-        self.created(e).await?;
-        let mut conn = self.conn.clone();
+        static SCRIPT: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(&format!("{ENSURE}{TERMINAL}")));
         let mut fields: Vec<(&str, String)> = vec![("state", o.state.clone()), ("finished", o.finished.clone())];
         if let Some(c) = &o.error_code {
             fields.push(("error_code", c.clone()));
@@ -155,13 +177,6 @@ impl Status {
         if let Some(b) = o.bytes {
             fields.push(("bytes_done", b.to_string()));
         }
-        let script = redis::Script::new(TERMINAL);
-        let mut inv = script.prepare_invoke();
-        inv.key(self.deposit_key(&e.id)).key(self.events_key()).arg(EVENTS_MAXLEN).arg(&e.id);
-        for (k, v) in &fields {
-            inv.arg(*k).arg(v);
-        }
-        let first: i64 = inv.invoke_async(&mut conn).await?;
         let mut p: Vec<(&str, String)> = vec![("last_deposit", e.id.clone()), ("last_state", o.state.clone())];
         if o.state == SUCCESS {
             if let Some(r) = &o.release {
@@ -169,7 +184,12 @@ impl Status {
             }
             p.push(("last_success", o.finished.clone()));
         }
-        let _: () = conn.hset_multiple(self.producer_key(&e.producer), &p).await?;
+        let mut inv = self.invocation(&SCRIPT, e);
+        inv.arg(fields.len() * 2);
+        for (k, v) in fields.iter().chain(&p) {
+            inv.arg(*k).arg(v);
+        }
+        let first: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
         Ok(first == 1)
     }
 

@@ -76,6 +76,13 @@ impl Live {
 /// `workers.max_attempts`, and the spool keeps the deposit meanwhile.
 pub async fn handle(job: DepositJob, shared: Data<Arc<Shared>>) -> Result<(), BoxDynError> {
     let shared: Arc<Shared> = (*shared).clone();
+    shared.running.fetch_add(1, Ordering::Relaxed);
+    let r = handle_one(job, &shared).await;
+    shared.running.fetch_sub(1, Ordering::Relaxed);
+    r
+}
+
+async fn handle_one(job: DepositJob, shared: &Arc<Shared>) -> Result<(), BoxDynError> {
     let guard = shared.producer_lock(&job.producer);
     let _g = guard.lock().await;
     let entry = match tokio::task::block_in_place(|| shared.spool.load(&job.id)) {
@@ -85,25 +92,23 @@ pub async fn handle(job: DepositJob, shared: Data<Arc<Shared>>) -> Result<(), Bo
         Err(e) => return Err(AbortError::new(e).into()),
     };
     if let Ok(Some(o)) = tokio::task::block_in_place(|| shared.spool.outcome(&entry.id)) {
-        finalize(&shared, &entry, &o).await;
+        finalize(shared, &entry, &o).await;
         return Ok(());
     }
-    run_one(&shared, entry).await;
+    run_one(shared, entry).await;
     Ok(())
 }
 
 async fn run_one(shared: &Arc<Shared>, entry: Entry) {
     let cfg = shared.config();
     let started = jobs::deposit::now_rfc3339();
-    let attempts = shared.status.incr_attempts(&entry.id).await.unwrap_or(1);
-    let _ = shared
-        .status
-        .set(
-            &entry,
-            PROGRESS,
-            &[("started", started.clone()), ("stage", "unpack".into()), ("attempts", attempts.to_string())],
-        )
-        .await;
+    let attempts = match shared.status.start(&entry, &[("started", started.clone()), ("stage", "unpack".into())]).await
+    {
+        Ok(Some(n)) => n,
+        // Redis away, or showing an end the spool does not know of yet (a
+        // crash between the two): the spool decides, so run it.
+        Ok(None) | Err(_) => 1,
+    };
     info!(deposit = %entry.id, producer = %entry.producer, stage = "unpack", state = PROGRESS, attempt = attempts, "started");
 
     let live = Arc::new(Live {
@@ -163,6 +168,7 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
             return;
         }
         Ok(p) => {
+            shared.pruned.store(true, Ordering::Relaxed);
             let release = p.release.display().to_string();
             let report = Report::success(base, p.file_count, p.total_bytes, Some(release.clone()));
             Outcome {

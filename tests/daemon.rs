@@ -397,7 +397,13 @@ fn two_hundred_deposits_over_ten_producers() {
         assert_eq!(order, want, "{p} published out of drop order");
         let obs = fs::read_to_string(site.root().join(format!("publish/{p}/current/{p}_DAT_1/obs1.txt"))).unwrap();
         assert_eq!(obs, "a,b\n1,r19\n");
+        // publish.keep_releases (10 here) stay; the others were set aside.
+        assert_eq!(fs::read_dir(site.root().join(format!("publish/{p}/releases"))).unwrap().count(), 10);
     }
+    // ... and deleted once the daemon had nothing left to do.
+    wait_for(&site, "pruned releases deleted", 20, || {
+        fs::read_dir(site.root().join("publish/.pruned")).map_or(0, |d| d.count()) == 0
+    });
     assert_eq!(stop(daemon), Some(0));
 }
 

@@ -4,8 +4,9 @@
 //! limits and the profile. A deposit that fails here costs no disk.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::fs::{File, OpenOptions};
+use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::Read;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -270,6 +271,13 @@ fn open_containers(plan: &mut Plan, zip: &mut ZipArchive<Section>, input: &Input
             }
             plan.levels[0].src.sub(e.data_start, e.size)
         } else {
+            // Made on first use: most deposits store their dataset zips.
+            match DirBuilder::new().mode(0o700).create(input.scratch) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(Error::io(Stage::Unpack, format!("create {}", input.scratch.display()), e));
+                }
+                _ => {}
+            }
             let path = input.scratch.join(format!("container-{outer}.zip"));
             let mut file = OpenOptions::new()
                 .read(true)

@@ -3,7 +3,7 @@
 //! then swap the `current` symlink with a rename. A crash anywhere leaves
 //! `current` on the old release or the new one, never on a half.
 
-use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
+use std::fs::{self, DirBuilder, File, Permissions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
@@ -19,6 +19,8 @@ use crate::settings::PublishMode;
 use crate::unpack::{DIR_MODE, FILE_MODE, FileRecord};
 
 pub const STAGING: &str = ".staging";
+/// Old releases on their way out, same filesystem (see [`prune`]).
+pub const PRUNED: &str = ".pruned";
 
 /// `manifest.json` of a release (public format, see SPEC).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -47,48 +49,62 @@ pub fn current_link(publish_root: &Path, producer: &str) -> PathBuf {
 }
 
 /// A release under construction, locked against `clean_stale` for as long
-/// as this value lives (another process's cleanup must not eat it).
+/// as this value lives (another process's cleanup must not eat it). The
+/// lock is an flock on the staging folder itself: a lock file and an eager
+/// scratch folder were two more inodes made and removed per deposit, and on
+/// ext4 without a journal every removed inode slows the next creations.
 #[derive(Debug)]
 pub struct Staging {
     pub dir: PathBuf,
-    /// Beside `dir`, never published: compressed dataset zips copied out.
+    /// Beside `dir`, never published, made on first use: compressed
+    /// dataset zips copied out.
     pub scratch: PathBuf,
-    lock_path: PathBuf,
     _lock: File,
+}
+
+fn lock_dir(dir: &Path) -> io::Result<Option<File>> {
+    let f = File::open(dir)?;
+    match flock(&f, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(f)),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 impl Staging {
     pub fn create(publish_root: &Path, deposit_id: &str) -> Result<Staging> {
         let root = publish_root.join(STAGING);
         mkdir_p(&root, Stage::Unpack)?;
-        let lock_path = root.join(format!("{deposit_id}.lock"));
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .ctx(Stage::Unpack, || format!("create {}", lock_path.display()))?;
-        flock(&lock, FlockOperation::NonBlockingLockExclusive)
-            .map_err(io::Error::from)
-            .ctx(Stage::Unpack, || format!("deposit {deposit_id} is being processed by another process"))?;
         let dir = root.join(deposit_id);
-        // A previous attempt of this same deposit may have left a half.
-        remove_any(&dir).ctx(Stage::Unpack, || format!("remove stale {}", dir.display()))?;
-        DirBuilder::new().mode(DIR_MODE).create(&dir).ctx(Stage::Unpack, || format!("create {}", dir.display()))?;
+        let busy = || {
+            Error::io(
+                Stage::Unpack,
+                format!("deposit {deposit_id} is being processed by another process"),
+                io::Error::from(io::ErrorKind::WouldBlock),
+            )
+        };
+        // A previous attempt of this same deposit may have left a half;
+        // a live one holds its lock.
+        match lock_dir(&dir) {
+            Ok(Some(_stale)) => remove_any(&dir).ctx(Stage::Unpack, || format!("remove stale {}", dir.display()))?,
+            Ok(None) => return Err(busy()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(Stage::Unpack, format!("open {}", dir.display()), e)),
+        }
         let scratch = root.join(format!("{deposit_id}.scratch"));
         remove_any(&scratch).ctx(Stage::Unpack, || format!("remove stale {}", scratch.display()))?;
-        DirBuilder::new()
-            .mode(0o700)
-            .create(&scratch)
-            .ctx(Stage::Unpack, || format!("create {}", scratch.display()))?;
-        Ok(Staging { dir, scratch, lock_path, _lock: lock })
+        match DirBuilder::new().mode(DIR_MODE).create(&dir) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(busy()),
+            r => r.ctx(Stage::Unpack, || format!("create {}", dir.display()))?,
+        }
+        let lock = lock_dir(&dir).ctx(Stage::Unpack, || format!("lock {}", dir.display()))?.ok_or_else(busy)?;
+        Ok(Staging { dir, scratch, _lock: lock })
     }
 
     /// Remove what is left (after a failure, or after the rename).
     pub fn discard(self) -> io::Result<()> {
         remove_any(&self.dir)?;
-        remove_any(&self.scratch)?;
-        fs::remove_file(&self.lock_path).or_else(ignore_missing)
+        remove_any(&self.scratch)
     }
 }
 
@@ -104,8 +120,10 @@ fn remove_any(p: &Path) -> io::Result<()> {
     }
 }
 
-/// Remove staging left by crashed runs: every entry whose lock nobody holds.
-/// Returns what was removed.
+/// Remove staging left by crashed runs: every folder whose lock nobody
+/// holds, a scratch folder with its release folder. Lock files of older
+/// versions (`<id>.lock`) go too when nobody holds them. Returns what was
+/// removed.
 pub fn clean_stale(publish_root: &Path) -> io::Result<Vec<PathBuf>> {
     let root = publish_root.join(STAGING);
     let mut removed = Vec::new();
@@ -116,34 +134,24 @@ pub fn clean_stale(publish_root: &Path) -> io::Result<Vec<PathBuf>> {
     };
     for ent in rd {
         let ent = ent?;
+        let path = ent.path();
         let name = ent.file_name();
         let name = name.to_string_lossy();
-        if name.ends_with(".lock") {
-            continue;
-        }
-        // Deposit ids are plain names; the dir's lock file is beside it.
+        // Deposit ids are plain names: `<id>`, `<id>.scratch`, `<id>.lock`.
         let stem = name.split('.').next().unwrap_or(&name);
-        let lock_path = root.join(format!("{stem}.lock"));
-        let held = match File::open(&lock_path) {
-            Ok(f) => flock(&f, FlockOperation::NonBlockingLockExclusive).is_err(),
-            Err(_) => false,
+        let held = match lock_dir(&root.join(stem)) {
+            Ok(lock) => lock.is_none(),
+            Err(_) => {
+                // No release folder: an old-style lock file may still guard it.
+                match File::open(root.join(format!("{stem}.lock"))) {
+                    Ok(f) => flock(&f, FlockOperation::NonBlockingLockExclusive).is_err(),
+                    Err(_) => false,
+                }
+            }
         };
-        if !held {
-            remove_any(&ent.path())?;
-            fs::remove_file(&lock_path).or_else(ignore_missing)?;
-            removed.push(ent.path());
-        }
-    }
-    // Lock files whose folder is gone and that nobody holds.
-    for ent in fs::read_dir(&root)? {
-        let ent = ent?;
-        let p = ent.path();
-        if p.extension().is_some_and(|x| x == "lock")
-            && !p.with_extension("").exists()
-            && let Ok(f) = File::open(&p)
-            && flock(&f, FlockOperation::NonBlockingLockExclusive).is_ok()
-        {
-            fs::remove_file(&p).or_else(ignore_missing)?;
+        if !held && fs::symlink_metadata(&path).is_ok() {
+            remove_any(&path)?;
+            removed.push(path);
         }
     }
     Ok(removed)
@@ -263,7 +271,8 @@ pub fn publish(
     switch_current(req.publish_root, req.producer, req.deposit_id, req.fsync)?;
     req.step(Step::Switched)?;
 
-    prune(&releases, req.deposit_id, req.keep_releases).ctx(Stage::Publish, || "remove old releases".into())?;
+    prune(req.publish_root, req.producer, req.deposit_id, req.keep_releases)
+        .ctx(Stage::Publish, || "remove old releases".into())?;
     req.step(Step::Pruned)?;
     Ok(Published { release, file_count, total_bytes })
 }
@@ -301,8 +310,16 @@ fn switch_current(publish_root: &Path, producer: &str, id: &str, fsync: bool) ->
 /// Newest by folder mtime (set when its manifest was written; one
 /// producer's publishes are serialised), then by id: two deposits of one
 /// second have ids that do not sort by drop order.
-fn prune(releases: &Path, current_id: &str, keep: u32) -> io::Result<()> {
-    let mut rels: Vec<(std::time::SystemTime, String)> = fs::read_dir(releases)?
+///
+/// An old release leaves `releases/` by a rename into [`PRUNED`]; it is
+/// deleted later by [`empty_pruned`] (the daemon does it when idle or every
+/// half minute). On ext4 without a journal each deleted inode makes every
+/// inode created in its group for the next 30 s slower (`recently_deleted`
+/// is a linear scan): deleting five inodes per deposit in the middle of a
+/// burst of small deposits cost more than the deposits themselves.
+fn prune(publish_root: &Path, producer: &str, current_id: &str, keep: u32) -> io::Result<()> {
+    let releases = releases_dir(publish_root, producer);
+    let mut rels: Vec<(std::time::SystemTime, String)> = fs::read_dir(&releases)?
         .filter_map(|e| e.ok())
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .map(|e| {
@@ -312,12 +329,35 @@ fn prune(releases: &Path, current_id: &str, keep: u32) -> io::Result<()> {
         .collect();
     rels.sort();
     let excess = rels.len().saturating_sub(keep as usize);
+    let trash = publish_root.join(PRUNED);
     for (_, id) in rels.into_iter().take(excess) {
         if id != current_id {
-            fs::remove_dir_all(releases.join(&id))?;
+            if let Err(e) = DirBuilder::new().mode(0o700).create(&trash)
+                && e.kind() != io::ErrorKind::AlreadyExists
+            {
+                return Err(e);
+            }
+            let dst = trash.join(format!("{producer}-{id}"));
+            remove_any(&dst)?;
+            fs::rename(releases.join(&id), &dst)?;
         }
     }
     Ok(())
+}
+
+/// Delete the releases [`prune`] set aside. Returns how many.
+pub fn empty_pruned(publish_root: &Path) -> io::Result<usize> {
+    let rd = match fs::read_dir(publish_root.join(PRUNED)) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut n = 0;
+    for ent in rd {
+        remove_any(&ent?.path())?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// Refuse to start when the publish filesystem would drop below the margin.

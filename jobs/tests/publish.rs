@@ -100,6 +100,11 @@ fn previous_keeps_only_the_last_deposit_and_releases_are_pruned() {
     newest.sort();
     assert_eq!(rels, newest);
     assert!(env.current("MSEC").unwrap().ends_with(&ids[3]));
+    // The two oldest were set aside, to be deleted when it suits the caller.
+    let pruned = env.publish_root.join(jobs::publish::PRUNED);
+    assert_eq!(fs::read_dir(&pruned).unwrap().count(), 2);
+    assert_eq!(jobs::publish::empty_pruned(&env.publish_root).unwrap(), 2);
+    assert_eq!(fs::read_dir(&pruned).unwrap().count(), 0);
 }
 
 #[test]

@@ -95,6 +95,7 @@ def main():
     ap.add_argument("--drops", type=int, default=200)
     ap.add_argument("--settle-ms", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=0, help="workers.concurrency (0: the default)")
+    ap.add_argument("--no-baseline", action="store_true", help="skip bench/baseline.py (the issue's Python ingester)")
     ap.add_argument("--config-extra", default="", help="TOML appended to the config (e.g. '[publish]\\nfsync = false')")
     a = ap.parse_args()
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -113,7 +114,7 @@ def main():
                 + (f'[workers]\nconcurrency = {a.concurrency}\n' if a.concurrency else '')
                 + a.config_extra.replace("\\n", "\n") + "\n")
     daemon = subprocess.Popen([os.path.join(repo, "target/release/depot"), "run", "--config", cfg],
-                              stderr=open(os.path.join(work, "daemon.log"), "w"), env=dict(os.environ, RUST_LOG="warn"))
+                              stderr=open(os.path.join(work, "daemon.log"), "w"), env=dict(os.environ, RUST_LOG=os.environ.get("BENCH_RUST_LOG", "warn")))
     try:
         time.sleep(1.0)
         r = Resp(port)
@@ -146,6 +147,19 @@ def main():
         n = per * len(producers)
         print(f"(2) {n} deposits over {len(producers)} producers (fsync on): {ok} SUCCESS in {t1 - t0:.2f} s "
               f"= {n / (t1 - t0):.0f} deposits/s (dropping took {t_dropped - t0:.2f} s; settle {a.settle_ms} ms included)")
+        if not a.no_baseline:
+            # The same deposits through bench/baseline.py, in this run, for the ratio.
+            base = os.path.join(work, "baseline")
+            os.makedirs(os.path.join(base, "publish"))
+            for i in range(per):
+                for p in producers:
+                    drop(base, p, f"{p}_{i:05}.zip", small[p])
+            b0 = time.time()
+            subprocess.run([sys.executable, os.path.join(repo, "bench", "baseline.py"), os.path.join(base, "drop"),
+                            os.path.join(base, "publish"), str(n)], check=True)
+            rate = n / (time.time() - b0)
+            print(f"    baseline (bench/baseline.py, same deposits, fsync on): {rate:.0f} deposits/s; "
+                  f"depot/baseline = {n / (t1 - t0) / rate:.2f}x")
         with open(f"/proc/{daemon.pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
             tck = os.sysconf("SC_CLK_TCK")
@@ -159,6 +173,8 @@ def main():
         daemon.wait(30)
         redis.terminate()
         redis.wait()
+        if os.environ.get("BENCH_KEEP_LOG"):
+            shutil.copy(os.path.join(work, "daemon.log"), os.environ["BENCH_KEEP_LOG"])
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -117,7 +117,7 @@ impl Shared {
     }
 
     pub fn done(&self, e: &Entry) {
-        if !self.spool.dir(&e.id).exists() {
+        if !self.spool.holds(&e.id) {
             self.index_remove(e);
         }
         let mut q = lock(&self.queued);
@@ -606,7 +606,7 @@ async fn schedule(shared: &Shared, storage: &Queue) {
         let mut idx = lock(&shared.index);
         for (p, entries) in idx.iter_mut() {
             while let Some((k, e)) = entries.first_key_value() {
-                if shared.spool.dir(&e.id).exists() {
+                if shared.spool.holds(&e.id) {
                     oldest.push((p.clone(), e.clone()));
                     break;
                 }

@@ -3,9 +3,13 @@
 //! is claimed (an atomic rename out of `new/`) until it has been rotated and
 //! its terminal state recorded. Whatever Redis forgets, a restart finds here.
 //!
-//! `<drop_root>/.depot/spool/<id>/` holds `deposit.json`, the archive under
-//! the name it was dropped as, its `.md5` sidecar if any, and, once the
-//! pipeline has spoken, `outcome.json`.
+//! `<drop_root>/.depot/spool/` holds, per deposit, flat: `<id>.json` (the
+//! entry: producer, name as dropped, claim time), `<id>` (the archive),
+//! `<id>.md5` (its sidecar, if any) and, once the pipeline has spoken,
+//! `<id>.outcome.json`. Flat, not a folder per deposit: a folder was one
+//! more inode made and removed per deposit, and on ext4 without a journal
+//! every removed inode slows the creations after it (bench/daemon.py).
+//! Versions before 0.2 kept `<id>/` folders; [`Spool::list`] converts them.
 
 use std::fs;
 use std::io;
@@ -75,67 +79,77 @@ impl Spool {
         Ok(Spool { root })
     }
 
-    pub fn dir(&self, id: &str) -> PathBuf {
-        self.root.join(id)
+    fn entry_path(&self, id: &str) -> PathBuf {
+        self.root.join(format!("{id}.json"))
+    }
+
+    fn outcome_path(&self, id: &str) -> PathBuf {
+        self.root.join(format!("{id}.outcome.json"))
+    }
+
+    /// Still in custody (claimed, not yet rotated and recorded).
+    pub fn holds(&self, id: &str) -> bool {
+        self.entry_path(id).exists()
     }
 
     pub fn archive(&self, e: &Entry) -> PathBuf {
-        self.dir(&e.id).join(&e.name)
+        self.root.join(&e.id)
     }
 
     pub fn sidecar(&self, e: &Entry) -> Option<PathBuf> {
-        e.sidecar.then(|| self.dir(&e.id).join(format!("{}.md5", e.name)))
+        e.sidecar.then(|| self.root.join(format!("{}.md5", e.id)))
     }
 
-    /// Take `path` (a settled file in `<P>/new/`) into custody. The rename is
-    /// the claim: once it succeeds the deposit is ours. Nothing is fsynced
-    /// here: claims come in batches and [`Spool::sync`] makes a whole batch
-    /// durable (one fsync per entry, not three) before anyone is told. A
-    /// crash before that sync leaves each file in `new/` or in an entry
-    /// whose deposit.json may be missing or empty, which [`Spool::list`]
-    /// gives back to `new/`: never lost.
+    /// Take `path` (a settled file in `<P>/new/`) into custody: the entry
+    /// is written, then the sidecar and the archive are renamed in (the
+    /// archive's rename is the claim). Nothing is fsynced here: claims come
+    /// in batches and [`Spool::sync`] makes a whole batch durable before
+    /// anyone is told. A crash before that sync leaves each file in `new/`
+    /// or in the spool with an entry that [`Spool::list`] either keeps or
+    /// uses to give the files back to `new/` under their names: never lost.
     pub fn claim(&self, producer: &str, path: &Path) -> io::Result<Entry> {
         let name =
             path.file_name().map(|n| n.to_string_lossy().into_owned()).ok_or_else(|| io::Error::other("no name"))?;
         let size = fs::symlink_metadata(path)?.len();
-        let id = jobs::deposit::new_id(producer);
-        let dir = self.dir(&id);
-        fs::create_dir(&dir)?;
         let claimed_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let side_src = path.with_file_name(format!("{name}.md5"));
-        let mut entry = Entry {
-            id,
+        let entry = Entry {
+            id: jobs::deposit::new_id(producer),
             producer: producer.to_owned(),
             name,
             claimed_ns,
             size,
-            sidecar: false,
+            sidecar: side_src.is_file(),
             created: jobs::deposit::now_rfc3339(),
         };
-        write_json_with(&dir.join("deposit.json"), &entry, false)?;
-        if let Err(e) = fs::rename(path, self.archive(&entry)) {
-            let _ = fs::remove_dir_all(&dir);
+        write_json_with(&self.entry_path(&entry.id), &entry, false)?;
+        if let Some(dst) = self.sidecar(&entry)
+            && let Err(e) = fs::rename(&side_src, dst)
+        {
+            let _ = fs::remove_file(self.entry_path(&entry.id));
             return Err(e);
         }
-        if side_src.is_file() {
-            entry.sidecar = true;
-            if let Some(dst) = self.sidecar(&entry) {
-                fs::rename(&side_src, dst)?;
+        if let Err(e) = fs::rename(path, self.archive(&entry)) {
+            if let Some(side) = self.sidecar(&entry) {
+                let _ = fs::rename(side, &side_src);
             }
-            write_json_with(&dir.join("deposit.json"), &entry, false)?;
+            let _ = fs::remove_file(self.entry_path(&entry.id));
+            return Err(e);
         }
         Ok(entry)
     }
 
-    /// Make a batch of claims durable: each entry folder (the archive's
-    /// new name), the spool folder (the entries) and each `new/` a file
-    /// left (so that it is not in both places after a crash). Not
-    /// syncfs(2): that walks every cached inode of the filesystem and waits
-    /// for every other writer's dirty data, a big deposit's included
+    /// Make a batch of claims durable: each entry's data (the name to give
+    /// back after a crash), the spool folder (the renamed-in files) and each
+    /// `new/` a file left (so that it is not in both places after a crash).
+    /// Not syncfs(2): that walks every cached inode of the filesystem and
+    /// waits for every other writer's dirty data, a big deposit's included
     /// (measured: slower than the fsyncs, and unbounded).
     pub fn sync(&self, claimed: &[Entry], drop_root: &Path) -> io::Result<()> {
-        let mut dirs: Vec<PathBuf> = claimed.iter().map(|e| self.dir(&e.id)).collect();
-        dirs.push(self.root.clone());
+        for e in claimed {
+            fs::File::open(self.entry_path(&e.id))?.sync_data()?;
+        }
+        let mut dirs = vec![self.root.clone()];
         let mut producers: Vec<&str> = claimed.iter().map(|e| e.producer.as_str()).collect();
         producers.sort_unstable();
         producers.dedup();
@@ -150,62 +164,146 @@ impl Spool {
         if !jobs::deposit::is_id(id) {
             return Ok(None);
         }
-        read_json(&self.dir(id).join("deposit.json"))
+        read_json(&self.entry_path(id))
     }
 
     pub fn outcome(&self, id: &str) -> io::Result<Option<Outcome>> {
-        read_json(&self.dir(id).join("outcome.json"))
+        read_json(&self.outcome_path(id))
     }
 
     pub fn set_outcome(&self, id: &str, o: &Outcome) -> io::Result<()> {
-        write_json(&self.dir(id).join("outcome.json"), o)
+        write_json(&self.outcome_path(id), o)
     }
 
-    /// The deposit is rotated and its state recorded: forget it.
+    /// The deposit is rotated and its state recorded: forget it. The entry
+    /// goes last, so that a crash half-way leaves something `list` mends.
     pub fn remove(&self, id: &str) -> io::Result<()> {
-        match fs::remove_dir_all(self.dir(id)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        let e = self.entry_path(id);
+        for p in [
+            self.root.join(id),
+            self.root.join(format!("{id}.md5")),
+            self.outcome_path(id),
+            e.with_extension("json.tmp"),
+            self.outcome_path(id).with_extension("json.tmp"),
+            e,
+        ] {
+            match fs::remove_file(&p) {
+                Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
+                _ => {}
+            }
         }
+        Ok(())
     }
 
-    /// Every entry, oldest claim first. An entry whose claim never
-    /// completed (a crash before deposit.json was on disk) gives its files
-    /// back to the producer's `new/` (the producer is in the id), never
-    /// deletes them.
+    /// Every entry, oldest claim first. A claim that never completed (a
+    /// crash before its sync) gives its files back to the producer's `new/`
+    /// under their names, or is forgotten when nothing of it came in.
     pub fn list(&self) -> io::Result<Vec<Entry>> {
-        let mut out = Vec::new();
+        let mut ids = std::collections::BTreeSet::new();
         for d in fs::read_dir(&self.root)? {
             let d = d?;
-            let id = d.file_name().to_string_lossy().into_owned();
+            let name = d.file_name().to_string_lossy().into_owned();
+            let id = name.split('.').next().unwrap_or_default().to_owned();
             if !jobs::deposit::is_id(&id) {
                 continue;
             }
+            if name == id && d.file_type()?.is_dir() {
+                self.convert_folder(&id)?;
+            }
+            ids.insert(id);
+        }
+        let mut out = Vec::new();
+        for id in ids {
             match self.load(&id) {
                 Ok(Some(e)) if self.archive(&e).exists() || self.outcome(&id)?.is_some() => out.push(e),
-                Ok(Some(_)) => self.remove(&id)?,
-                Ok(None) | Err(_) => self.give_back(&id)?,
+                Ok(Some(e)) => self.give_back(&e)?,
+                Ok(None) | Err(_) if self.root.join(&id).exists() => {
+                    // The archive came in but its entry never reached the
+                    // disk (a power cut before the claim's sync): back to
+                    // new/ under its id, since the dropped name is lost.
+                    let e = self.orphan_entry(&id)?;
+                    self.give_back(&e)?;
+                }
+                Ok(None) | Err(_) => self.remove(&id)?,
             }
         }
         out.sort_by_key(|e| (e.claimed_ns, e.id.clone()));
         Ok(out)
     }
 
-    fn give_back(&self, id: &str) -> io::Result<()> {
-        let dir = self.dir(id);
-        let producer = id.split('-').nth(1).unwrap_or_default();
-        let new = self.root.parent().and_then(Path::parent).map(|d| d.join(producer).join("new"));
-        if let Some(new) = new.filter(|_| !producer.is_empty()) {
-            for f in fs::read_dir(&dir)? {
-                let f = f?;
-                let name = f.file_name().to_string_lossy().into_owned();
-                if name != "deposit.json" && !name.ends_with(".tmp") && f.file_type()?.is_file() {
+    /// An entry for an archive whose entry file was lost (a power cut
+    /// between the claim and its sync): named after the id.
+    fn orphan_entry(&self, id: &str) -> io::Result<Entry> {
+        let size = fs::metadata(self.root.join(id))?.len();
+        Ok(Entry {
+            id: id.to_owned(),
+            producer: id.split('-').nth(1).unwrap_or_default().to_owned(),
+            name: format!("{id}.zip"),
+            claimed_ns: 0,
+            size,
+            sidecar: self.root.join(format!("{id}.md5")).exists(),
+            created: jobs::deposit::now_rfc3339(),
+        })
+    }
+
+    /// Files of an unfinished claim back to `new/`, then forget it.
+    fn give_back(&self, e: &Entry) -> io::Result<()> {
+        let new = self.root.parent().and_then(Path::parent).map(|d| d.join(&e.producer).join("new"));
+        if let Some(new) = new.filter(|_| !e.producer.is_empty() && !e.name.contains('/')) {
+            for (src, name) in [
+                (self.root.join(format!("{}.md5", e.id)), format!("{}.md5", e.name)),
+                (self.archive(e), e.name.clone()),
+            ] {
+                if src.is_file() {
                     fs::create_dir_all(&new)?;
-                    fs::rename(f.path(), new.join(&name))?;
+                    fs::rename(&src, new.join(name))?;
                 }
             }
         }
-        self.remove(id)
+        self.remove(&e.id)
+    }
+
+    /// A deposit folder of a version before 0.2 (`<id>/deposit.json`,
+    /// `<id>/<name>`, …) into the flat layout. A folder without a readable
+    /// deposit.json gives its files back to `new/`, as it always did.
+    fn convert_folder(&self, id: &str) -> io::Result<()> {
+        let dir = self.root.join(id);
+        let entry: Option<Entry> = read_json(&dir.join("deposit.json")).ok().flatten();
+        match entry {
+            Some(e) if !e.name.contains('/') => {
+                for (from, to) in [
+                    (dir.join(format!("{}.md5", e.name)), self.root.join(format!("{id}.md5"))),
+                    (dir.join(&e.name), self.root.join(id).with_extension("archive.tmp")),
+                    (dir.join("outcome.json"), self.outcome_path(id)),
+                    (dir.join("deposit.json"), self.entry_path(id)),
+                ] {
+                    if from.is_file() {
+                        fs::rename(from, to)?;
+                    }
+                }
+                fs::remove_dir_all(&dir)?;
+                let tmp = self.root.join(id).with_extension("archive.tmp");
+                if tmp.is_file() {
+                    fs::rename(tmp, self.root.join(id))?;
+                }
+            }
+            _ => {
+                let producer = id.split('-').nth(1).unwrap_or_default();
+                let new = self.root.parent().and_then(Path::parent).map(|d| d.join(producer).join("new"));
+                if let Some(new) = new.filter(|_| !producer.is_empty()) {
+                    for f in fs::read_dir(&dir)? {
+                        let f = f?;
+                        let name = f.file_name().to_string_lossy().into_owned();
+                        if name != "deposit.json" && !name.ends_with(".tmp") && f.file_type()?.is_file() {
+                            fs::create_dir_all(&new)?;
+                            fs::rename(f.path(), new.join(&name))?;
+                        }
+                    }
+                }
+                fs::remove_dir_all(&dir)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -218,11 +316,54 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let spool = Spool::new(tmp.path()).unwrap();
         let id = "20260101T000000Z-MSEC-0000abcd";
-        fs::create_dir_all(spool.dir(id)).unwrap();
-        fs::write(spool.dir(id).join("MSEC_1.zip"), b"data").unwrap();
+        // A folder of the old layout without its deposit.json.
+        fs::create_dir_all(spool.root.join(id)).unwrap();
+        fs::write(spool.root.join(id).join("MSEC_1.zip"), b"data").unwrap();
         assert!(spool.list().unwrap().is_empty());
         assert_eq!(fs::read(tmp.path().join("MSEC/new/MSEC_1.zip")).unwrap(), b"data");
-        assert!(!spool.dir(id).exists());
+        assert!(!spool.root.join(id).exists());
+        // An entry whose archive never came in: its sidecar goes back.
+        let new = tmp.path().join("MSEC/new");
+        fs::write(new.join("b.zip.md5"), b"m").unwrap();
+        fs::write(new.join("b.zip"), b"b").unwrap();
+        let e = spool.claim("MSEC", &new.join("b.zip")).unwrap();
+        fs::rename(spool.archive(&e), new.join("b.zip")).unwrap();
+        assert!(spool.list().unwrap().is_empty());
+        assert!(new.join("b.zip.md5").is_file() && new.join("b.zip").is_file());
+        assert_eq!(fs::read_dir(&spool.root).unwrap().count(), 0);
+        // An archive whose entry was lost: back under its id.
+        let e = spool.claim("MSEC", &new.join("b.zip")).unwrap();
+        fs::remove_file(spool.root.join(format!("{}.json", e.id))).unwrap();
+        assert!(spool.list().unwrap().is_empty());
+        assert_eq!(fs::read(new.join(format!("{}.zip", e.id))).unwrap(), b"b");
+        assert_eq!(fs::read(new.join(format!("{}.zip.md5", e.id))).unwrap(), b"m");
+    }
+
+    #[test]
+    fn an_old_layout_folder_is_converted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = Spool::new(tmp.path()).unwrap();
+        let id = "20260101T000000Z-MSEC-0000abcd";
+        let dir = spool.root.join(id);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("MSEC_1.zip"), b"data").unwrap();
+        fs::write(dir.join("MSEC_1.zip.md5"), b"m").unwrap();
+        let e = Entry {
+            id: id.into(),
+            producer: "MSEC".into(),
+            name: "MSEC_1.zip".into(),
+            claimed_ns: 1,
+            size: 4,
+            sidecar: true,
+            created: "2026-01-01T00:00:00Z".into(),
+        };
+        fs::write(dir.join("deposit.json"), serde_json::to_vec(&e).unwrap()).unwrap();
+        assert_eq!(spool.list().unwrap(), vec![e.clone()]);
+        assert_eq!(fs::read(spool.archive(&e)).unwrap(), b"data");
+        assert_eq!(fs::read(spool.sidecar(&e).unwrap()).unwrap(), b"m");
+        assert!(spool.holds(id));
+        spool.remove(id).unwrap();
+        assert_eq!(fs::read_dir(&spool.root).unwrap().count(), 0);
     }
 
     #[test]

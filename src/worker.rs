@@ -131,7 +131,8 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
     let settings = cfg.settings_for(&entry.producer);
     let publish_root = cfg.publish_root.clone();
     let archive = shared.spool.archive(&entry);
-    let sidecar = shared.spool.sidecar(&entry);
+    // A claim cut short may name a sidecar that never came in.
+    let sidecar = shared.spool.sidecar(&entry).filter(|p| p.exists());
     let (id, producer, name) = (entry.id.clone(), entry.producer.clone(), entry.name.clone());
     let l = live.clone();
     let t0 = Instant::now();

@@ -284,24 +284,34 @@ fn a_spool_entry_left_by_a_crash_is_finished_at_start() {
     let site = Site::new(&redis.url(), "");
     // What a crash right after the claim leaves: a spool entry, no status.
     let id = "20260101T000000Z-CRSH-0000abcd";
-    let dir = site.root().join("drop/.depot/spool").join(id);
-    fs::create_dir_all(&dir).unwrap();
+    let spool = site.root().join("drop/.depot/spool");
+    fs::create_dir_all(&spool).unwrap();
     let bytes = good_theia("CRSH", "c");
-    fs::write(dir.join("CRSH_1.zip"), &bytes).unwrap();
-    fs::write(
-        dir.join("deposit.json"),
+    let entry = |id: &str, name: &str, ns: u32| {
         format!(
-            "{{\"id\":\"{id}\",\"producer\":\"CRSH\",\"name\":\"CRSH_1.zip\",\"claimed_ns\":1,\"size\":{},\"sidecar\":false,\"created\":\"2026-01-01T00:00:00Z\"}}",
+            "{{\"id\":\"{id}\",\"producer\":\"CRSH\",\"name\":\"{name}\",\"claimed_ns\":{ns},\"size\":{},\"sidecar\":false,\"created\":\"2026-01-01T00:00:00Z\"}}",
             bytes.len()
-        ),
-    )
-    .unwrap();
+        )
+    };
+    fs::write(spool.join(id), &bytes).unwrap();
+    fs::write(spool.join(format!("{id}.json")), entry(id, "CRSH_1.zip", 1)).unwrap();
+    // And one claimed by a version that kept a folder per deposit.
+    let old = "20260101T000000Z-CRSH-0000abce";
+    fs::create_dir_all(spool.join(old)).unwrap();
+    fs::write(spool.join(old).join("CRSH_2.zip"), good_theia("CRSH", "d")).unwrap();
+    fs::write(spool.join(old).join("deposit.json"), entry(old, "CRSH_2.zip", 2)).unwrap();
     // And stale staging from a crash mid-publish.
     fs::create_dir_all(site.root().join("publish/.staging/20250101T000000Z-CRSH-00000001/x")).unwrap();
     let daemon = site.start();
-    wait_for(&site, "recovered deposit terminal", 30, || terminal(&redis.hgetall(&format!("depot:deposit:{id}"))));
+    wait_for(&site, "recovered deposits terminal", 30, || {
+        [id, old].iter().all(|i| terminal(&redis.hgetall(&format!("depot:deposit:{i}"))))
+    });
     assert_eq!(redis.hgetall(&format!("depot:deposit:{id}"))["state"], "SUCCESS");
-    assert!(site.root().join("publish/CRSH/current/CRSH_DAT_2/obs3.txt").is_file());
+    assert_eq!(redis.hgetall(&format!("depot:deposit:{old}"))["state"], "SUCCESS");
+    assert!(site.root().join(format!("publish/CRSH/releases/{id}/CRSH_DAT_2/obs3.txt")).is_file());
+    assert!(site.root().join("publish/CRSH/current").read_link().unwrap().ends_with(old));
+    assert!(site.root().join("drop/CRSH/previous/CRSH_2.zip").is_file());
+    assert_eq!(fs::read_dir(&spool).unwrap().count(), 0);
     assert!(!site.root().join("publish/.staging/20250101T000000Z-CRSH-00000001").exists());
     assert_eq!(stop(daemon), Some(0));
 }

@@ -95,11 +95,14 @@ def main():
     ap.add_argument("--drops", type=int, default=200)
     ap.add_argument("--settle-ms", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=0, help="workers.concurrency (0: the default)")
+    ap.add_argument("--binary", default="", help="a depot binary to run instead of building target/release/depot")
     ap.add_argument("--no-baseline", action="store_true", help="skip bench/baseline.py (the issue's Python ingester)")
     ap.add_argument("--config-extra", default="", help="TOML appended to the config (e.g. '[publish]\\nfsync = false')")
     a = ap.parse_args()
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    subprocess.run(["cargo", "build", "--release", "-q"], cwd=repo, check=True)
+    binary = a.binary or os.path.join(repo, "target/release/depot")
+    if not a.binary:
+        subprocess.run(["cargo", "build", "--release", "-q"], cwd=repo, check=True)
     work = tempfile.mkdtemp(prefix="depot-bench-")
     port = random.randint(20000, 40000)
     redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -113,7 +116,7 @@ def main():
                 f'[watch]\nsettle_ms = {a.settle_ms}\n[producers]\npattern = "^[A-Z]{{4}}$"\n'
                 + (f'[workers]\nconcurrency = {a.concurrency}\n' if a.concurrency else '')
                 + a.config_extra.replace("\\n", "\n") + "\n")
-    daemon = subprocess.Popen([os.path.join(repo, "target/release/depot"), "run", "--config", cfg],
+    daemon = subprocess.Popen([binary, "run", "--config", cfg],
                               stderr=open(os.path.join(work, "daemon.log"), "w"), env=dict(os.environ, RUST_LOG=os.environ.get("BENCH_RUST_LOG", "warn")))
     try:
         time.sleep(1.0)

@@ -58,6 +58,7 @@ fn read_sidecar(path: &Path) -> Result<Digest> {
 fn examine(
     job: &Job<'_>,
     root: Option<&Path>,
+    base: Option<&Path>,
     scratch: &Path,
     kept: &[String],
     progress: &dyn Progress,
@@ -80,7 +81,7 @@ fn examine(
     if let Some(root) = root {
         crate::publish::check_free_space(root, plan.total_bytes, s.limits.min_free_bytes)?;
     }
-    let target = Target { root, fsync: s.publish.fsync };
+    let target = Target { root, fsync: s.publish.fsync, base };
     let mut got: Unpacked = unpack::run(&plan, job.archive, sidecar_md5.is_some(), target, s.threads(), progress)?;
     for c in &plan.containers {
         if let Some(copied) = c.copied {
@@ -111,7 +112,7 @@ fn examine(
 /// dataset zips have to be copied out to be read).
 pub fn check(job: &Job<'_>, progress: &dyn Progress) -> Result<Summary> {
     let scratch = tempfile_dir()?;
-    let r = examine(job, None, scratch.path(), &[], progress);
+    let r = examine(job, None, None, scratch.path(), &[], progress);
     drop(scratch);
     r
 }
@@ -149,7 +150,8 @@ pub fn ingest(job: &Job<'_>, publish_root: &Path, opts: IngestOptions, progress:
     let kept = publish::merge_base(publish_root, job.producer, s.publish.mode)?;
     let staging = Staging::create(publish_root, job.id)?;
     let result = (|| {
-        let summary = examine(job, Some(&staging.dir), &staging.scratch, &kept, progress)?;
+        let base = publish::current_dir(publish_root, job.producer);
+        let summary = examine(job, Some(&staging.dir), base.as_deref(), &staging.scratch, &kept, progress)?;
         Ok::<_, Error>(summary)
     })();
     let summary = match result {

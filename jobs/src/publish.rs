@@ -207,6 +207,13 @@ pub struct Published {
     pub total_bytes: u64,
 }
 
+/// The folder `current` points at, if any.
+pub fn current_dir(publish_root: &Path, producer: &str) -> Option<PathBuf> {
+    let link = current_link(publish_root, producer);
+    let target = fs::read_link(&link).ok()?;
+    Some(link.parent().unwrap_or(publish_root).join(target))
+}
+
 /// The release `current` points at, if any, with its manifest.
 pub fn read_current(publish_root: &Path, producer: &str) -> Result<Option<(PathBuf, ReleaseManifest)>> {
     let link = current_link(publish_root, producer);

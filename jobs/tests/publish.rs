@@ -217,3 +217,29 @@ fn not_enough_free_space_is_transient_and_keeps_the_deposit() {
     // Transient: not rotated, the deposit stays where it was.
     assert!(env.drop_root.join(".depot/spool/MSEC_1.zip").is_file());
 }
+
+#[test]
+fn unchanged_small_files_are_linked_to_the_current_release() {
+    let env = Env::new();
+    let s = theia_settings();
+    let first = env.ingest("MSEC", "MSEC_1.zip", &good_theia("MSEC", "v1"), &s).result.unwrap();
+    // obs1.txt changes (same size, other bytes); the rest is as it was.
+    let second = env.ingest("MSEC", "MSEC_2.zip", &good_theia("MSEC", "v2"), &s).result.unwrap();
+    let ino = |rel: &std::path::Path, f: &str| fs::metadata(rel.join(f)).unwrap().ino();
+    for f in ["MSEC_en.json", "MSEC_DAT_1/obs2.csv", "MSEC_DAT_2/obs3.txt"] {
+        assert_eq!(ino(&first.release, f), ino(&second.release, f), "{f} not linked");
+    }
+    assert_ne!(ino(&first.release, "MSEC_DAT_1/obs1.txt"), ino(&second.release, "MSEC_DAT_1/obs1.txt"));
+    assert_eq!(fs::read_to_string(second.release.join("MSEC_DAT_1/obs1.txt")).unwrap(), "a,b\n1,v2\n");
+    assert_eq!(fs::read_to_string(first.release.join("MSEC_DAT_1/obs1.txt")).unwrap(), "a,b\n1,v1\n");
+    // The new release's manifest lists every file, linked or not.
+    let m: ReleaseManifest = serde_json::from_slice(&fs::read(second.release.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m.file_count, 4);
+    assert_eq!(fs::metadata(second.release.join("MSEC_en.json")).unwrap().permissions().mode() & 0o7777, 0o644);
+    // A file of the current release changed behind our back is not trusted.
+    fs::write(second.release.join("MSEC_DAT_2/obs3.txt"), b"HELLO").unwrap();
+    let third = env.ingest("MSEC", "MSEC_3.zip", &good_theia("MSEC", "v2"), &s).result.unwrap();
+    assert_ne!(ino(&second.release, "MSEC_DAT_2/obs3.txt"), ino(&third.release, "MSEC_DAT_2/obs3.txt"));
+    assert_eq!(fs::read(third.release.join("MSEC_DAT_2/obs3.txt")).unwrap(), b"hello");
+    assert!(env.staging_is_empty());
+}

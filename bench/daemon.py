@@ -96,6 +96,9 @@ def main():
     ap.add_argument("--settle-ms", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=0, help="workers.concurrency (0: the default)")
     ap.add_argument("--binary", default="", help="a depot binary to run instead of building target/release/depot")
+    ap.add_argument("--distinct", action="store_true",
+                    help="every deposit with data of its own (by default a producer's deposits are the same bytes, "
+                         "so unchanged files are linked to the current release)")
     ap.add_argument("--no-baseline", action="store_true", help="skip bench/baseline.py (the issue's Python ingester)")
     ap.add_argument("--config-extra", default="", help="TOML appended to the config (e.g. '[publish]\\nfsync = false')")
     a = ap.parse_args()
@@ -137,12 +140,16 @@ def main():
         # (2) throughput
         names = ["%s%s" % (chr(65 + i // 26), chr(65 + i % 26)) for i in range(a.producers)]
         producers = [f"TP{n}" for n in names]
-        small = {p: theia(p, "t", 2000) for p in producers}
         per = a.deposits // len(producers)
+        if a.distinct:
+            deposits = {(p, i): theia(p, "t", 2000) for i in range(per) for p in producers}
+        else:
+            same = {p: theia(p, "t", 2000) for p in producers}
+            deposits = {(p, i): same[p] for i in range(per) for p in producers}
         t0 = time.time()
         for i in range(per):
             for p in producers:
-                drop(work, p, f"{p}_{i:05}.zip", small[p])
+                drop(work, p, f"{p}_{i:05}.zip", deposits[(p, i)])
         t_dropped = time.time()
         last, got = wait_success(r, last, per * len(producers))
         t1 = got[-1][2]
@@ -156,7 +163,7 @@ def main():
             os.makedirs(os.path.join(base, "publish"))
             for i in range(per):
                 for p in producers:
-                    drop(base, p, f"{p}_{i:05}.zip", small[p])
+                    drop(base, p, f"{p}_{i:05}.zip", deposits[(p, i)])
             b0 = time.time()
             subprocess.run([sys.executable, os.path.join(repo, "bench", "baseline.py"), os.path.join(base, "drop"),
                             os.path.join(base, "publish"), str(n)], check=True)

@@ -507,7 +507,7 @@ async fn check_instance(status: &Status, mine: &mut Option<String>) -> redis::Re
     }
 }
 
-const CLAIMS_PER_TICK: usize = 256;
+const CLAIMS_PER_TICK: usize = 64;
 
 /// Claim settled uploads, each producer's in upload order: a producer's
 /// files are taken oldest first and the walk stops at the first one not
@@ -551,13 +551,13 @@ async fn claim_settled(shared: &Shared, cfg: &Config, settler: &mut Settler) {
             warn!(error = %err, "cannot sync the spool");
         }
     });
-    for e in claimed {
-        shared.index_add(&e);
+    for e in &claimed {
+        shared.index_add(e);
         shared.metrics.claimed(&e.producer);
         info!(deposit = %e.id, producer = %e.producer, file = %e.name, state = status::CREATED, "claimed");
-        if let Err(err) = shared.status.created(&e).await {
-            warn!(deposit = %e.id, error = %err, "cannot record CREATED; will retry from the spool");
-        }
+    }
+    if let Err(err) = shared.status.created(&claimed).await {
+        warn!(error = %err, "cannot record CREATED; will retry from the spool");
     }
 }
 

@@ -46,6 +46,16 @@ pub struct Outcome {
     pub finished: String,
 }
 
+fn archive_name(id: &str, name: &str) -> Option<String> {
+    let n = format!("{id}={name}");
+    (n.len() <= 255).then_some(n)
+}
+
+/// The deposit id a spool file belongs to: `<id>`, `<id>=<name>`, `<id>.json`, …
+fn id_of(file: &str) -> &str {
+    file.split(['.', '=']).next().unwrap_or_default()
+}
+
 pub struct Spool {
     pub root: PathBuf,
 }
@@ -92,8 +102,14 @@ impl Spool {
         self.entry_path(id).exists()
     }
 
+    /// `<id>=<name as dropped>`: the name survives a crash that loses the
+    /// entry file (claims are synced in batches, see [`Spool::sync`]). A
+    /// name too long for that makes it `<id>`, and its entry is synced.
     pub fn archive(&self, e: &Entry) -> PathBuf {
-        self.root.join(&e.id)
+        match archive_name(&e.id, &e.name) {
+            Some(n) => self.root.join(n),
+            None => self.root.join(&e.id),
+        }
     }
 
     pub fn sidecar(&self, e: &Entry) -> Option<PathBuf> {
@@ -139,14 +155,15 @@ impl Spool {
         Ok(entry)
     }
 
-    /// Make a batch of claims durable: each entry's data (the name to give
-    /// back after a crash), the spool folder (the renamed-in files) and each
-    /// `new/` a file left (so that it is not in both places after a crash).
+    /// Make a batch of claims durable: the spool folder (the renamed-in
+    /// files, whose names carry the names they were dropped under) and each
+    /// `new/` a file left (so that it is not in both places after a crash);
+    /// an entry file only when its name could not go into the archive's.
     /// Not syncfs(2): that walks every cached inode of the filesystem and
     /// waits for every other writer's dirty data, a big deposit's included
     /// (measured: slower than the fsyncs, and unbounded).
     pub fn sync(&self, claimed: &[Entry], drop_root: &Path) -> io::Result<()> {
-        for e in claimed {
+        for e in claimed.iter().filter(|e| archive_name(&e.id, &e.name).is_none()) {
             fs::File::open(self.entry_path(&e.id))?.sync_data()?;
         }
         let mut dirs = vec![self.root.clone()];
@@ -177,15 +194,16 @@ impl Spool {
 
     /// The deposit is rotated and its state recorded: forget it. The entry
     /// goes last, so that a crash half-way leaves something `list` mends.
-    pub fn remove(&self, id: &str) -> io::Result<()> {
-        let e = self.entry_path(id);
+    pub fn remove(&self, e: &Entry) -> io::Result<()> {
+        let id = &e.id;
+        let entry = self.entry_path(id);
         for p in [
-            self.root.join(id),
+            self.archive(e),
             self.root.join(format!("{id}.md5")),
             self.outcome_path(id),
-            e.with_extension("json.tmp"),
+            entry.with_extension("json.tmp"),
             self.outcome_path(id).with_extension("json.tmp"),
-            e,
+            entry,
         ] {
             match fs::remove_file(&p) {
                 Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
@@ -199,46 +217,53 @@ impl Spool {
     /// crash before its sync) gives its files back to the producer's `new/`
     /// under their names, or is forgotten when nothing of it came in.
     pub fn list(&self) -> io::Result<Vec<Entry>> {
-        let mut ids = std::collections::BTreeSet::new();
+        // id → the archive's file name, if it is there.
+        let mut ids = std::collections::BTreeMap::<String, Option<String>>::new();
         for d in fs::read_dir(&self.root)? {
             let d = d?;
             let name = d.file_name().to_string_lossy().into_owned();
-            let id = name.split('.').next().unwrap_or_default().to_owned();
+            let id = id_of(&name).to_owned();
             if !jobs::deposit::is_id(&id) {
                 continue;
             }
             if name == id && d.file_type()?.is_dir() {
                 self.convert_folder(&id)?;
+                ids.entry(id).or_default();
+                continue;
             }
-            ids.insert(id);
+            let archive = (name == id || name.starts_with(&format!("{id}="))).then_some(name);
+            let slot = ids.entry(id).or_default();
+            if archive.is_some() {
+                *slot = archive;
+            }
         }
         let mut out = Vec::new();
-        for id in ids {
+        for (id, archive) in ids {
             match self.load(&id) {
                 Ok(Some(e)) if self.archive(&e).exists() || self.outcome(&id)?.is_some() => out.push(e),
                 Ok(Some(e)) => self.give_back(&e)?,
-                Ok(None) | Err(_) if self.root.join(&id).exists() => {
-                    // The archive came in but its entry never reached the
-                    // disk (a power cut before the claim's sync): back to
-                    // new/ under its id, since the dropped name is lost.
-                    let e = self.orphan_entry(&id)?;
-                    self.give_back(&e)?;
+                // The archive came in but its entry never reached the disk
+                // (a power cut before the claim's sync): back to new/ under
+                // the name it carries.
+                Ok(None) | Err(_) if let Some(a) = archive => {
+                    self.give_back_from(&self.orphan_entry(&id, Some(&a))?, &self.root.join(&a))?
                 }
-                Ok(None) | Err(_) => self.remove(&id)?,
+                Ok(None) | Err(_) => self.remove(&self.orphan_entry(&id, None)?)?,
             }
         }
         out.sort_by_key(|e| (e.claimed_ns, e.id.clone()));
         Ok(out)
     }
 
-    /// An entry for an archive whose entry file was lost (a power cut
-    /// between the claim and its sync): named after the id.
-    fn orphan_entry(&self, id: &str) -> io::Result<Entry> {
-        let size = fs::metadata(self.root.join(id))?.len();
+    /// An entry for an archive whose entry file was lost, named as its spool
+    /// file says (`<id>=<name>`), or after the id.
+    fn orphan_entry(&self, id: &str, archive: Option<&str>) -> io::Result<Entry> {
+        let name = archive.and_then(|a| a.split_once('=')).map_or_else(|| format!("{id}.zip"), |(_, n)| n.to_owned());
+        let size = archive.map_or(Ok(0), |a| fs::metadata(self.root.join(a)).map(|m| m.len()))?;
         Ok(Entry {
             id: id.to_owned(),
             producer: id.split('-').nth(1).unwrap_or_default().to_owned(),
-            name: format!("{id}.zip"),
+            name,
             claimed_ns: 0,
             size,
             sidecar: self.root.join(format!("{id}.md5")).exists(),
@@ -248,11 +273,15 @@ impl Spool {
 
     /// Files of an unfinished claim back to `new/`, then forget it.
     fn give_back(&self, e: &Entry) -> io::Result<()> {
+        self.give_back_from(e, &self.archive(e))
+    }
+
+    fn give_back_from(&self, e: &Entry, archive: &Path) -> io::Result<()> {
         let new = self.root.parent().and_then(Path::parent).map(|d| d.join(&e.producer).join("new"));
         if let Some(new) = new.filter(|_| !e.producer.is_empty() && !e.name.contains('/')) {
             for (src, name) in [
                 (self.root.join(format!("{}.md5", e.id)), format!("{}.md5", e.name)),
-                (self.archive(e), e.name.clone()),
+                (archive.to_path_buf(), e.name.clone()),
             ] {
                 if src.is_file() {
                     fs::create_dir_all(&new)?;
@@ -260,7 +289,7 @@ impl Spool {
                 }
             }
         }
-        self.remove(&e.id)
+        self.remove(e)
     }
 
     /// A deposit folder of a version before 0.2 (`<id>/deposit.json`,
@@ -284,7 +313,7 @@ impl Spool {
                 fs::remove_dir_all(&dir)?;
                 let tmp = self.root.join(id).with_extension("archive.tmp");
                 if tmp.is_file() {
-                    fs::rename(tmp, self.root.join(id))?;
+                    fs::rename(tmp, self.archive(&e))?;
                 }
             }
             _ => {
@@ -331,12 +360,24 @@ mod tests {
         assert!(spool.list().unwrap().is_empty());
         assert!(new.join("b.zip.md5").is_file() && new.join("b.zip").is_file());
         assert_eq!(fs::read_dir(&spool.root).unwrap().count(), 0);
-        // An archive whose entry was lost: back under its id.
+        // An archive whose entry was lost: back under the name it carries.
         let e = spool.claim("MSEC", &new.join("b.zip")).unwrap();
         fs::remove_file(spool.root.join(format!("{}.json", e.id))).unwrap();
         assert!(spool.list().unwrap().is_empty());
-        assert_eq!(fs::read(new.join(format!("{}.zip", e.id))).unwrap(), b"b");
-        assert_eq!(fs::read(new.join(format!("{}.zip.md5", e.id))).unwrap(), b"m");
+        assert_eq!(fs::read(new.join("b.zip")).unwrap(), b"b");
+        assert_eq!(fs::read(new.join("b.zip.md5")).unwrap(), b"m");
+        assert_eq!(fs::read_dir(&spool.root).unwrap().count(), 0);
+        // A name too long to ride along: the entry is synced instead, and
+        // a lost one gives the archive back under its id.
+        let long = format!("{}.zip", "x".repeat(240));
+        fs::write(new.join(&long), b"l").unwrap();
+        let e = spool.claim("MSEC", &new.join(&long)).unwrap();
+        assert_eq!(spool.archive(&e), spool.root.join(&e.id));
+        spool.sync(std::slice::from_ref(&e), tmp.path()).unwrap();
+        assert_eq!(spool.list().unwrap(), vec![e.clone()]);
+        fs::remove_file(spool.root.join(format!("{}.json", e.id))).unwrap();
+        assert!(spool.list().unwrap().is_empty());
+        assert_eq!(fs::read(new.join(format!("{}.zip", e.id))).unwrap(), b"l");
     }
 
     #[test]
@@ -362,7 +403,7 @@ mod tests {
         assert_eq!(fs::read(spool.archive(&e)).unwrap(), b"data");
         assert_eq!(fs::read(spool.sidecar(&e).unwrap()).unwrap(), b"m");
         assert!(spool.holds(id));
-        spool.remove(id).unwrap();
+        spool.remove(&e).unwrap();
         assert_eq!(fs::read_dir(&spool.root).unwrap().count(), 0);
     }
 

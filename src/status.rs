@@ -77,6 +77,9 @@ redis.call('HSET', KEYS[3], unpack(ARGV, rest + m + 1))
 return first
 "#;
 
+static ADVANCE_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(&format!("{ENSURE}{ADVANCE}")));
+
 impl Status {
     pub fn deposit_key(&self, id: &str) -> String {
         format!("{}:deposit:{id}", self.prefix)
@@ -122,9 +125,7 @@ impl Status {
     }
 
     async fn advance(&self, e: &Entry, state: &str, fields: &[(&str, String)]) -> redis::RedisResult<i64> {
-        static SCRIPT: std::sync::LazyLock<redis::Script> =
-            std::sync::LazyLock::new(|| redis::Script::new(&format!("{ENSURE}{ADVANCE}")));
-        let mut inv = self.invocation(&SCRIPT, e);
+        let mut inv = self.invocation(&ADVANCE_SCRIPT, e);
         inv.arg(state);
         for (k, v) in fields {
             inv.arg(*k).arg(v);
@@ -132,10 +133,27 @@ impl Status {
         inv.invoke_async(&mut self.conn.clone()).await
     }
 
-    /// A deposit was claimed. Idempotent: an existing hash is left alone
-    /// (recovery after Redis came back, or a restart).
-    pub async fn created(&self, e: &Entry) -> redis::RedisResult<()> {
-        self.advance(e, "", &[]).await.map(drop)
+    /// Deposits were claimed: one pipeline for a whole batch. Idempotent:
+    /// an existing hash is left alone (recovery after Redis came back, or
+    /// a restart).
+    pub async fn created(&self, entries: &[Entry]) -> redis::RedisResult<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let invocations: Vec<_> = entries
+            .iter()
+            .map(|e| {
+                let mut inv = self.invocation(&ADVANCE_SCRIPT, e);
+                inv.arg("");
+                inv
+            })
+            .collect();
+        let mut pipe = redis::pipe();
+        pipe.load_script(&ADVANCE_SCRIPT).ignore();
+        for inv in &invocations {
+            pipe.invoke_script(inv).ignore();
+        }
+        pipe.query_async(&mut self.conn.clone()).await
     }
 
     /// Move a non-terminal deposit to `state` with these fields (making its

@@ -251,7 +251,7 @@ pub async fn finalize(shared: &Shared, entry: &Entry, o: &Outcome) {
                 tell(shared, &cfg, entry, o);
             }
             info!(deposit = %entry.id, producer = %entry.producer, state = %o.state, error_code = o.error_code.as_deref().unwrap_or(""), "finished");
-            if let Err(e) = tokio::task::block_in_place(|| shared.spool.remove(&entry.id)) {
+            if let Err(e) = tokio::task::block_in_place(|| shared.spool.remove(entry)) {
                 warn!(deposit = %entry.id, error = %e, "cannot remove the spool entry");
             }
         }

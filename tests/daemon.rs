@@ -293,7 +293,7 @@ fn a_spool_entry_left_by_a_crash_is_finished_at_start() {
             bytes.len()
         )
     };
-    fs::write(spool.join(id), &bytes).unwrap();
+    fs::write(spool.join(format!("{id}=CRSH_1.zip")), &bytes).unwrap();
     fs::write(spool.join(format!("{id}.json")), entry(id, "CRSH_1.zip", 1)).unwrap();
     // And one claimed by a version that kept a folder per deposit.
     let old = "20260101T000000Z-CRSH-0000abce";

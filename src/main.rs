@@ -289,10 +289,6 @@ fn cmd_ingest(archive: &Path, producer: &str, config: &Path, json: bool, quiet: 
     if let Err(e) = jobs::publish::empty_pruned(&cfg.publish_root) {
         eprintln!("warning: cannot delete pruned releases: {e}");
     }
-    // No burst to protect here: old releases go at once.
-    if let Err(e) = jobs::publish::empty_pruned(&cfg.publish_root) {
-        eprintln!("warning: cannot delete pruned releases: {e}");
-    }
     if let Err(e) = &outcome
         && e.is_transient()
     {

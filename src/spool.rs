@@ -188,8 +188,30 @@ impl Spool {
         read_json(&self.outcome_path(id))
     }
 
-    pub fn set_outcome(&self, id: &str, o: &Outcome) -> io::Result<()> {
-        write_json(&self.outcome_path(id), o)
+    /// The outcome, synced, with the entry beside it: claims are synced in
+    /// batches without their entry records, so after a power cut the outcome
+    /// may be the only durable record of what the deposit was.
+    pub fn set_outcome(&self, e: &Entry, o: &Outcome) -> io::Result<()> {
+        #[derive(Serialize)]
+        struct Stored<'a> {
+            entry: &'a Entry,
+            #[serde(flatten)]
+            outcome: &'a Outcome,
+        }
+        write_json(&self.outcome_path(&e.id), &Stored { entry: e, outcome: o })
+    }
+
+    /// The entry kept in an outcome record, written back as the entry record.
+    fn entry_from_outcome(&self, id: &str) -> io::Result<Option<Entry>> {
+        #[derive(Deserialize)]
+        struct Stored {
+            entry: Option<Entry>,
+        }
+        let stored: Option<Stored> = read_json(&self.outcome_path(id)).unwrap_or(None);
+        match stored.and_then(|s| s.entry).filter(|e| e.id == id) {
+            Some(e) => write_json(&self.entry_path(id), &e).map(|()| Some(e)),
+            None => Ok(None),
+        }
     }
 
     /// The deposit is rotated and its state recorded: forget it. The entry
@@ -242,6 +264,7 @@ impl Spool {
             match self.load(&id) {
                 Ok(Some(e)) if self.archive(&e).exists() || self.outcome(&id)?.is_some() => out.push(e),
                 Ok(Some(e)) => self.give_back(&e)?,
+                Ok(None) | Err(_) if let Some(e) = self.entry_from_outcome(&id)? => out.push(e),
                 // The archive came in but its entry never reached the disk
                 // (a power cut before the claim's sync): back to new/ under
                 // the name it carries.
@@ -378,6 +401,32 @@ mod tests {
         fs::remove_file(spool.root.join(format!("{}.json", e.id))).unwrap();
         assert!(spool.list().unwrap().is_empty());
         assert_eq!(fs::read(new.join(format!("{}.zip", e.id))).unwrap(), b"l");
+    }
+
+    #[test]
+    fn an_outcome_stands_in_for_a_lost_entry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = Spool::new(tmp.path()).unwrap();
+        let new = tmp.path().join("MSEC/new");
+        fs::create_dir_all(&new).unwrap();
+        fs::write(new.join("a.zip"), b"a").unwrap();
+        let e = spool.claim("MSEC", &new.join("a.zip")).unwrap();
+        let o = Outcome {
+            state: "SUCCESS".into(),
+            report: serde_json::json!({"accepted": true}),
+            error_code: None,
+            error: None,
+            release: Some("r".into()),
+            files: Some(1),
+            bytes: Some(1),
+            finished: "2026-01-01T00:00:00Z".into(),
+        };
+        spool.set_outcome(&e, &o).unwrap();
+        assert_eq!(spool.outcome(&e.id).unwrap(), Some(o));
+        // A power cut lost the entry record (claims are synced without it).
+        fs::write(spool.root.join(format!("{}.json", e.id)), b"").unwrap();
+        assert_eq!(spool.list().unwrap(), vec![e.clone()]);
+        assert_eq!(spool.load(&e.id).unwrap(), Some(e));
     }
 
     #[test]

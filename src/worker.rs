@@ -209,7 +209,7 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
             }
         }
     };
-    if let Err(e) = tokio::task::block_in_place(|| shared.spool.set_outcome(&entry.id, &outcome)) {
+    if let Err(e) = tokio::task::block_in_place(|| shared.spool.set_outcome(&entry, &outcome)) {
         warn!(deposit = %entry.id, error = %e, "cannot record the outcome; the deposit will run again");
         shared.done(&entry);
         return;

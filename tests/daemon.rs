@@ -150,6 +150,18 @@ impl Site {
     fn log(&self) -> String {
         fs::read_to_string(self.root().join("daemon.log")).unwrap_or_default()
     }
+    /// `depot run --role ROLE`, logging to `<role>.log`.
+    fn start_role(&self, role: &str) -> Daemon {
+        Daemon(Some(
+            Command::new(env!("CARGO_BIN_EXE_depot"))
+                .args(["run", "--role", role, "--config"])
+                .arg(&self.config)
+                .env("RUST_LOG", "info")
+                .stderr(fs::File::create(self.root().join(format!("{role}.log"))).unwrap())
+                .spawn()
+                .unwrap(),
+        ))
+    }
 }
 
 /// The daemon process; killed (by its pid) if a test ends without stopping it.
@@ -415,6 +427,52 @@ fn two_hundred_deposits_over_ten_producers() {
         fs::read_dir(site.root().join("publish/.pruned")).map_or(0, |d| d.count()) == 0
     });
     assert_eq!(stop(daemon), Some(0));
+}
+
+#[test]
+fn a_watcher_and_a_worker_in_two_processes() {
+    let redis = Redis::start();
+    let site = Site::new(&redis.url(), "");
+    let watcher = site.start_role("watcher");
+    let worker = site.start_role("worker");
+    let producers = ["WRKA", "WRKB"];
+    for round in 0..5 {
+        for p in producers {
+            site.drop_rsync(p, &format!("{p}_{round}.zip"), &good_theia(p, &format!("r{round}")));
+        }
+    }
+    let logs = || {
+        let read = |r: &str| fs::read_to_string(site.root().join(format!("{r}.log"))).unwrap_or_default();
+        format!("watcher:\n{}\nworker:\n{}", read("watcher"), read("worker"))
+    };
+    wait_for(&site, "10 deposits terminal", 60, || {
+        let d = redis.deposits();
+        d.len() == 10 && d.iter().all(terminal)
+    });
+    let deposits = redis.deposits();
+    assert!(deposits.iter().all(|d| d["state"] == "SUCCESS"), "{}", logs());
+    let events = redis.events();
+    for p in producers {
+        let order: Vec<String> = events
+            .iter()
+            .filter(|e| e["producer"] == p && e["state"] == "SUCCESS")
+            .map(|e| deposits.iter().find(|d| d["id"] == e["id"]).unwrap()["file"].clone())
+            .collect();
+        let want: Vec<String> = (0..5).map(|r| format!("{p}_{r}.zip")).collect();
+        assert_eq!(order, want, "{}", logs());
+        let obs = fs::read_to_string(site.root().join(format!("publish/{p}/current/{p}_DAT_1/obs1.txt"))).unwrap();
+        assert_eq!(obs, "a,b\n1,r4\n");
+    }
+    // Claims were the watcher's, jobs the worker's.
+    let (w, k) = (
+        fs::read_to_string(site.root().join("watcher.log")).unwrap(),
+        fs::read_to_string(site.root().join("worker.log")).unwrap(),
+    );
+    assert!(w.contains("claimed") && !w.contains("pipeline done"), "{}", logs());
+    assert!(k.contains("pipeline done") && !k.contains("claimed"), "{}", logs());
+    wait_for(&site, "spool empty", 20, || fs::read_dir(site.root().join("drop/.depot/spool")).unwrap().count() == 0);
+    assert_eq!(stop(worker), Some(0), "{}", logs());
+    assert_eq!(stop(watcher), Some(0), "{}", logs());
 }
 
 /// A Theia deposit with one big stored file: slow enough to catch mid-job.

@@ -22,11 +22,19 @@ pub struct Redis {
     /// Finished queue tasks (apalis' done/dead sets and their meta) kept;
     /// apalis-redis never expires them itself.
     pub keep_finished_jobs: u64,
+    /// Days a finished deposit's status hash stays in Redis (0: forever).
+    /// The reports in rejected/ and the releases are the lasting record.
+    pub keep_deposits_days: u64,
 }
 
 impl Default for Redis {
     fn default() -> Self {
-        Redis { url: "redis://127.0.0.1:6379".into(), prefix: "depot".into(), keep_finished_jobs: 1000 }
+        Redis {
+            url: "redis://127.0.0.1:6379".into(),
+            prefix: "depot".into(),
+            keep_finished_jobs: 1000,
+            keep_deposits_days: 90,
+        }
     }
 }
 

@@ -459,6 +459,7 @@ async fn scheduler(
             if last_trim.elapsed() >= Duration::from_secs(60) {
                 last_trim = Instant::now();
                 trim_queue(&shared.status, &storage, cfg.redis.keep_finished_jobs).await;
+                trim_deposits(&shared.status, cfg.redis.keep_deposits_days).await;
             }
         }
     }
@@ -594,6 +595,45 @@ pub async fn trim_queue(status: &Status, storage: &Queue, keep: u64) {
         Ok(n) if n > 0 => info!(removed = n, "trimmed finished queue tasks"),
         Ok(_) => {}
         Err(e) => warn!(error = %e, "cannot trim the queue"),
+    }
+}
+
+/// Finished deposits claimed before the cutoff (ms since the epoch, the
+/// score of `<prefix>:deposits`) lose their status hash; one that never
+/// finished is kept whatever its age.
+const TRIM_DEPOSITS: &str = r#"
+local removed = 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 5000)) do
+  local key = ARGV[2] .. id
+  local s = redis.call('HGET', key, 'state')
+  if s == 'SUCCESS' or s == 'FAILURE' or not s then
+    redis.call('DEL', key)
+    redis.call('ZREM', KEYS[1], id)
+    removed = removed + 1
+  end
+end
+return removed
+"#;
+
+/// `redis.keep_deposits_days`: without it Redis would keep every deposit's
+/// hash forever (a few hundred bytes each, thousands a day).
+pub async fn trim_deposits(status: &Status, days: u64) {
+    if days == 0 {
+        return;
+    }
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let cutoff = now_ms.saturating_sub(u128::from(days) * 86_400_000);
+    let mut conn = status.conn.clone();
+    let r: redis::RedisResult<i64> = redis::Script::new(TRIM_DEPOSITS)
+        .key(status.deposits_key())
+        .arg(cutoff as f64)
+        .arg(status.deposit_key(""))
+        .invoke_async(&mut conn)
+        .await;
+    match r {
+        Ok(n) if n > 0 => info!(removed = n, days, "removed old deposit status (redis.keep_deposits_days)"),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot trim old deposit status"),
     }
 }
 

@@ -571,6 +571,29 @@ fn sighup_reloads_and_a_bad_config_is_kept_out() {
 }
 
 #[test]
+fn old_finished_deposit_status_is_trimmed() {
+    let redis = Redis::start();
+    let site = Site::with_redis_keys(&redis.url(), "keep_deposits_days = 1", "");
+    // Claimed long ago: one finished, one that never did.
+    for (id, state) in [("20200101T000000Z-OLDD-00000001", "SUCCESS"), ("20200101T000000Z-OLDD-00000002", "PROGRESS")] {
+        redis.cmd(&["HSET", &format!("depot:deposit:{id}"), "id", id, "state", state]).unwrap();
+        redis.cmd(&["ZADD", "depot:deposits", "1577836800000", id]).unwrap();
+    }
+    let daemon = site.start();
+    site.drop_rsync("NEWD", "NEWD_1.zip", &good_theia("NEWD", "n"));
+    wait_for(&site, "new deposit terminal and old status trimmed", 30, || {
+        let d = redis.deposits();
+        d.len() == 2 && d.iter().any(|d| d["id"].contains("NEWD") && terminal(d))
+    });
+    let ids: Vec<String> = redis.deposits().iter().map(|d| d["id"].clone()).collect();
+    assert!(ids.contains(&"20200101T000000Z-OLDD-00000002".to_owned()), "{ids:?}");
+    let mut c = redis.conn().unwrap();
+    let n: usize = redis::cmd("ZCARD").arg("depot:deposits").query(&mut c).unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(stop(daemon), Some(0));
+}
+
+#[test]
 fn finished_queue_tasks_are_trimmed() {
     let redis = Redis::start();
     let site = Site::with_redis_keys(&redis.url(), "keep_finished_jobs = 2", "");

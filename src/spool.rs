@@ -403,13 +403,21 @@ mod tests {
         assert_eq!(fs::read(new.join(format!("{}.zip", e.id))).unwrap(), b"l");
     }
 
-    #[test]
-    fn an_outcome_stands_in_for_a_lost_entry() {
+    /// A spool and MSEC's new/ holding these files.
+    fn site(files: &[(&str, &[u8])]) -> (tempfile::TempDir, Spool, PathBuf) {
         let tmp = tempfile::tempdir().unwrap();
         let spool = Spool::new(tmp.path()).unwrap();
         let new = tmp.path().join("MSEC/new");
         fs::create_dir_all(&new).unwrap();
-        fs::write(new.join("a.zip"), b"a").unwrap();
+        for (name, bytes) in files {
+            fs::write(new.join(name), bytes).unwrap();
+        }
+        (tmp, spool, new)
+    }
+
+    #[test]
+    fn an_outcome_stands_in_for_a_lost_entry() {
+        let (_tmp, spool, new) = site(&[("a.zip", b"a")]);
         let e = spool.claim("MSEC", &new.join("a.zip")).unwrap();
         let o = Outcome {
             state: "SUCCESS".into(),
@@ -458,12 +466,7 @@ mod tests {
 
     #[test]
     fn claim_then_list() {
-        let tmp = tempfile::tempdir().unwrap();
-        let spool = Spool::new(tmp.path()).unwrap();
-        let new = tmp.path().join("MSEC/new");
-        fs::create_dir_all(&new).unwrap();
-        fs::write(new.join("a.zip"), b"a").unwrap();
-        fs::write(new.join("a.zip.md5"), b"m").unwrap();
+        let (_tmp, spool, new) = site(&[("a.zip", b"a"), ("a.zip.md5", b"m")]);
         let e = spool.claim("MSEC", &new.join("a.zip")).unwrap();
         assert!(e.sidecar && !new.join("a.zip").exists() && !new.join("a.zip.md5").exists());
         assert_eq!(spool.list().unwrap(), vec![e]);

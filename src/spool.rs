@@ -190,7 +190,10 @@ impl Spool {
 
     /// The outcome, synced, with the entry beside it: claims are synced in
     /// batches without their entry records, so after a power cut the outcome
-    /// may be the only durable record of what the deposit was.
+    /// may be the only durable record of what the deposit was. The spool
+    /// folder is synced too: rotation comes next and syncs `previous/`, and
+    /// an archive durably in `previous/` with no durable outcome here would
+    /// after a power cut look like a deposit whose archive vanished.
     pub fn set_outcome(&self, e: &Entry, o: &Outcome) -> io::Result<()> {
         #[derive(Serialize)]
         struct Stored<'a> {
@@ -198,7 +201,8 @@ impl Spool {
             #[serde(flatten)]
             outcome: &'a Outcome,
         }
-        write_json(&self.outcome_path(&e.id), &Stored { entry: e, outcome: o })
+        write_json(&self.outcome_path(&e.id), &Stored { entry: e, outcome: o })?;
+        fs::File::open(&self.root)?.sync_all()
     }
 
     /// The entry kept in an outcome record, written back as the entry record.

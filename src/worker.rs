@@ -76,10 +76,25 @@ impl Live {
 /// `workers.max_attempts`, and the spool keeps the deposit meanwhile.
 pub async fn handle(job: DepositJob, shared: Data<Arc<Shared>>) -> Result<(), BoxDynError> {
     let shared: Arc<Shared> = (*shared).clone();
-    shared.running.fetch_add(1, Ordering::Relaxed);
-    let r = handle_one(job, &shared).await;
-    shared.running.fetch_sub(1, Ordering::Relaxed);
-    r
+    let _running = Running::new(&shared);
+    handle_one(job, &shared).await
+}
+
+/// Counts a job as running until dropped, so that a job cancelled at the
+/// end of the shutdown grace (or one that panicked) is not counted forever.
+struct Running<'a>(&'a Shared);
+
+impl<'a> Running<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared.running.fetch_add(1, Ordering::Relaxed);
+        Running(shared)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 async fn handle_one(job: DepositJob, shared: &Arc<Shared>) -> Result<(), BoxDynError> {

@@ -321,9 +321,10 @@ fn switch_current(publish_root: &Path, producer: &str, id: &str, fsync: bool) ->
 /// An old release leaves `releases/` by a rename into [`PRUNED`]; it is
 /// deleted later by [`empty_pruned`] (the daemon does it when idle or every
 /// half minute). On ext4 without a journal each deleted inode makes every
-/// inode created in its group for the next 30 s slower (`recently_deleted`
-/// is a linear scan): deleting five inodes per deposit in the middle of a
-/// burst of small deposits cost more than the deposits themselves.
+/// inode created in its group for the next minute (up to six while its
+/// inode table block is dirty) slower, `recently_deleted` being a linear
+/// scan: deleting five inodes per deposit in the middle of a burst of small
+/// deposits slowed the deposits after them (bench/daemon.py).
 fn prune(publish_root: &Path, producer: &str, current_id: &str, keep: u32) -> io::Result<()> {
     let releases = releases_dir(publish_root, producer);
     let mut rels: Vec<(std::time::SystemTime, String)> = fs::read_dir(&releases)?

@@ -93,7 +93,14 @@ pub struct Settings {
 
 impl Settings {
     pub fn threads(&self) -> usize {
-        if self.threads > 0 { self.threads } else { std::thread::available_parallelism().map_or(1, |n| n.get()) }
+        // Asked once: std reads the cgroup files on every call, and this is
+        // asked once per deposit.
+        static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        if self.threads > 0 {
+            self.threads
+        } else {
+            *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        }
     }
 
     /// Impossible values, named by their config key.

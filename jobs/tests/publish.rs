@@ -100,10 +100,13 @@ fn previous_keeps_only_the_last_deposit_and_releases_are_pruned() {
     newest.sort();
     assert_eq!(rels, newest);
     assert!(env.current("MSEC").unwrap().ends_with(&ids[3]));
-    // The two oldest were set aside, to be deleted when it suits the caller.
+    // The two oldest were set aside, to be deleted when it suits the
+    // caller, with the three `current` links the switches replaced.
     let pruned = env.publish_root.join(jobs::publish::PRUNED);
-    assert_eq!(fs::read_dir(&pruned).unwrap().count(), 2);
-    assert_eq!(jobs::publish::empty_pruned(&env.publish_root).unwrap(), 2);
+    let kinds: Vec<_> = fs::read_dir(&pruned).unwrap().map(|e| e.unwrap().file_type().unwrap()).collect();
+    assert_eq!(kinds.iter().filter(|t| t.is_dir()).count(), 2);
+    assert_eq!(kinds.iter().filter(|t| t.is_symlink()).count(), 3);
+    assert_eq!(jobs::publish::empty_pruned(&env.publish_root).unwrap(), 5);
     assert_eq!(fs::read_dir(&pruned).unwrap().count(), 0);
 }
 

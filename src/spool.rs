@@ -4,12 +4,13 @@
 //! its terminal state recorded. Whatever Redis forgets, a restart finds here.
 //!
 //! `<drop_root>/.depot/spool/` holds, per deposit, flat: `<id>.json` (the
-//! entry: producer, name as dropped, claim time), `<id>` (the archive),
-//! `<id>.md5` (its sidecar, if any) and, once the pipeline has spoken,
-//! `<id>.outcome.json`. Flat, not a folder per deposit: a folder was one
-//! more inode made and removed per deposit, and on ext4 without a journal
-//! every removed inode slows the creations after it (bench/daemon.py).
-//! Versions before 0.2 kept `<id>/` folders; [`Spool::list`] converts them.
+//! entry: producer, name as dropped, claim time; then, once the pipeline
+//! has spoken, the outcome appended to it), `<id>=<name>` (the archive) and
+//! `<id>.md5` (its sidecar, if any). Flat, and the outcome in the entry's
+//! file rather than a file of its own: every inode made and removed per
+//! deposit costs, and on ext4 without a journal each removed one slows the
+//! creations after it (bench/daemon.py). Versions before 0.2 kept `<id>/`
+//! folders and 0.2 `<id>.outcome.json` files; both are still read.
 
 use std::fs;
 use std::io;
@@ -60,18 +61,30 @@ pub struct Spool {
     pub root: PathBuf,
 }
 
-fn write_json(path: &Path, value: &impl Serialize) -> io::Result<()> {
-    write_json_with(path, value, true)
+/// The entry and, if one was appended, the outcome: `<id>.json` is a
+/// stream of JSON values (the entry, pretty-printed by older versions, then
+/// one line per outcome). An outcome cut short by a crash is no outcome:
+/// only its fdatasync made it count.
+fn read_record(path: &Path) -> io::Result<Option<(Entry, Option<Outcome>)>> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut values = serde_json::Deserializer::from_slice(&bytes).into_iter::<serde_json::Value>();
+    let entry = match values.next() {
+        Some(v) => serde_json::from_value(v.map_err(io::Error::other)?).map_err(io::Error::other)?,
+        None => return Err(io::Error::other("empty spool entry")),
+    };
+    let outcome = values.next().and_then(Result::ok).and_then(|v| serde_json::from_value(v).ok());
+    Ok(Some((entry, outcome)))
 }
 
-fn write_json_with(path: &Path, value: &impl Serialize, fsync: bool) -> io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    let bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
-    fs::write(&tmp, bytes)?;
-    if fsync {
-        fs::File::open(&tmp)?.sync_all()?;
+fn remove_if_there(p: &Path) -> io::Result<()> {
+    match fs::remove_file(p) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
-    fs::rename(&tmp, path)
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> io::Result<Option<T>> {
@@ -138,7 +151,12 @@ impl Spool {
             sidecar: side_src.is_file(),
             created: jobs::deposit::now_rfc3339(),
         };
-        write_json_with(&self.entry_path(&entry.id), &entry, false)?;
+        // Written in place, not through a temporary file: a record cut
+        // short by a crash before the batch's sync reads as lost, and
+        // `list` gives the archive back under the name it carries.
+        let mut line = serde_json::to_vec(&entry).map_err(io::Error::other)?;
+        line.push(b'\n');
+        fs::write(self.entry_path(&entry.id), line)?;
         if let Some(dst) = self.sidecar(&entry)
             && let Err(e) = fs::rename(&side_src, dst)
         {
@@ -177,35 +195,35 @@ impl Spool {
         Ok(())
     }
 
-    pub fn load(&self, id: &str) -> io::Result<Option<Entry>> {
+    /// The entry and its outcome, if the pipeline has spoken (appended to
+    /// the entry, or in the `<id>.outcome.json` of version 0.2).
+    pub fn load_with_outcome(&self, id: &str) -> io::Result<Option<(Entry, Option<Outcome>)>> {
         if !jobs::deposit::is_id(id) {
             return Ok(None);
         }
-        read_json(&self.entry_path(id))
-    }
-
-    pub fn outcome(&self, id: &str) -> io::Result<Option<Outcome>> {
-        read_json(&self.outcome_path(id))
-    }
-
-    /// The outcome, synced, with the entry beside it: claims are synced in
-    /// batches without their entry records, so after a power cut the outcome
-    /// may be the only durable record of what the deposit was. The spool
-    /// folder is synced too: rotation comes next and syncs `previous/`, and
-    /// an archive durably in `previous/` with no durable outcome here would
-    /// after a power cut look like a deposit whose archive vanished.
-    pub fn set_outcome(&self, e: &Entry, o: &Outcome) -> io::Result<()> {
-        #[derive(Serialize)]
-        struct Stored<'a> {
-            entry: &'a Entry,
-            #[serde(flatten)]
-            outcome: &'a Outcome,
+        match read_record(&self.entry_path(id))? {
+            Some((e, None)) => Ok(Some((e, read_json(&self.outcome_path(id))?))),
+            found => Ok(found),
         }
-        write_json(&self.outcome_path(&e.id), &Stored { entry: e, outcome: o })?;
-        fs::File::open(&self.root)?.sync_all()
     }
 
-    /// The entry kept in an outcome record, written back as the entry record.
+    /// The outcome, appended to the entry's record and fdatasynced with it:
+    /// claims are synced in batches without their records' contents, and
+    /// this makes both durable at once; the record's name is already
+    /// durable (the claim batch synced the spool folder after making it).
+    /// Rotation comes next and syncs `previous/`: an archive durably there
+    /// always has a durable outcome here. Appended, not a file of its own:
+    /// no inode made and removed, no spool folder to sync.
+    pub fn set_outcome(&self, e: &Entry, o: &Outcome) -> io::Result<()> {
+        let mut line = serde_json::to_vec(o).map_err(io::Error::other)?;
+        line.push(b'\n');
+        let mut f = fs::OpenOptions::new().append(true).open(self.entry_path(&e.id))?;
+        io::Write::write_all(&mut f, &line)?;
+        f.sync_data()
+    }
+
+    /// The entry kept in a 0.2 outcome record (whose entry record a power
+    /// cut lost), written back as an entry record with its outcome.
     fn entry_from_outcome(&self, id: &str) -> io::Result<Option<Entry>> {
         #[derive(Deserialize)]
         struct Stored {
@@ -213,28 +231,41 @@ impl Spool {
         }
         let stored: Option<Stored> = read_json(&self.outcome_path(id)).unwrap_or(None);
         match stored.and_then(|s| s.entry).filter(|e| e.id == id) {
-            Some(e) => write_json(&self.entry_path(id), &e).map(|()| Some(e)),
+            Some(e) => {
+                let o = read_json(&self.outcome_path(id))?;
+                self.rewrite(&e, o.as_ref())?;
+                Ok(Some(e))
+            }
             None => Ok(None),
         }
+    }
+
+    /// The record written whole (entry, then outcome if any), synced, and
+    /// a 0.2 outcome file dropped: at start only, never per deposit.
+    fn rewrite(&self, e: &Entry, o: Option<&Outcome>) -> io::Result<()> {
+        let path = self.entry_path(&e.id);
+        let tmp = path.with_extension("json.tmp");
+        let mut bytes = serde_json::to_vec(e).map_err(io::Error::other)?;
+        bytes.push(b'\n');
+        if let Some(o) = o {
+            bytes.extend(serde_json::to_vec(o).map_err(io::Error::other)?);
+            bytes.push(b'\n');
+        }
+        fs::write(&tmp, bytes)?;
+        fs::File::open(&tmp)?.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        fs::File::open(&self.root)?.sync_all()?;
+        remove_if_there(&self.outcome_path(&e.id))
     }
 
     /// The deposit is rotated and its state recorded: forget it. The entry
     /// goes last, so that a crash half-way leaves something `list` mends.
     pub fn remove(&self, e: &Entry) -> io::Result<()> {
         let id = &e.id;
-        let entry = self.entry_path(id);
-        for p in [
-            self.archive(e),
-            self.root.join(format!("{id}.md5")),
-            self.outcome_path(id),
-            entry.with_extension("json.tmp"),
-            self.outcome_path(id).with_extension("json.tmp"),
-            entry,
-        ] {
-            match fs::remove_file(&p) {
-                Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
-                _ => {}
-            }
+        // Files of older versions and temporary files a crash left are
+        // removed by `list` at start.
+        for p in [self.archive(e), self.root.join(format!("{id}.md5")), self.entry_path(id)] {
+            remove_if_there(&p)?;
         }
         Ok(())
     }
@@ -252,6 +283,11 @@ impl Spool {
             if !jobs::deposit::is_id(&id) {
                 continue;
             }
+            // Half-written records of a crash (0.2 and `rewrite`).
+            if name == format!("{id}.json.tmp") || name == format!("{id}.outcome.json.tmp") {
+                remove_if_there(&d.path())?;
+                continue;
+            }
             if name == id && d.file_type()?.is_dir() {
                 self.convert_folder(&id)?;
                 ids.entry(id).or_default();
@@ -265,9 +301,14 @@ impl Spool {
         }
         let mut out = Vec::new();
         for (id, archive) in ids {
-            match self.load(&id) {
-                Ok(Some(e)) if self.archive(&e).exists() || self.outcome(&id)?.is_some() => out.push(e),
-                Ok(Some(e)) => self.give_back(&e)?,
+            match self.load_with_outcome(&id) {
+                Ok(Some((e, o))) if o.is_some() || self.archive(&e).exists() => {
+                    if self.outcome_path(&id).exists() {
+                        self.rewrite(&e, o.as_ref())?;
+                    }
+                    out.push(e)
+                }
+                Ok(Some((e, _))) => self.give_back(&e)?,
                 Ok(None) | Err(_) if let Some(e) = self.entry_from_outcome(&id)? => out.push(e),
                 // The archive came in but its entry never reached the disk
                 // (a power cut before the claim's sync): back to new/ under
@@ -275,7 +316,10 @@ impl Spool {
                 Ok(None) | Err(_) if let Some(a) = archive => {
                     self.give_back_from(&self.orphan_entry(&id, Some(&a))?, &self.root.join(&a))?
                 }
-                Ok(None) | Err(_) => self.remove(&self.orphan_entry(&id, None)?)?,
+                Ok(None) | Err(_) => {
+                    self.remove(&self.orphan_entry(&id, None)?)?;
+                    remove_if_there(&self.outcome_path(&id))?;
+                }
             }
         }
         out.sort_by_key(|e| (e.claimed_ns, e.id.clone()));
@@ -433,12 +477,50 @@ mod tests {
             bytes: Some(1),
             finished: "2026-01-01T00:00:00Z".into(),
         };
-        spool.set_outcome(&e, &o).unwrap();
-        assert_eq!(spool.outcome(&e.id).unwrap(), Some(o));
-        // A power cut lost the entry record (claims are synced without it).
+        // Version 0.2 kept the outcome (with the entry in it) in a file of
+        // its own, and a power cut could lose the entry record.
+        let mut old = serde_json::to_value(&o).unwrap();
+        old["entry"] = serde_json::to_value(&e).unwrap();
+        fs::write(spool.root.join(format!("{}.outcome.json", e.id)), old.to_string()).unwrap();
         fs::write(spool.root.join(format!("{}.json", e.id)), b"").unwrap();
         assert_eq!(spool.list().unwrap(), vec![e.clone()]);
-        assert_eq!(spool.load(&e.id).unwrap(), Some(e));
+        assert_eq!(spool.load_with_outcome(&e.id).unwrap(), Some((e.clone(), Some(o.clone()))));
+        // Converted: one record holds both.
+        assert!(!spool.root.join(format!("{}.outcome.json", e.id)).exists());
+        spool.remove(&e).unwrap();
+        assert_eq!(fs::read_dir(&spool.root).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn the_outcome_is_appended_to_the_entry() {
+        let (_tmp, spool, new) = site(&[("a.zip", b"a")]);
+        let e = spool.claim("MSEC", &new.join("a.zip")).unwrap();
+        assert_eq!(spool.load_with_outcome(&e.id).unwrap(), Some((e.clone(), None)));
+        let o = Outcome {
+            state: "FAILURE".into(),
+            report: serde_json::json!({"accepted": false}),
+            error_code: Some("NOT_A_ZIP".into()),
+            error: Some("not a zip".into()),
+            release: None,
+            files: None,
+            bytes: None,
+            finished: "2026-01-01T00:00:00Z".into(),
+        };
+        spool.set_outcome(&e, &o).unwrap();
+        assert_eq!(spool.load_with_outcome(&e.id).unwrap(), Some((e.clone(), Some(o.clone()))));
+        // Rotated (the archive left), not yet recorded: still listed.
+        fs::remove_file(spool.archive(&e)).unwrap();
+        assert_eq!(spool.list().unwrap(), vec![e.clone()]);
+        // An outcome cut short by a crash is no outcome; the entry stands.
+        let path = spool.root.join(format!("{}.json", e.id));
+        let full = fs::read(&path).unwrap();
+        fs::write(&path, &full[..full.len() - 10]).unwrap();
+        assert_eq!(spool.load_with_outcome(&e.id).unwrap(), Some((e.clone(), None)));
+        // A crash's temporary files go at start.
+        fs::write(spool.root.join(format!("{}.json.tmp", e.id)), b"x").unwrap();
+        fs::write(&path, &full).unwrap();
+        assert_eq!(spool.list().unwrap(), vec![e.clone()]);
+        assert!(!spool.root.join(format!("{}.json.tmp", e.id)).exists());
     }
 
     #[test]

@@ -74,10 +74,19 @@ impl Live {
 /// The apalis handler. It never returns a plain error: the queue would
 /// re-run it on its own schedule (25 times); retries are ours, bounded by
 /// `workers.max_attempts`, and the spool keeps the deposit meanwhile.
+///
+/// The job runs as a task of its own: apalis polls every job of a worker
+/// inside one future (the monitor's, on the thread that runs the daemon's
+/// main future), so one job's blocking step held up every other job and
+/// the worker's next fetch with them.
 pub async fn handle(job: DepositJob, shared: Data<Arc<Shared>>) -> Result<(), BoxDynError> {
     let shared: Arc<Shared> = (*shared).clone();
-    let _running = Running::new(&shared);
-    handle_one(job, &shared).await
+    tokio::spawn(async move {
+        let _running = Running::new(&shared);
+        handle_one(job, &shared).await
+    })
+    .await
+    .map_err(|e| AbortError::new(std::io::Error::other(format!("deposit job failed: {e}"))))?
 }
 
 /// Counts a job as running until dropped, so that a job cancelled at the
@@ -85,7 +94,7 @@ pub async fn handle(job: DepositJob, shared: Data<Arc<Shared>>) -> Result<(), Bo
 struct Running<'a>(&'a Shared);
 
 impl<'a> Running<'a> {
-    fn new(shared: &'a Shared) -> Self {
+    fn new(shared: &'a Arc<Shared>) -> Self {
         shared.running.fetch_add(1, Ordering::Relaxed);
         Running(shared)
     }
@@ -100,16 +109,17 @@ impl Drop for Running<'_> {
 async fn handle_one(job: DepositJob, shared: &Arc<Shared>) -> Result<(), BoxDynError> {
     let guard = shared.producer_lock(&job.producer);
     let _g = guard.lock().await;
-    let entry = match tokio::task::block_in_place(|| shared.spool.load(&job.id)) {
-        Ok(Some(e)) => e,
+    let (sh, id) = (shared.clone(), job.id.clone());
+    let entry = match off_runtime(move || sh.spool.load_with_outcome(&id)).await.and_then(|r| r) {
+        Ok(Some((e, None))) => e,
+        Ok(Some((e, Some(o)))) => {
+            finalize(shared, &e, &o).await;
+            return Ok(());
+        }
         // Already finished (a duplicate or re-queued orphan): nothing to do.
         Ok(None) => return Ok(()),
         Err(e) => return Err(AbortError::new(e).into()),
     };
-    if let Ok(Some(o)) = tokio::task::block_in_place(|| shared.spool.outcome(&entry.id)) {
-        finalize(shared, &entry, &o).await;
-        return Ok(());
-    }
     run_one(shared, entry).await;
     Ok(())
 }
@@ -224,7 +234,8 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
             }
         }
     };
-    if let Err(e) = tokio::task::block_in_place(|| shared.spool.set_outcome(&entry, &outcome)) {
+    let (sh, e, o) = (shared.clone(), entry.clone(), outcome.clone());
+    if let Err(e) = off_runtime(move || sh.spool.set_outcome(&e, &o)).await.and_then(|r| r) {
         warn!(deposit = %entry.id, error = %e, "cannot record the outcome; the deposit will run again");
         shared.done(&entry);
         return;
@@ -236,16 +247,18 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
 /// Rotate (if not done yet), record the terminal state, forget the entry.
 /// Each part is skipped when already done, so a crash in between is mended
 /// by running this again.
-pub async fn finalize(shared: &Shared, entry: &Entry, o: &Outcome) {
+pub async fn finalize(shared: &Arc<Shared>, entry: &Entry, o: &Outcome) {
     let cfg = shared.config();
     let t0 = Instant::now();
     // Rotation moves files and fsyncs folders: off the async workers.
-    let rotated = tokio::task::block_in_place(|| {
-        let archive = shared.spool.archive(entry);
+    let (sh, c, e, o2) = (shared.clone(), cfg.clone(), entry.clone(), o.clone());
+    let rotated = off_runtime(move || {
+        let (shared, cfg, entry, o) = (sh, c, e, o2);
+        let archive = shared.spool.archive(&entry);
         if !archive.exists() {
             return Ok(());
         }
-        let sidecar: Option<PathBuf> = shared.spool.sidecar(entry).filter(|p| p.exists());
+        let sidecar: Option<PathBuf> = shared.spool.sidecar(&entry).filter(|p| p.exists());
         let d = Deposited { archive: &archive, sidecar: sidecar.as_deref(), name: &entry.name };
         let pdir = cfg.drop_root.join(&entry.producer);
         match serde_json::from_value::<ReportView>(o.report.clone()) {
@@ -253,7 +266,9 @@ pub async fn finalize(shared: &Shared, entry: &Entry, o: &Outcome) {
             Ok(v) => rotate::to_rejected(&pdir, &d, &v.into_report()).map(|_| ()),
             Err(e) => Err(Error::io(Stage::Rotate, "outcome report", std::io::Error::other(e))),
         }
-    });
+    })
+    .await
+    .unwrap_or_else(|e| Err(Error::io(Stage::Rotate, "rotation thread", e)));
     if let Err(e) = rotated {
         warn!(deposit = %entry.id, error = %e, "rotation failed; will retry");
         shared.done(entry);
@@ -266,13 +281,21 @@ pub async fn finalize(shared: &Shared, entry: &Entry, o: &Outcome) {
                 tell(shared, &cfg, entry, o);
             }
             info!(deposit = %entry.id, producer = %entry.producer, state = %o.state, error_code = o.error_code.as_deref().unwrap_or(""), "finished");
-            if let Err(e) = tokio::task::block_in_place(|| shared.spool.remove(entry)) {
+            let (sh, e) = (shared.clone(), entry.clone());
+            if let Err(e) = off_runtime(move || sh.spool.remove(&e)).await.and_then(|r| r) {
                 warn!(deposit = %entry.id, error = %e, "cannot remove the spool entry");
             }
         }
         Err(e) => warn!(deposit = %entry.id, error = %e, "cannot record the final state yet; kept in the spool"),
     }
     shared.done(entry);
+}
+
+/// Blocking file work on tokio's blocking pool, never on the threads that
+/// drive the daemon's I/O. A blocking task that panicked or was cancelled
+/// at shutdown reads as an I/O error: the spool keeps the deposit.
+async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 /// Count the outcome and run `notify.command`, once per terminal state.
@@ -302,7 +325,7 @@ fn tell(shared: &Shared, cfg: &crate::config::Config, entry: &Entry, o: &Outcome
     hook::spawn(&cfg.notify, ev, shared.metrics.clone());
 }
 
-/// The report as stored in outcome.json, back into the type rotate writes.
+/// The report as stored in the spool's outcome, back into the type rotate writes.
 #[derive(serde::Deserialize)]
 struct ReportView {
     deposit: String,

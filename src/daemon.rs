@@ -508,12 +508,19 @@ async fn check_instance(status: &Status, mine: &mut Option<String>) -> redis::Re
     }
 }
 
-const CLAIMS_PER_TICK: usize = 64;
+/// Up to this many claims per scheduler tick (20 ms): one listing of each
+/// `new/` serves many claims, and one sync of the spool and of each `new/`
+/// covers the batch.
+const CLAIMS_PER_TICK: usize = 256;
 
 /// Claim settled uploads, each producer's in upload order: a producer's
-/// files are taken oldest first and the walk stops at the first one not
+/// files are taken oldest first and its walk stops at the first one not
 /// settled yet, so a file noticed late is not overtaken by a newer one.
-async fn claim_settled(shared: &Shared, cfg: &Config, settler: &mut Settler) {
+/// Producers take turns, one claim each per round: a burst over many
+/// producers puts them all to work at once, where taking the first
+/// producer's whole backlog first kept the others (and all but one
+/// worker) waiting for several ticks.
+async fn claim_settled(shared: &Arc<Shared>, cfg: &Arc<Config>, settler: &mut Settler) {
     let now = Instant::now();
     let is_p = |p: &str| cfg.is_producer(p);
     let mut producers = std::collections::BTreeSet::new();
@@ -522,36 +529,32 @@ async fn claim_settled(shared: &Shared, cfg: &Config, settler: &mut Settler) {
             producers.insert(p);
         }
     }
-    // A backlog waits in new/ and is claimed a slice per tick, so the
-    // scheduler keeps queueing while thousands of files are taken in.
-    let mut budget = CLAIMS_PER_TICK;
-    let mut claimed = Vec::new();
-    tokio::task::block_in_place(|| {
-        for p in producers {
-            let new_dir = cfg.drop_root.join(&p).join("new");
-            for path in watcher::candidates_of(&new_dir) {
-                if budget == 0 || !settler.observe(&path, now) {
-                    break;
-                }
-                budget -= 1;
-                settler.forget(&path);
-                match shared.spool.claim(&p, &path) {
-                    Ok(e) => claimed.push(e),
-                    Err(err) => {
-                        warn!(path = %path.display(), error = %err, "cannot claim");
-                        break;
-                    }
-                }
-            }
+    if producers.is_empty() {
+        return;
+    }
+    // On the blocking pool, not in block_in_place: a batch of claims takes
+    // tens of milliseconds, and the runtime threads must keep driving the
+    // workers' Redis traffic meanwhile (measured: with block_in_place no
+    // job started while a burst was being claimed). A panic there loses
+    // only what the settler had seen; the next scan sees it again.
+    let mut owned = std::mem::replace(settler, Settler::new(Duration::ZERO, false));
+    let (shared2, cfg2) = (shared.clone(), cfg.clone());
+    let joined = tokio::task::spawn_blocking(move || {
+        let claimed = claim_batch(&shared2, &cfg2, &mut owned, producers, now);
+        (owned, claimed)
+    })
+    .await;
+    let claimed = match joined {
+        Ok((back, claimed)) => {
+            *settler = back;
+            claimed
         }
-        if !claimed.is_empty()
-            && let Err(err) = shared.spool.sync(&claimed, &cfg.drop_root)
-        {
-            // The entries are in custody either way; a crash before the
-            // next sync can only give them back to new/, to be claimed again.
-            warn!(error = %err, "cannot sync the spool");
+        Err(e) => {
+            warn!(error = %e, "claiming failed; the next scan takes it up again");
+            settler.reconfigure(Duration::from_millis(cfg.watch.settle_ms), cfg.watch.sidecar_marks_done);
+            return;
         }
-    });
+    };
     for e in &claimed {
         shared.index_add(e);
         shared.metrics.claimed(&e.producer);
@@ -560,6 +563,56 @@ async fn claim_settled(shared: &Shared, cfg: &Config, settler: &mut Settler) {
     if let Err(err) = shared.status.created(&claimed).await {
         warn!(error = %err, "cannot record CREATED; will retry from the spool");
     }
+}
+
+/// One tick's claims, producers taking turns (see [`claim_settled`]), then
+/// one sync for the batch.
+fn claim_batch(
+    shared: &Shared,
+    cfg: &Config,
+    settler: &mut Settler,
+    producers: std::collections::BTreeSet<String>,
+    now: Instant,
+) -> Vec<Entry> {
+    // A backlog waits in new/ and is claimed a slice per tick, so the
+    // scheduler keeps queueing while thousands of files are taken in.
+    let mut budget = CLAIMS_PER_TICK;
+    let mut claimed = Vec::new();
+    let mut turns: Vec<(String, std::vec::IntoIter<PathBuf>)> = producers
+        .into_iter()
+        .map(|p| {
+            let files = watcher::candidates_of(&cfg.drop_root.join(&p).join("new"));
+            (p, files.into_iter())
+        })
+        .collect();
+    while budget > 0 && !turns.is_empty() {
+        turns.retain_mut(|(p, files)| {
+            let Some(path) = files.next().filter(|_| budget > 0) else { return false };
+            if !settler.observe(&path, now) {
+                return false;
+            }
+            budget -= 1;
+            settler.forget(&path);
+            match shared.spool.claim(p, &path) {
+                Ok(e) => {
+                    claimed.push(e);
+                    true
+                }
+                Err(err) => {
+                    warn!(path = %path.display(), error = %err, "cannot claim");
+                    false
+                }
+            }
+        });
+    }
+    if !claimed.is_empty()
+        && let Err(err) = shared.spool.sync(&claimed, &cfg.drop_root)
+    {
+        // The entries are in custody either way; a crash before the
+        // next sync can only give them back to new/, to be claimed again.
+        warn!(error = %err, "cannot sync the spool");
+    }
+    claimed
 }
 
 /// apalis-redis keeps every finished task (set member, meta hash, payload)

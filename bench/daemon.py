@@ -10,7 +10,7 @@
 (3) peak RSS of the daemon (VmHWM) over the whole run.
 Needs redis-server; builds the release binary.
 """
-import argparse, io, os, random, shutil, socket, statistics, subprocess, sys, tempfile, time, zipfile
+import argparse, io, os, resource, random, shutil, socket, statistics, subprocess, sys, tempfile, time, zipfile
 
 
 class Resp:
@@ -114,6 +114,10 @@ def main():
     redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                               "--dir", work], stdout=subprocess.DEVNULL)
     time.sleep(0.5)
+    monitor = None
+    if os.environ.get("BENCH_MONITOR"):
+        # Every Redis command with its time, for finding stalls.
+        monitor = subprocess.Popen(["redis-cli", "-p", str(port), "monitor"], stdout=open(os.environ["BENCH_MONITOR"], "w"))
     cfg = os.path.join(work, "config.toml")
     for root in ("drop", "publish"):
         os.makedirs(os.path.join(work, root))
@@ -159,7 +163,8 @@ def main():
         ok = sum(1 for g in got if g[1] == "SUCCESS")
         n = per * len(producers)
         print(f"(2) {n} deposits over {len(producers)} producers (fsync on): {ok} SUCCESS in {t1 - t0:.2f} s "
-              f"= {n / (t1 - t0):.0f} deposits/s (dropping took {t_dropped - t0:.2f} s; settle {a.settle_ms} ms included)")
+              f"= {n / (t1 - t0):.0f} deposits/s (dropping took {t_dropped - t0:.2f} s; settle {a.settle_ms} ms included; "
+              f"first SUCCESS after {got[0][2] - t0:.2f} s)")
         if not a.no_baseline:
             # The same deposits through bench/baseline.py, in this run, for the ratio.
             base = os.path.join(work, "baseline")
@@ -168,22 +173,30 @@ def main():
                 for p in producers:
                     drop(base, p, f"{p}_{i:05}.zip", deposits[(p, i)])
             b0 = time.time()
+            r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             subprocess.run([sys.executable, os.path.join(repo, "bench", "baseline.py"), os.path.join(base, "drop"),
                             os.path.join(base, "publish"), str(n)], check=True)
             rate = n / (time.time() - b0)
+            r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
             print(f"    baseline (bench/baseline.py, same deposits, fsync on): {rate:.0f} deposits/s; "
                   f"depot/baseline = {n / (t1 - t0) / rate:.2f}x")
+            bu, bs = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
+            print(f"    baseline CPU: user {bu:.2f} s, system {bs:.2f} s = {(bu + bs) / n * 1000:.2f} ms per deposit")
         with open(f"/proc/{daemon.pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
             tck = os.sysconf("SC_CLK_TCK")
             user, system = int(fields[11]) / tck, int(fields[12]) / tck
-        print(f"    daemon CPU over the whole run: user {user:.2f} s, system {system:.2f} s")
+        print(f"    daemon CPU over the whole run: user {user:.2f} s, system {system:.2f} s"
+              + (f" = {(user + system) / n * 1000:.2f} ms per deposit (throughput run only)" if a.drops == 0 else ""))
         with open(f"/proc/{daemon.pid}/status") as f:
             hwm = [l for l in f if l.startswith("VmHWM")][0].split()[1]
         print(f"(3) daemon peak RSS (VmHWM): {int(hwm) / 1024:.1f} MiB")
     finally:
         daemon.terminate()
         daemon.wait(30)
+        if monitor:
+            monitor.terminate()
+            monitor.wait()
         redis.terminate()
         redis.wait()
         if os.environ.get("BENCH_KEEP_LOG"):

@@ -398,7 +398,11 @@ async fn scheduler(
         // Redis back after an outage, or back empty: everything it should
         // know is re-sent from the spool.
         // Redis liveness (and emptiness) once a second, or when a write failed.
-        if redis_ok && last_ping.elapsed() < Duration::from_secs(1) {
+        // A rescan asked for (a new producer folder, a watcher overflow)
+        // is done now, not at the next once-a-second pass: files land in a
+        // new folder before its watch is in place (measured: the first
+        // deposits of new producers waited up to a second).
+        if redis_ok && !rescan && last_ping.elapsed() < Duration::from_secs(1) {
             claim_settled(&shared, &cfg, &mut settler).await;
             schedule(&shared, &storage).await;
             continue;
@@ -508,10 +512,13 @@ async fn check_instance(status: &Status, mine: &mut Option<String>) -> redis::Re
     }
 }
 
-/// Up to this many claims per scheduler tick (20 ms): one listing of each
-/// `new/` serves many claims, and one sync of the spool and of each `new/`
-/// covers the batch.
+/// Up to this many claims per batch: one listing of each `new/` serves
+/// many claims, and one sync of the spool and of each `new/` covers the
+/// batch. A batch is as big as the spool's backlog (at least
+/// [`MIN_CLAIMS`]): the first deposits of a burst reach the workers after
+/// a small batch, and later batches grow while the workers have plenty.
 const CLAIMS_PER_TICK: usize = 256;
+const MIN_CLAIMS: usize = 32;
 
 /// Claim settled uploads, each producer's in upload order: a producer's
 /// files are taken oldest first and its walk stops at the first one not
@@ -537,10 +544,12 @@ async fn claim_settled(shared: &Arc<Shared>, cfg: &Arc<Config>, settler: &mut Se
     // workers' Redis traffic meanwhile (measured: with block_in_place no
     // job started while a burst was being claimed). A panic there loses
     // only what the settler had seen; the next scan sees it again.
+    let backlog: usize = lock(&shared.index).values().map(BTreeMap::len).sum();
+    let budget = backlog.clamp(MIN_CLAIMS, CLAIMS_PER_TICK);
     let mut owned = std::mem::replace(settler, Settler::new(Duration::ZERO, false));
     let (shared2, cfg2) = (shared.clone(), cfg.clone());
     let joined = tokio::task::spawn_blocking(move || {
-        let claimed = claim_batch(&shared2, &cfg2, &mut owned, producers, now);
+        let claimed = claim_batch(&shared2, &cfg2, &mut owned, producers, now, budget);
         (owned, claimed)
     })
     .await;
@@ -563,6 +572,11 @@ async fn claim_settled(shared: &Arc<Shared>, cfg: &Arc<Config>, settler: &mut Se
     if let Err(err) = shared.status.created(&claimed).await {
         warn!(error = %err, "cannot record CREATED; will retry from the spool");
     }
+    if claimed.len() >= budget {
+        // More may be waiting: the next batch right after queueing, not
+        // at the next tick.
+        shared.wake.notify_one();
+    }
 }
 
 /// One tick's claims, producers taking turns (see [`claim_settled`]), then
@@ -573,10 +587,10 @@ fn claim_batch(
     settler: &mut Settler,
     producers: std::collections::BTreeSet<String>,
     now: Instant,
+    mut budget: usize,
 ) -> Vec<Entry> {
-    // A backlog waits in new/ and is claimed a slice per tick, so the
+    // A backlog waits in new/ and is claimed a slice per batch, so the
     // scheduler keeps queueing while thousands of files are taken in.
-    let mut budget = CLAIMS_PER_TICK;
     let mut claimed = Vec::new();
     let mut turns: Vec<(String, std::vec::IntoIter<PathBuf>)> = producers
         .into_iter()

@@ -262,9 +262,10 @@ impl Spool {
     /// goes last, so that a crash half-way leaves something `list` mends.
     pub fn remove(&self, e: &Entry) -> io::Result<()> {
         let id = &e.id;
-        // Files of older versions and temporary files a crash left are
-        // removed by `list` at start.
-        for p in [self.archive(e), self.root.join(format!("{id}.md5")), self.entry_path(id)] {
+        // Temporary files a crash left are removed by `list` at start; a
+        // 0.2 outcome file may have been read by a `--role worker` that
+        // never lists.
+        for p in [self.archive(e), self.root.join(format!("{id}.md5")), self.outcome_path(id), self.entry_path(id)] {
             remove_if_there(&p)?;
         }
         Ok(())

@@ -414,7 +414,8 @@ async fn scheduler(
                 if !redis_ok || reset {
                     info!(reset, "Redis is back; resynchronising from the spool");
                     lock(&shared.queued).clear();
-                    if let Err(e) = tokio::task::block_in_place(|| shared.index_reload()) {
+                    let sh = shared.clone();
+                    if let Some(Err(e)) = lend(&mut (), move |()| sh.index_reload()).await {
                         warn!(error = %e, "cannot read the spool");
                     }
                     rescan = true;
@@ -441,15 +442,23 @@ async fn scheduler(
         // each new/ folder, cheap enough to do every second.
         if rescan || last_scan.elapsed() >= Duration::from_secs(1) {
             last_scan = Instant::now();
-            let is_p = |p: &str| cfg.is_producer(p);
-            tokio::task::block_in_place(|| {
+            let c = cfg.clone();
+            let mut state = (std::mem::take(&mut settler), watcher.take(), std::mem::take(&mut watched));
+            lend(&mut state, move |(settler, watcher, watched)| {
+                let is_p = |p: &str| c.is_producer(p);
                 if let Some(w) = watcher.as_mut() {
-                    watcher::watch_producers(w.as_mut(), &mut watched, &cfg.drop_root, &is_p);
+                    watcher::watch_producers(w.as_mut(), watched, &c.drop_root, &is_p);
                 }
-                for (_, path) in watcher::scan(&cfg.drop_root, &is_p) {
+                for (_, path) in watcher::scan(&c.drop_root, &is_p) {
                     settler.note(&path, Instant::now());
                 }
-            });
+            })
+            .await;
+            // After a panic the watcher is None (restarted on the next
+            // pass) and the settler blank: give it its settings back before
+            // it judges anything.
+            (settler, watcher, watched) = state;
+            settler.reconfigure(Duration::from_millis(cfg.watch.settle_ms), cfg.watch.sidecar_marks_done);
         }
         shared.redis_up.store(redis_ok, Ordering::Relaxed);
         claim_settled(&shared, &cfg, &mut settler).await;
@@ -539,30 +548,14 @@ async fn claim_settled(shared: &Arc<Shared>, cfg: &Arc<Config>, settler: &mut Se
     if producers.is_empty() {
         return;
     }
-    // On the blocking pool, not in block_in_place: a batch of claims takes
-    // tens of milliseconds, and the runtime threads must keep driving the
-    // workers' Redis traffic meanwhile (measured: with block_in_place no
-    // job started while a burst was being claimed). A panic there loses
-    // only what the settler had seen; the next scan sees it again.
     let backlog: usize = lock(&shared.index).values().map(BTreeMap::len).sum();
     let budget = backlog.clamp(MIN_CLAIMS, CLAIMS_PER_TICK);
-    let mut owned = std::mem::replace(settler, Settler::new(Duration::ZERO, false));
-    let (shared2, cfg2) = (shared.clone(), cfg.clone());
-    let joined = tokio::task::spawn_blocking(move || {
-        let claimed = claim_batch(&shared2, &cfg2, &mut owned, producers, now, budget);
-        (owned, claimed)
-    })
-    .await;
-    let claimed = match joined {
-        Ok((back, claimed)) => {
-            *settler = back;
-            claimed
-        }
-        Err(e) => {
-            warn!(error = %e, "claiming failed; the next scan takes it up again");
-            settler.reconfigure(Duration::from_millis(cfg.watch.settle_ms), cfg.watch.sidecar_marks_done);
-            return;
-        }
+    let (sh, c) = (shared.clone(), cfg.clone());
+    // A batch of claims takes tens of milliseconds (measured: in
+    // block_in_place, no job started while a burst was being claimed).
+    let Some(claimed) = lend(settler, move |settler| claim_batch(&sh, &c, settler, producers, now, budget)).await
+    else {
+        return;
     };
     for e in &claimed {
         shared.index_add(e);
@@ -576,6 +569,33 @@ async fn claim_settled(shared: &Arc<Shared>, cfg: &Arc<Config>, settler: &mut Se
         // More may be waiting: the next batch right after queueing, not
         // at the next tick.
         shared.wake.notify_one();
+    }
+}
+
+/// Blocking file work on the blocking pool, with `state` lent to it: in
+/// block_in_place it held up the runtime threads that drive every job's
+/// Redis traffic. `None` if the work panicked; `state` is then reset to its
+/// default (a settler forgets what it had seen, which the next scan finds
+/// again; the scheduler reconfigures it on its next pass).
+async fn lend<S: Default + Send + 'static, T: Send + 'static>(
+    state: &mut S,
+    f: impl FnOnce(&mut S) -> T + Send + 'static,
+) -> Option<T> {
+    let mut owned = std::mem::take(state);
+    match tokio::task::spawn_blocking(move || {
+        let t = f(&mut owned);
+        (owned, t)
+    })
+    .await
+    {
+        Ok((back, t)) => {
+            *state = back;
+            Some(t)
+        }
+        Err(e) => {
+            warn!(error = %e, "blocking file work failed; the next pass takes it up again");
+            None
+        }
     }
 }
 

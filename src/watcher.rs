@@ -42,6 +42,7 @@ struct Seen {
 }
 
 /// The settle rule, kept apart from the I/O so it reads like the SPEC.
+#[derive(Default)]
 pub struct Settler {
     settle: Duration,
     sidecar_marks_done: bool,

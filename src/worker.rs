@@ -252,23 +252,9 @@ pub async fn finalize(shared: &Arc<Shared>, entry: &Entry, o: &Outcome) {
     let t0 = Instant::now();
     // Rotation moves files and fsyncs folders: off the async workers.
     let (sh, c, e, o2) = (shared.clone(), cfg.clone(), entry.clone(), o.clone());
-    let rotated = off_runtime(move || {
-        let (shared, cfg, entry, o) = (sh, c, e, o2);
-        let archive = shared.spool.archive(&entry);
-        if !archive.exists() {
-            return Ok(());
-        }
-        let sidecar: Option<PathBuf> = shared.spool.sidecar(&entry).filter(|p| p.exists());
-        let d = Deposited { archive: &archive, sidecar: sidecar.as_deref(), name: &entry.name };
-        let pdir = cfg.drop_root.join(&entry.producer);
-        match serde_json::from_value::<ReportView>(o.report.clone()) {
-            _ if o.state == SUCCESS => rotate::to_previous(&pdir, &d).map(|_| ()),
-            Ok(v) => rotate::to_rejected(&pdir, &d, &v.into_report()).map(|_| ()),
-            Err(e) => Err(Error::io(Stage::Rotate, "outcome report", std::io::Error::other(e))),
-        }
-    })
-    .await
-    .unwrap_or_else(|e| Err(Error::io(Stage::Rotate, "rotation thread", e)));
+    let rotated = off_runtime(move || rotate_entry(&sh, &c, &e, &o2))
+        .await
+        .unwrap_or_else(|e| Err(Error::io(Stage::Rotate, "rotation thread", e)));
     if let Err(e) = rotated {
         warn!(deposit = %entry.id, error = %e, "rotation failed; will retry");
         shared.done(entry);
@@ -289,6 +275,23 @@ pub async fn finalize(shared: &Arc<Shared>, entry: &Entry, o: &Outcome) {
         Err(e) => warn!(deposit = %entry.id, error = %e, "cannot record the final state yet; kept in the spool"),
     }
     shared.done(entry);
+}
+
+/// The deposit out of the spool: to `previous/`, or to `rejected/` with
+/// its reports. Nothing to do when an earlier run got that far.
+fn rotate_entry(shared: &Shared, cfg: &crate::config::Config, entry: &Entry, o: &Outcome) -> Result<(), Error> {
+    let archive = shared.spool.archive(entry);
+    if !archive.exists() {
+        return Ok(());
+    }
+    let sidecar: Option<PathBuf> = shared.spool.sidecar(entry).filter(|p| p.exists());
+    let d = Deposited { archive: &archive, sidecar: sidecar.as_deref(), name: &entry.name };
+    let pdir = cfg.drop_root.join(&entry.producer);
+    match serde_json::from_value::<ReportView>(o.report.clone()) {
+        _ if o.state == SUCCESS => rotate::to_previous(&pdir, &d).map(|_| ()),
+        Ok(v) => rotate::to_rejected(&pdir, &d, &v.into_report()).map(|_| ()),
+        Err(e) => Err(Error::io(Stage::Rotate, "outcome report", std::io::Error::other(e))),
+    }
 }
 
 /// Blocking file work on tokio's blocking pool, never on the threads that

@@ -404,7 +404,7 @@ async fn scheduler(
         // deposits of new producers waited up to a second).
         if redis_ok && !rescan && last_ping.elapsed() < Duration::from_secs(1) {
             claim_settled(&shared, &cfg, &mut settler).await;
-            schedule(&shared, &storage).await;
+            schedule(&shared, &storage, false).await;
             continue;
         }
         last_ping = Instant::now();
@@ -463,7 +463,7 @@ async fn scheduler(
         shared.redis_up.store(redis_ok, Ordering::Relaxed);
         claim_settled(&shared, &cfg, &mut settler).await;
         if redis_ok {
-            schedule(&shared, &storage).await;
+            schedule(&shared, &storage, true).await;
             // Redis answered, the spool was recovered and queued, the
             // drop folders scanned and watched: systemd may call us ready.
             if let Some(r) = ready.take() {
@@ -725,15 +725,22 @@ pub async fn trim_deposits(status: &Status, days: u64) {
 }
 
 /// Queue each producer's oldest deposit that is not queued yet.
-async fn schedule(shared: &Shared, storage: &Queue) {
-    // Each producer's oldest entry still in the spool; entries finished by
-    // a worker elsewhere (--role worker) are dropped from the index here.
+///
+/// `full` on the once-a-second pass. A deposit already queued leaves the
+/// index through [`Shared::done`] when a job of this process ends it; only
+/// a worker elsewhere (`--role worker`) can end it unseen, which its spool
+/// entry's absence tells. That stat is made on full passes only: the other
+/// passes come at every job's end (hundreds a second in a burst) and would
+/// stat every producer's deposit each time.
+async fn schedule(shared: &Shared, storage: &Queue, full: bool) {
     let mut oldest: Vec<(String, Entry)> = Vec::new();
     {
         let mut idx = lock(&shared.index);
+        let queued = lock(&shared.queued);
         for (p, entries) in idx.iter_mut() {
             while let Some((k, e)) = entries.first_key_value() {
-                if shared.spool.holds(&e.id) {
+                let waits = !full && queued.get(p) == Some(&e.id);
+                if waits || shared.spool.holds(&e.id) {
                     oldest.push((p.clone(), e.clone()));
                     break;
                 }

@@ -28,7 +28,7 @@ use crate::service::{self, Heartbeat};
 use crate::spool::{Entry, Spool};
 use crate::status::{self, Status};
 use crate::watcher::{self, Hint, Settler};
-use crate::{selfcheck, worker};
+use crate::{poll, selfcheck, worker};
 
 /// What travels through the queue: just enough to find the spool entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,6 +59,8 @@ pub struct Shared {
     pub retry_at: Mutex<HashMap<String, Instant>>,
     /// Wakes the scheduler (a job finished, a retry is due).
     pub wake: Notify,
+    /// Wakes this process's queue worker: a job was queued.
+    pub pushed: Arc<Notify>,
     pub stopping: AtomicBool,
     /// Set when the shutdown grace period is over: running pipelines stop
     /// (staging removed) and their deposits resume at the next start.
@@ -194,6 +196,7 @@ pub async fn run(config_path: PathBuf, role: Role) -> Result<()> {
         index: Mutex::default(),
         retry_at: Mutex::default(),
         wake: Notify::new(),
+        pushed: Arc::default(),
         stopping: AtomicBool::new(false),
         abort: AtomicBool::new(false),
         beat: Arc::default(),
@@ -242,13 +245,17 @@ pub async fn run(config_path: PathBuf, role: Role) -> Result<()> {
         let concurrency = cfg.workers.concurrency;
         let shutdown = Duration::from_secs(cfg.workers.shutdown_timeout_s);
         let mut rx = stop_rx.clone();
+        // Woken by this process's scheduler when it queues; the timer is
+        // for jobs queued elsewhere: a worker-only process has no other
+        // way to learn of them (see `poll`).
+        let every = Duration::from_millis(if role == Role::Worker { 10 } else { 500 });
         let monitor = Monitor::new()
             .register(move |restarts| {
                 // A fresh name per start: a restarted worker under its old
                 // name is refused while the old one still looks alive.
                 let name = format!("depot-{}-{}-{restarts}", std::process::id(), jobs::deposit::new_id("w"));
                 WorkerBuilder::new(name)
-                    .backend(storage.clone().poll_with_interval(Duration::from_millis(10)))
+                    .backend(storage.clone().poll_with_strategy(poll::Wake::new(every, sh.pushed.clone())))
                     .concurrency(concurrency)
                     .data(sh.clone())
                     .build(worker::handle)
@@ -771,6 +778,7 @@ async fn schedule(shared: &Shared, storage: &Queue, full: bool) {
         let mut s = storage.clone();
         match s.push(DepositJob { id: e.id.clone(), producer: p.clone() }).await {
             Ok(()) => {
+                shared.pushed.notify_one();
                 lock(&shared.queued).insert(p.clone(), e.id.clone());
                 lock(&shared.retry_at).remove(&e.id);
                 info!(deposit = %e.id, producer = %p, state = status::WAITING, "queued");

@@ -7,6 +7,7 @@ mod daemon;
 mod hook;
 mod metrics;
 mod ops;
+mod poll;
 mod progress;
 mod selfcheck;
 mod service;

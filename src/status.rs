@@ -176,10 +176,13 @@ impl Status {
     }
 
     /// SUCCESS or FAILURE, exactly once, with the producer's summary.
-    pub async fn terminal(&self, e: &Entry, o: &Outcome) -> redis::RedisResult<bool> {
+    /// `progress`: the job's last progress fields, written with it (the
+    /// outcome's own figures win).
+    pub async fn terminal(&self, e: &Entry, o: &Outcome, progress: &[(&str, String)]) -> redis::RedisResult<bool> {
         static SCRIPT: std::sync::LazyLock<redis::Script> =
             std::sync::LazyLock::new(|| redis::Script::new(&format!("{ENSURE}{TERMINAL}")));
-        let mut fields: Vec<(&str, String)> = vec![("state", o.state.clone()), ("finished", o.finished.clone())];
+        let mut fields: Vec<(&str, String)> = progress.to_vec();
+        fields.extend([("state", o.state.clone()), ("finished", o.finished.clone())]);
         if let Some(c) = &o.error_code {
             fields.push(("error_code", c.clone()));
         }

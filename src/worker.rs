@@ -202,7 +202,12 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
     .unwrap_or_else(|err| End::Retry(Error::io(Stage::Unpack, "pipeline thread", err)));
     ticker.abort();
     live.lap(live.stage.load(Ordering::Relaxed));
-    let _ = shared.status.progress(&entry.id, &live.fields()).await;
+    // The last stage and byte counts: with the terminal state when there
+    // is one (one round trip less per deposit), else on their own.
+    let last = live.fields();
+    if !matches!(end, End::Recorded { rotated: Ok(()), .. }) {
+        let _ = shared.status.progress(&entry.id, &last).await;
+    }
 
     match end {
         End::Cancelled => {
@@ -234,7 +239,7 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
                 return;
             }
             shared.metrics.stage(Stage::Rotate.as_str(), rotation);
-            record(shared, &entry, &outcome).await;
+            record(shared, &entry, &outcome, &last).await;
         }
     }
 }
@@ -297,13 +302,13 @@ pub async fn finalize(shared: &Arc<Shared>, entry: &Entry, o: &Outcome) {
         return;
     }
     shared.metrics.stage(Stage::Rotate.as_str(), t0.elapsed());
-    record(shared, entry, o).await;
+    record(shared, entry, o, &[]).await;
 }
 
 /// The terminal state in Redis (and the notify hook, once), then the
-/// spool entry forgotten.
-async fn record(shared: &Arc<Shared>, entry: &Entry, o: &Outcome) {
-    match shared.status.terminal(entry, o).await {
+/// spool entry forgotten. `last`: the job's final progress fields.
+async fn record(shared: &Arc<Shared>, entry: &Entry, o: &Outcome, last: &[(&str, String)]) {
+    match shared.status.terminal(entry, o, last).await {
         Ok(first) => {
             if first {
                 tell(shared, &shared.config(), entry, o);

@@ -16,8 +16,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use apalis::prelude::{PollSnapshot, PollStrategy};
-use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
+use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
 
 /// A second fetch this soon after a push: a fetch already on its way when

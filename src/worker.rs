@@ -162,7 +162,7 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
         deposit: entry.id.clone(),
         producer: entry.producer.clone(),
         archive: entry.name.clone(),
-        started,
+        started: started.clone(),
     };
     let retry = attempts < cfg.workers.max_attempts;
     let (sh, c, e, l) = (shared.clone(), cfg.clone(), entry.clone(), live.clone());
@@ -216,6 +216,26 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
             info!(deposit = %entry.id, producer = %entry.producer, "interrupted by shutdown; resumes at the next start");
             let _ = shared.status.set(&entry, status::WAITING, &[("stage", String::new())]).await;
         }
+        End::Retry(e) if !retry => {
+            // Only a pipeline thread that panicked comes back here with no
+            // attempt left: it fails like any transient fault past
+            // workers.max_attempts.
+            let base = ReportBase {
+                deposit: entry.id.clone(),
+                producer: entry.producer.clone(),
+                archive: entry.name.clone(),
+                started,
+            };
+            let outcome = failure(base, &e);
+            let (sh, en, o) = (shared.clone(), entry.clone(), outcome.clone());
+            match off_runtime(move || sh.spool.set_outcome(&en, &o)).await.and_then(|r| r) {
+                Ok(()) => finalize(shared, &entry, &outcome).await,
+                Err(err) => {
+                    warn!(deposit = %entry.id, error = %err, "cannot record the outcome; the deposit will run again");
+                    shared.done(&entry);
+                }
+            }
+        }
         End::Retry(e) => {
             // Not the producer's fault: back off, keep the deposit, try again.
             let wait = Duration::from_secs(2u64.saturating_pow(attempts.min(10)));
@@ -248,7 +268,8 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
 enum End {
     /// Shutdown: nothing recorded, the deposit runs again at the next start.
     Cancelled,
-    /// A transient failure with attempts left: nothing recorded.
+    /// A transient failure with attempts left, or a pipeline thread that
+    /// panicked: nothing recorded.
     Retry(Error),
     /// The outcome could not be written to the spool.
     Unrecorded(std::io::Error),

@@ -65,7 +65,7 @@ pub struct Workers {
 
 impl Default for Workers {
     fn default() -> Self {
-        Workers { concurrency: 4, max_attempts: 5, shutdown_timeout_s: 60, threads_per_deposit: 0 }
+        Workers { concurrency: 8, max_attempts: 5, shutdown_timeout_s: 60, threads_per_deposit: 0 }
     }
 }
 

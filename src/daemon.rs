@@ -118,8 +118,11 @@ impl Shared {
         Gauges { spool, queued: lock(&self.queued).len(), redis_up: self.redis_up.load(Ordering::Relaxed) }
     }
 
-    pub fn done(&self, e: &Entry) {
-        if !self.spool.holds(&e.id) {
+    /// A job of this process is over with `e`; `left`: its spool entry is
+    /// gone (the caller removed it), so it leaves the index too. Told, not
+    /// looked up: a stat on the runtime per deposit.
+    pub fn done(&self, e: &Entry, left: bool) {
+        if left {
             self.index_remove(e);
         }
         let mut q = lock(&self.queued);

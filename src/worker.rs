@@ -156,14 +156,7 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
     let settings = cfg.settings_for(&entry.producer);
     let publish_root = cfg.publish_root.clone();
     let archive = shared.spool.archive(&entry);
-    // A claim cut short may name a sidecar that never came in.
-    let sidecar = shared.spool.sidecar(&entry).filter(|p| p.exists());
-    let base = ReportBase {
-        deposit: entry.id.clone(),
-        producer: entry.producer.clone(),
-        archive: entry.name.clone(),
-        started: started.clone(),
-    };
+    let base = report_base(&entry, &started);
     let retry = attempts < cfg.workers.max_attempts;
     let (sh, c, e, l) = (shared.clone(), cfg.clone(), entry.clone(), live.clone());
     let t0 = Instant::now();
@@ -171,6 +164,8 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
     // pool: each trip is a thread hand-over both ways (measured: futex
     // wake-ups were 4% of the daemon's CPU with one trip per step).
     let end = off_runtime(move || {
+        // A claim cut short may name a sidecar that never came in.
+        let sidecar = sh.spool.sidecar(&e).filter(|p| p.exists());
         let job = Job {
             id: &e.id,
             producer: &e.producer,
@@ -220,19 +215,13 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
             // Only a pipeline thread that panicked comes back here with no
             // attempt left: it fails like any transient fault past
             // workers.max_attempts.
-            let base = ReportBase {
-                deposit: entry.id.clone(),
-                producer: entry.producer.clone(),
-                archive: entry.name.clone(),
-                started,
-            };
-            let outcome = failure(base, &e);
+            let outcome = failure(report_base(&entry, &started), &e);
             let (sh, en, o) = (shared.clone(), entry.clone(), outcome.clone());
             match off_runtime(move || sh.spool.set_outcome(&en, &o)).await.and_then(|r| r) {
                 Ok(()) => finalize(shared, &entry, &outcome).await,
                 Err(err) => {
                     warn!(deposit = %entry.id, error = %err, "cannot record the outcome; the deposit will run again");
-                    shared.done(&entry);
+                    shared.done(&entry, false);
                 }
             }
         }
@@ -245,17 +234,17 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
                 .set(&entry, status::WAITING, &[("error_code", e.code().as_str().into()), ("error", e.message())])
                 .await;
             shared.retry_at.lock().map(|mut r| r.insert(entry.id.clone(), Instant::now() + wait)).ok();
-            shared.done(&entry);
+            shared.done(&entry, false);
         }
         End::Unrecorded(e) => {
             warn!(deposit = %entry.id, error = %e, "cannot record the outcome; the deposit will run again");
-            shared.done(&entry);
+            shared.done(&entry, false);
         }
         End::Recorded { outcome, elapsed, rotated, rotation } => {
             info!(deposit = %entry.id, producer = %entry.producer, elapsed_ms = elapsed.as_millis() as u64, "pipeline done");
             if let Err(e) = rotated {
                 warn!(deposit = %entry.id, error = %e, "rotation failed; will retry");
-                shared.done(&entry);
+                shared.done(&entry, false);
                 return;
             }
             shared.metrics.stage(Stage::Rotate.as_str(), rotation);
@@ -275,6 +264,15 @@ enum End {
     Unrecorded(std::io::Error),
     /// The outcome is in the spool; rotation was tried.
     Recorded { outcome: Box<Outcome>, elapsed: Duration, rotated: Result<(), Error>, rotation: Duration },
+}
+
+fn report_base(entry: &Entry, started: &str) -> ReportBase {
+    ReportBase {
+        deposit: entry.id.clone(),
+        producer: entry.producer.clone(),
+        archive: entry.name.clone(),
+        started: started.to_owned(),
+    }
 }
 
 fn success(base: ReportBase, p: &jobs::publish::Published) -> Outcome {
@@ -319,7 +317,7 @@ pub async fn finalize(shared: &Arc<Shared>, entry: &Entry, o: &Outcome) {
         .unwrap_or_else(|e| Err(Error::io(Stage::Rotate, "rotation thread", e)));
     if let Err(e) = rotated {
         warn!(deposit = %entry.id, error = %e, "rotation failed; will retry");
-        shared.done(entry);
+        shared.done(entry, false);
         return;
     }
     shared.metrics.stage(Stage::Rotate.as_str(), t0.elapsed());
@@ -329,20 +327,25 @@ pub async fn finalize(shared: &Arc<Shared>, entry: &Entry, o: &Outcome) {
 /// The terminal state in Redis (and the notify hook, once), then the
 /// spool entry forgotten. `last`: the job's final progress fields.
 async fn record(shared: &Arc<Shared>, entry: &Entry, o: &Outcome, last: &[(&str, String)]) {
-    match shared.status.terminal(entry, o, last).await {
+    let left = match shared.status.terminal(entry, o, last).await {
         Ok(first) => {
             if first {
                 tell(shared, &shared.config(), entry, o);
             }
             info!(deposit = %entry.id, producer = %entry.producer, state = %o.state, error_code = o.error_code.as_deref().unwrap_or(""), "finished");
             let (sh, e) = (shared.clone(), entry.clone());
-            if let Err(e) = off_runtime(move || sh.spool.remove(&e)).await.and_then(|r| r) {
+            let removed = off_runtime(move || sh.spool.remove(&e)).await.and_then(|r| r);
+            if let Err(e) = &removed {
                 warn!(deposit = %entry.id, error = %e, "cannot remove the spool entry");
             }
+            removed.is_ok()
         }
-        Err(e) => warn!(deposit = %entry.id, error = %e, "cannot record the final state yet; kept in the spool"),
-    }
-    shared.done(entry);
+        Err(e) => {
+            warn!(deposit = %entry.id, error = %e, "cannot record the final state yet; kept in the spool");
+            false
+        }
+    };
+    shared.done(entry, left);
 }
 
 /// The deposit out of the spool: to `previous/`, or to `rejected/` with

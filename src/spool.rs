@@ -225,14 +225,14 @@ impl Spool {
     /// The entry kept in a 0.2 outcome record (whose entry record a power
     /// cut lost), written back as an entry record with its outcome.
     fn entry_from_outcome(&self, id: &str) -> io::Result<Option<Entry>> {
-        #[derive(Deserialize)]
-        struct Stored {
-            entry: Option<Entry>,
-        }
-        let stored: Option<Stored> = read_json(&self.outcome_path(id)).unwrap_or(None);
-        match stored.and_then(|s| s.entry).filter(|e| e.id == id) {
+        // Read once: the same JSON object is the entry (its `entry` field)
+        // and the outcome (the rest).
+        let stored: Option<serde_json::Value> = read_json(&self.outcome_path(id)).unwrap_or(None);
+        let Some(stored) = stored else { return Ok(None) };
+        let entry = stored.get("entry").cloned().and_then(|v| serde_json::from_value::<Entry>(v).ok());
+        match entry.filter(|e| e.id == id) {
             Some(e) => {
-                let o = read_json(&self.outcome_path(id))?;
+                let o: Option<Outcome> = serde_json::from_value(stored).ok();
                 self.rewrite(&e, o.as_ref())?;
                 Ok(Some(e))
             }

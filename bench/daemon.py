@@ -184,12 +184,13 @@ def main():
                   f"depot/baseline = {n / (t1 - t0) / rate:.2f}x")
             bu, bs = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
             print(f"    baseline CPU: user {bu:.2f} s, system {bs:.2f} s = {(bu + bs) / n * 1000:.2f} ms per deposit")
-        with open(f"/proc/{daemon.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-            tck = os.sysconf("SC_CLK_TCK")
-            user, system = int(fields[11]) / tck, int(fields[12]) / tck
-        print(f"    daemon CPU over the whole run: user {user:.2f} s, system {system:.2f} s"
-              + (f" = {(user + system) / n * 1000:.2f} ms per deposit (throughput run only)" if a.drops == 0 else ""))
+        for who, pid in (("daemon", daemon.pid), ("redis-server", redis.pid)):
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+                tck = os.sysconf("SC_CLK_TCK")
+                user, system = int(fields[11]) / tck, int(fields[12]) / tck
+            print(f"    {who} CPU over the whole run: user {user:.2f} s, system {system:.2f} s"
+                  + (f" = {(user + system) / n * 1000:.2f} ms per deposit (throughput run only)" if a.drops == 0 else ""))
         with open(f"/proc/{daemon.pid}/status") as f:
             hwm = [l for l in f if l.startswith("VmHWM")][0].split()[1]
         print(f"(3) daemon peak RSS (VmHWM): {int(hwm) / 1024:.1f} MiB")

@@ -496,11 +496,16 @@ fn handle_hint(shared: &Shared, settler: &mut Settler, h: Hint, rescan: &mut boo
             let cfg = shared.config();
             let is_p = |x: &str| cfg.is_producer(x);
             if let Some((_, name)) = watcher::classify(&cfg.drop_root, &p, &is_p) {
-                let target =
-                    if let Some(base) = name.strip_suffix(".md5") { p.with_file_name(base) } else { p.clone() };
+                let sidecar_of = name.strip_suffix(".md5");
+                let target = sidecar_of.map_or_else(|| p.clone(), |base| p.with_file_name(base));
                 let tname = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 if !watcher::ignored(&tname) {
-                    settler.note(&target, Instant::now());
+                    if sidecar_of.is_some() {
+                        // The sidecar may mark its archive done before settle_ms.
+                        settler.poke(&target, Instant::now());
+                    } else {
+                        settler.note(&target, Instant::now());
+                    }
                 }
             } else if created && p.strip_prefix(&cfg.drop_root).is_ok_and(|r| r.components().count() <= 2) {
                 // A new producer folder or its new/: files may have landed
@@ -548,13 +553,17 @@ const MIN_CLAIMS: usize = 32;
 /// worker) waiting for several ticks.
 async fn claim_settled(shared: &Arc<Shared>, cfg: &Arc<Config>, settler: &mut Settler) {
     let now = Instant::now();
-    let is_p = |p: &str| cfg.is_producer(p);
-    let mut producers = std::collections::BTreeSet::new();
-    for path in settler.candidates() {
-        if let Some((p, _)) = watcher::classify(&cfg.drop_root, &path, &is_p) {
-            producers.insert(p);
-        }
+    if !settler.due(now) {
+        return;
     }
+    let producers: std::collections::BTreeSet<String> = settler
+        .folders()
+        .into_iter()
+        .filter_map(|dir| {
+            let p = dir.parent()?.file_name()?.to_str()?;
+            (dir == cfg.drop_root.join(p).join("new") && cfg.is_producer(p)).then(|| p.to_owned())
+        })
+        .collect();
     if producers.is_empty() {
         return;
     }
@@ -625,7 +634,7 @@ fn claim_batch(
     let mut turns: Vec<(String, std::vec::IntoIter<PathBuf>)> = producers
         .into_iter()
         .map(|p| {
-            let files = watcher::candidates_of(&cfg.drop_root.join(&p).join("new"));
+            let files = settler.ordered(&cfg.drop_root.join(&p).join("new"), now);
             (p, files.into_iter())
         })
         .collect();

@@ -5,6 +5,7 @@
 //! after it.
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -42,22 +43,47 @@ struct Seen {
 }
 
 /// The settle rule, kept apart from the I/O so it reads like the SPEC.
+/// What it has seen is kept per folder (a producer's `new/`), so that the
+/// claim pass asks one producer's files in upload order without a stat of
+/// each (see [`Settler::ordered`]).
 #[derive(Default)]
 pub struct Settler {
     settle: Duration,
     sidecar_marks_done: bool,
-    seen: HashMap<PathBuf, Seen>,
-    warned: HashMap<PathBuf, ()>,
+    seen: HashMap<PathBuf, HashMap<OsString, Seen>>,
+    warned: HashSet<PathBuf>,
+    /// A sidecar arrived since the last claim pass: its archive may be
+    /// done before its settle time.
+    poked: bool,
+}
+
+fn split(path: &Path) -> Option<(&Path, &OsStr)> {
+    Some((path.parent()?, path.file_name()?))
 }
 
 impl Settler {
     pub fn new(settle: Duration, sidecar_marks_done: bool) -> Self {
-        Settler { settle, sidecar_marks_done, seen: HashMap::new(), warned: HashMap::new() }
+        Settler { settle, sidecar_marks_done, ..Settler::default() }
     }
 
     pub fn reconfigure(&mut self, settle: Duration, sidecar_marks_done: bool) {
         self.settle = settle;
         self.sidecar_marks_done = sidecar_marks_done;
+    }
+
+    fn insert(&mut self, path: &Path, seen: Seen) {
+        if let Some((dir, name)) = split(path) {
+            self.seen.entry(dir.to_path_buf()).or_default().insert(name.to_owned(), seen);
+        }
+    }
+
+    fn get_mut(&mut self, path: &Path) -> Option<&mut Seen> {
+        let (dir, name) = split(path)?;
+        self.seen.get_mut(dir)?.get_mut(name)
+    }
+
+    fn knows(&self, path: &Path) -> bool {
+        split(path).and_then(|(dir, name)| self.seen.get(dir)?.get(name)).is_some()
     }
 
     /// Look at one candidate now; true when it has settled.
@@ -66,15 +92,15 @@ impl Settler {
         let meta = match fs::symlink_metadata(path) {
             Ok(m) => m,
             Err(_) => {
-                self.seen.remove(path);
+                self.forget(path);
                 return false;
             }
         };
         if !meta.file_type().is_file() {
-            if self.warned.insert(path.to_path_buf(), ()).is_none() {
+            if self.warned.insert(path.to_path_buf()) {
                 warn!(path = %path.display(), "skipping: not a regular file (link, FIFO, socket or device)");
             }
-            self.seen.remove(path);
+            self.forget(path);
             return false;
         }
         let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
@@ -85,7 +111,7 @@ impl Settler {
                 && sm.file_type().is_file()
                 && sm.modified().is_ok_and(|t| t >= mtime)
             {
-                self.seen.remove(path);
+                self.forget(path);
                 return true;
             }
         }
@@ -93,13 +119,14 @@ impl Settler {
         // rename that kept the source's mtime): settled, since the size
         // cannot change without the mtime changing.
         if SystemTime::now().duration_since(mtime).is_ok_and(|age| age >= self.settle) {
-            self.seen.remove(path);
+            self.forget(path);
             return true;
         }
-        match self.seen.get_mut(path) {
+        let settle = self.settle;
+        match self.get_mut(path) {
             Some(s) if s.size == meta.len() && s.mtime == mtime => {
-                if now.duration_since(s.since) >= self.settle {
-                    self.seen.remove(path);
+                if now.duration_since(s.since) >= settle {
+                    self.forget(path);
                     return true;
                 }
                 false
@@ -109,7 +136,7 @@ impl Settler {
                 false
             }
             None => {
-                self.seen.insert(path.to_path_buf(), Seen { size: meta.len(), mtime, since: now });
+                self.insert(path, Seen { size: meta.len(), mtime, since: now });
                 false
             }
         }
@@ -117,40 +144,86 @@ impl Settler {
 
     /// Remember a path to look at; judged by `observe`.
     pub fn note(&mut self, path: &Path, now: Instant) {
-        if !self.seen.contains_key(path) {
+        if !self.knows(path) {
             self.observe(path, now);
             // Settled at first sight: keep it listed until claimed.
             if let Ok(m) = fs::symlink_metadata(path)
                 && m.file_type().is_file()
+                && !self.knows(path)
             {
                 let mtime = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-                self.seen.entry(path.to_path_buf()).or_insert(Seen { size: m.len(), mtime, since: now });
+                self.insert(path, Seen { size: m.len(), mtime, since: now });
             }
         }
     }
 
-    pub fn candidates(&self) -> Vec<PathBuf> {
-        self.seen.keys().cloned().collect()
+    /// A sidecar arrived for `path`: look at it at the next claim pass.
+    pub fn poke(&mut self, path: &Path, now: Instant) {
+        self.note(path, now);
+        self.poked = true;
+    }
+
+    /// Could anything have settled by `now`? A claim pass lists the busy
+    /// folders; while every upload is still inside its settle time (a burst
+    /// just dropped, a slow sftp upload) there is nothing to list them for.
+    pub fn due(&mut self, now: Instant) -> bool {
+        let wall = SystemTime::now();
+        let settle = self.settle;
+        std::mem::take(&mut self.poked)
+            || self.seen.values().flat_map(HashMap::values).any(|s| {
+                now.duration_since(s.since) >= settle || wall.duration_since(s.mtime).is_ok_and(|a| a >= settle)
+            })
+    }
+
+    /// The folders that hold candidates.
+    pub fn folders(&self) -> Vec<PathBuf> {
+        self.seen.iter().filter(|(_, files)| !files.is_empty()).map(|(d, _)| d.clone()).collect()
     }
 
     pub fn forget(&mut self, path: &Path) {
-        self.seen.remove(path);
+        if let Some((dir, name)) = split(path)
+            && let Some(files) = self.seen.get_mut(dir)
+        {
+            files.remove(name);
+            if files.is_empty() {
+                self.seen.remove(dir);
+            }
+        }
     }
-}
 
-/// One producer's candidate files, oldest upload first: by mtime, then by
-/// name (file times are only as fine as the kernel's clock tick).
-pub fn candidates_of(new_dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<(SystemTime, PathBuf)> = walkdir::WalkDir::new(new_dir)
-        .min_depth(1)
-        .max_depth(1)
-        .into_iter()
-        .flatten()
-        .filter(|f| f.file_type().is_file() && !ignored(&f.file_name().to_string_lossy()))
-        .map(|f| (f.metadata().ok().and_then(|m| m.modified().ok()).unwrap_or(SystemTime::UNIX_EPOCH), f.into_path()))
-        .collect();
-    files.sort();
-    files.into_iter().map(|(_, p)| p).collect()
+    /// A producer's candidate files, oldest upload first: by mtime, then by
+    /// name (file times are only as fine as the kernel's clock tick). The
+    /// folder is listed, so that a file whose event was missed is not
+    /// overtaken by a newer one; only files not seen before are stat'ed
+    /// (the others sort by the mtime last seen: one that changed since is
+    /// judged by `observe`, which stops the walk at it). A file gone from
+    /// the folder is forgotten.
+    pub fn ordered(&mut self, new_dir: &Path, now: Instant) -> Vec<PathBuf> {
+        let mut listed = HashSet::new();
+        let mut files = Vec::new();
+        for f in walkdir::WalkDir::new(new_dir).min_depth(1).max_depth(1).into_iter().flatten() {
+            if !f.file_type().is_file() || ignored(&f.file_name().to_string_lossy()) {
+                continue;
+            }
+            let path = f.into_path();
+            self.note(&path, now);
+            let Some(mtime) = split(&path).and_then(|(d, n)| self.seen.get(d)?.get(n)).map(|s| s.mtime) else {
+                continue;
+            };
+            if let Some(name) = path.file_name() {
+                listed.insert(name.to_owned());
+            }
+            files.push((mtime, path));
+        }
+        if let Some(known) = self.seen.get_mut(new_dir) {
+            known.retain(|name, _| listed.contains(name));
+            if known.is_empty() {
+                self.seen.remove(new_dir);
+            }
+        }
+        files.sort();
+        files.into_iter().map(|(_, p)| p).collect()
+    }
 }
 
 /// Every candidate file under every producer's `new/`.

@@ -35,7 +35,7 @@ pub fn classify(drop_root: &Path, path: &Path, is_producer: &dyn Fn(&str) -> boo
     Some((p, name))
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 struct Seen {
     size: u64,
     mtime: SystemTime,
@@ -88,22 +88,26 @@ impl Settler {
 
     /// Look at one candidate now; true when it has settled.
     pub fn observe(&mut self, path: &Path, now: Instant) -> bool {
+        self.judge(path, now).is_some_and(|(settled, _)| settled)
+    }
+
+    /// `observe`, also giving what the stat saw (None: not a regular file,
+    /// or gone), so that a caller need not stat the file again.
+    fn judge(&mut self, path: &Path, now: Instant) -> Option<(bool, Seen)> {
         // symlink_metadata: a link is never followed, a FIFO never opened.
-        let meta = match fs::symlink_metadata(path) {
-            Ok(m) => m,
-            Err(_) => {
-                self.forget(path);
-                return false;
-            }
+        let Ok(meta) = fs::symlink_metadata(path) else {
+            self.forget(path);
+            return None;
         };
         if !meta.file_type().is_file() {
             if self.warned.insert(path.to_path_buf()) {
                 warn!(path = %path.display(), "skipping: not a regular file (link, FIFO, socket or device)");
             }
             self.forget(path);
-            return false;
+            return None;
         }
         let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        let seen = Seen { size: meta.len(), mtime, since: now };
         if self.sidecar_marks_done {
             let mut side = path.as_os_str().to_owned();
             side.push(".md5");
@@ -112,7 +116,7 @@ impl Settler {
                 && sm.modified().is_ok_and(|t| t >= mtime)
             {
                 self.forget(path);
-                return true;
+                return Some((true, seen));
             }
         }
         // Not written for settle_ms already (noticed late, or an rsync
@@ -120,40 +124,29 @@ impl Settler {
         // cannot change without the mtime changing.
         if SystemTime::now().duration_since(mtime).is_ok_and(|age| age >= self.settle) {
             self.forget(path);
-            return true;
+            return Some((true, seen));
         }
         let settle = self.settle;
         match self.get_mut(path) {
-            Some(s) if s.size == meta.len() && s.mtime == mtime => {
+            Some(s) if s.size == seen.size && s.mtime == mtime => {
                 if now.duration_since(s.since) >= settle {
                     self.forget(path);
-                    return true;
+                    return Some((true, seen));
                 }
-                false
             }
-            Some(s) => {
-                *s = Seen { size: meta.len(), mtime, since: now };
-                false
-            }
-            None => {
-                self.insert(path, Seen { size: meta.len(), mtime, since: now });
-                false
-            }
+            Some(s) => *s = seen,
+            None => self.insert(path, seen),
         }
+        Some((false, seen))
     }
 
-    /// Remember a path to look at; judged by `observe`.
+    /// Remember a path to look at; judged by `observe`. One settled at
+    /// first sight stays listed until claimed.
     pub fn note(&mut self, path: &Path, now: Instant) {
-        if !self.knows(path) {
-            self.observe(path, now);
-            // Settled at first sight: keep it listed until claimed.
-            if let Ok(m) = fs::symlink_metadata(path)
-                && m.file_type().is_file()
-                && !self.knows(path)
-            {
-                let mtime = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-                self.insert(path, Seen { size: m.len(), mtime, since: now });
-            }
+        if !self.knows(path)
+            && let Some((true, seen)) = self.judge(path, now)
+        {
+            self.insert(path, seen);
         }
     }
 
@@ -351,6 +344,43 @@ mod tests {
         assert_eq!(classify(root, Path::new("/d/MSEC/previous/a.zip"), &yes), None);
         assert_eq!(classify(root, Path::new("/d/XXXX/new/a.zip"), &yes), None);
         assert_eq!(classify(root, Path::new("/d/MSEC/new/sub/a.zip"), &yes), None);
+    }
+
+    #[test]
+    fn ordered_by_mtime_and_forgets_what_left() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let old = SystemTime::now() - Duration::from_secs(60);
+        for (name, age) in [("b.zip", 10), ("a.zip", 20), ("c.zip", 10)] {
+            fs::write(dir.join(name), b"1").unwrap();
+            fs::File::options()
+                .write(true)
+                .open(dir.join(name))
+                .unwrap()
+                .set_modified(old + Duration::from_secs(age))
+                .unwrap();
+        }
+        fs::write(dir.join(".hidden"), b"1").unwrap();
+        let mut s = Settler::new(Duration::from_secs(10), true);
+        let t0 = Instant::now();
+        // b.zip noticed first (by its event), the others only by the listing.
+        s.note(&dir.join("b.zip"), t0);
+        let names =
+            |v: Vec<PathBuf>| v.iter().map(|p| p.file_name().unwrap().to_str().unwrap().to_owned()).collect::<Vec<_>>();
+        assert_eq!(names(s.ordered(dir, t0)), ["b.zip", "c.zip", "a.zip"]);
+        assert!(s.due(t0), "files not written for longer than settle_ms are due");
+        fs::remove_file(dir.join("c.zip")).unwrap();
+        assert_eq!(names(s.ordered(dir, t0)), ["b.zip", "a.zip"]);
+        assert_eq!(s.folders(), vec![dir.to_path_buf()]);
+        fs::remove_file(dir.join("a.zip")).unwrap();
+        fs::remove_file(dir.join("b.zip")).unwrap();
+        assert!(s.ordered(dir, t0).is_empty());
+        assert!(s.folders().is_empty(), "a folder whose files left is not listed again");
+        // A fresh upload is not due before its settle time.
+        fs::write(dir.join("d.zip"), b"1").unwrap();
+        s.note(&dir.join("d.zip"), t0);
+        assert!(!s.due(t0));
+        assert!(s.due(t0 + Duration::from_secs(11)));
     }
 
     #[test]

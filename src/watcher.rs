@@ -51,11 +51,17 @@ pub struct Settler {
     settle: Duration,
     sidecar_marks_done: bool,
     seen: HashMap<PathBuf, HashMap<OsString, Seen>>,
+    /// Non-regular files already warned about, so that a FIFO left in a
+    /// drop folder is not reported at every pass. Bounded: a producer who
+    /// makes fresh FIFOs forever must not grow a daemon that runs for
+    /// months; past the bound a warning may repeat, nothing worse.
     warned: HashSet<PathBuf>,
     /// A sidecar arrived since the last claim pass: its archive may be
     /// done before its settle time.
     poked: bool,
 }
+
+const MAX_WARNED: usize = 4096;
 
 fn split(path: &Path) -> Option<(&Path, &OsStr)> {
     Some((path.parent()?, path.file_name()?))
@@ -100,6 +106,9 @@ impl Settler {
             return None;
         };
         if !meta.file_type().is_file() {
+            if self.warned.len() >= MAX_WARNED {
+                self.warned.clear();
+            }
             if self.warned.insert(path.to_path_buf()) {
                 warn!(path = %path.display(), "skipping: not a regular file (link, FIFO, socket or device)");
             }
@@ -344,6 +353,21 @@ mod tests {
         assert_eq!(classify(root, Path::new("/d/MSEC/previous/a.zip"), &yes), None);
         assert_eq!(classify(root, Path::new("/d/XXXX/new/a.zip"), &yes), None);
         assert_eq!(classify(root, Path::new("/d/MSEC/new/sub/a.zip"), &yes), None);
+    }
+
+    #[test]
+    fn non_regular_files_warned_once_within_a_bound() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = Settler::new(Duration::from_secs(10), true);
+        let t0 = Instant::now();
+        for i in 0..MAX_WARNED + 10 {
+            let link = tmp.path().join(format!("l{i}"));
+            std::os::unix::fs::symlink("nowhere", &link).unwrap();
+            assert!(!s.observe(&link, t0));
+            assert!(!s.observe(&link, t0), "seen twice, still skipped");
+            assert!(s.warned.len() <= MAX_WARNED);
+        }
+        assert!(s.seen.is_empty());
     }
 
     #[test]

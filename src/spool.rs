@@ -12,12 +12,17 @@
 //! creations after it (bench/daemon.py). Versions before 0.2 kept `<id>/`
 //! folders and 0.2 `<id>.outcome.json` files; both are still read.
 
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use jobs::rotate::{open_nofollow, rename_noreplace};
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
 pub const SPOOL: &str = ".depot/spool";
 
@@ -25,13 +30,30 @@ pub const SPOOL: &str = ".depot/spool";
 pub struct Entry {
     pub id: String,
     pub producer: String,
-    /// The archive's name as dropped.
+    /// The archive's name as dropped; a name of depot's own (`<id>.zip`)
+    /// when that one cannot be stored (see `invalid_name`).
     pub name: String,
     /// Claim time (ns since the epoch): one producer's deposits run in this order.
     pub claimed_ns: u128,
     pub size: u64,
     pub sidecar: bool,
     pub created: String,
+    /// The archive as the claim's fstat saw it, through the descriptor it
+    /// opened without following a link (with `size`): device and inode
+    /// say which file custody took (the rename in was checked against
+    /// them), mtime (ns since the epoch) when it was last written. None in
+    /// records of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ino: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_ns: Option<i64>,
+    /// The name as dropped could not be stored (not UTF-8, control
+    /// characters, too long for its sidecar's name): the message the
+    /// deposit fails with, NAME_INVALID, without running the pipeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalid_name: Option<String>,
 }
 
 /// What the pipeline decided, kept until rotation and Redis both know it.
@@ -55,6 +77,94 @@ fn archive_name(id: &str, name: &str) -> Option<String> {
 /// The deposit id a spool file belongs to: `<id>`, `<id>=<name>`, `<id>.json`, …
 fn id_of(file: &str) -> &str {
     file.split(['.', '=']).next().unwrap_or_default()
+}
+
+/// The longest name stored as dropped: its sidecar `<name>.md5` must fit
+/// in a file name too (255 bytes).
+const MAX_NAME: usize = 251;
+
+/// Linux errno values the claim tells apart.
+const ELOOP: i32 = 40;
+const ENAMETOOLONG: i32 = 36;
+
+/// Why a name as dropped cannot be stored, if it cannot: it rides in
+/// Redis, reports, logs and the producer's mail, where control characters
+/// (C0, DEL, C1) reach terminals and bytes that are not UTF-8 do not
+/// survive; and a name with no room for `.md5` breaks its sidecar's name.
+fn unstorable(name: &OsStr) -> Option<&'static str> {
+    match std::str::from_utf8(name.as_bytes()) {
+        Err(_) => Some("not UTF-8"),
+        Ok(s) if s.chars().any(char::is_control) => Some("control characters"),
+        Ok(s) if s.len() > MAX_NAME => Some("longer than 251 bytes"),
+        Ok(_) => None,
+    }
+}
+
+/// What the claim may take from a producer's `new/`: opened without
+/// following a link (and without blocking on a FIFO), a regular file with
+/// exactly one link. The metadata is the descriptor's (fstat), not the
+/// name's: the name may be swapped at any time, the descriptor not.
+fn checked(path: &Path) -> io::Result<fs::Metadata> {
+    let f = open_nofollow(path).map_err(|e| {
+        if e.raw_os_error() == Some(ELOOP) { io::Error::new(e.kind(), "a symlink, never followed") } else { e }
+    })?;
+    let m = f.metadata()?;
+    if !m.file_type().is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    if m.nlink() != 1 {
+        return Err(io::Error::other(format!("{} links: a hard link is never claimed", m.nlink())));
+    }
+    Ok(m)
+}
+
+/// A name that stays one entry of the folder it is joined to.
+fn plain(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains('/')
+}
+
+/// Is `path` (never followed) the inode that `m` describes?
+fn same_file(path: &Path, m: &fs::Metadata) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|d| d.dev() == m.dev() && d.ino() == m.ino())
+}
+
+/// Put `src` (a spool file) into the producer's `new/` as `name`, never
+/// over a file there: when `name` was taken meanwhile (a newer upload),
+/// under [`returned_name`]. Returns where it went.
+fn return_to_new(src: &Path, new: &Path, name: &OsStr, id: &str) -> io::Result<PathBuf> {
+    let dst = new.join(name);
+    match rename_noreplace(src, &dst) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let other = new.join(returned_name(name, id));
+            rename_noreplace(src, &other)?;
+            warn!(taken = %dst.display(), kept_as = %other.display(), "a newer file holds the name: the one given back is kept beside it");
+            Ok(other)
+        }
+        Err(e) => Err(e),
+        Ok(()) => Ok(dst),
+    }
+}
+
+/// The visible name a given-back file takes when its own is taken in
+/// `new/`: `<name>.returned-<id>`, with `.md5` kept last for a sidecar
+/// (`a.zip.returned-<id>.md5` beside `a.zip.returned-<id>`, so that the
+/// pair still goes together). When that is too long for a file name,
+/// `<id>.returned` (and `<id>.returned.md5`). Not hidden: a hidden name is
+/// ignored forever; this one is claimed and judged like any upload (its
+/// mtime, kept by the rename, puts it before the newer file).
+fn returned_name(name: &OsStr, id: &str) -> OsString {
+    let b = name.as_bytes();
+    let (stem, md5) = match b.strip_suffix(b".md5") {
+        Some(stem) => (stem, ".md5"),
+        None => (b, ""),
+    };
+    let mut out = OsString::from(OsStr::from_bytes(stem));
+    out.push(format!(".returned-{id}"));
+    if out.len() + ".md5".len() > 255 {
+        out = OsString::from(format!("{id}.returned"));
+    }
+    out.push(md5);
+    out
 }
 
 pub struct Spool {
@@ -136,36 +246,91 @@ impl Spool {
     /// anyone is told. A crash before that sync leaves each file in `new/`
     /// or in the spool with an entry that [`Spool::list`] either keeps or
     /// uses to give the files back to `new/` under their names: never lost.
+    ///
+    /// The producer controls the names and links in its `new/`, and their
+    /// timing: the archive is opened without following a link and must be
+    /// a regular file with one link (a link to a file elsewhere would have
+    /// depot publish and move a file the producer cannot read); the renames
+    /// never replace anything; and what was renamed in must be the inode
+    /// that was checked, or it goes back (a name swapped in between).
+    /// A name that cannot be stored is claimed all the same, under
+    /// `<id>.zip`, and fails at once as NAME_INVALID (see `invalid_name`).
     pub fn claim(&self, producer: &str, path: &Path) -> io::Result<Entry> {
-        let name =
-            path.file_name().map(|n| n.to_string_lossy().into_owned()).ok_or_else(|| io::Error::other("no name"))?;
-        let size = fs::symlink_metadata(path)?.len();
+        let (Some(dropped), Some(new)) = (path.file_name(), path.parent()) else {
+            return Err(io::Error::other("no name"));
+        };
+        let meta = checked(path).map_err(|e| io::Error::new(e.kind(), format!("not claimed: {e}")))?;
         let claimed_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let side_src = path.with_file_name(format!("{name}.md5"));
-        let entry = Entry {
-            id: jobs::deposit::new_id(producer),
+        let id = jobs::deposit::new_id(producer);
+        let (name, invalid_name) = match (unstorable(dropped), dropped.to_str()) {
+            (None, Some(n)) => (n.to_owned(), None),
+            (why, _) => (
+                format!("{id}.zip"),
+                Some(format!(
+                    "the file name {dropped:?} cannot be stored ({}); rename the file and upload it again",
+                    why.unwrap_or("not UTF-8")
+                )),
+            ),
+        };
+        let mut side_name = dropped.to_owned();
+        side_name.push(".md5");
+        let side_src = new.join(&side_name);
+        let side_meta = match checked(&side_src) {
+            Ok(m) => Some(m),
+            // No sidecar; or none can exist, its name being too long.
+            Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(ENAMETOOLONG) => None,
+            Err(e) => {
+                warn!(path = %side_src.display(), error = %e, "sidecar ignored, never read: the deposit goes on without it");
+                None
+            }
+        };
+        let mut entry = Entry {
+            id,
             producer: producer.to_owned(),
             name,
             claimed_ns,
-            size,
-            sidecar: side_src.is_file(),
+            size: meta.len(),
+            sidecar: side_meta.is_some(),
             created: jobs::deposit::now_rfc3339(),
+            dev: Some(meta.dev()),
+            ino: Some(meta.ino()),
+            mtime_ns: Some(meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec())),
+            invalid_name,
         };
         // Written in place, not through a temporary file: a record cut
         // short by a crash before the batch's sync reads as lost, and
         // `list` gives the archive back under the name it carries.
-        let mut line = serde_json::to_vec(&entry).map_err(io::Error::other)?;
-        line.push(b'\n');
-        fs::write(self.entry_path(&entry.id), line)?;
-        if let Some(dst) = self.sidecar(&entry)
-            && let Err(e) = fs::rename(&side_src, dst)
-        {
-            let _ = fs::remove_file(self.entry_path(&entry.id));
-            return Err(e);
+        self.write_entry(&entry)?;
+        let side_dst = self.root.join(format!("{}.md5", entry.id));
+        if let Some(sm) = &side_meta {
+            if let Err(e) = rename_noreplace(&side_src, &side_dst) {
+                let _ = fs::remove_file(self.entry_path(&entry.id));
+                return Err(e);
+            }
+            if !same_file(&side_dst, sm) {
+                warn!(path = %side_src.display(), "sidecar swapped while it was claimed: given back, the deposit goes on without it");
+                let back = return_to_new(&side_dst, new, &side_name, &entry.id);
+                if let Err(e) = back.and_then(|_| {
+                    entry.sidecar = false;
+                    self.write_entry(&entry)
+                }) {
+                    let _ = fs::remove_file(self.entry_path(&entry.id));
+                    return Err(e);
+                }
+            }
         }
-        if let Err(e) = fs::rename(path, self.archive(&entry)) {
-            if let Some(side) = self.sidecar(&entry) {
-                let _ = fs::rename(side, &side_src);
+        let dst = self.archive(&entry);
+        let claimed = rename_noreplace(path, &dst).and_then(|()| {
+            if same_file(&dst, &meta) {
+                return Ok(());
+            }
+            let back = return_to_new(&dst, new, dropped, &entry.id)?;
+            warn!(path = %path.display(), returned = %back.display(), "file swapped while it was claimed: given back, not claimed");
+            Err(io::Error::other("swapped while it was claimed"))
+        });
+        if let Err(e) = claimed {
+            if entry.sidecar {
+                let _ = return_to_new(&side_dst, new, &side_name, &entry.id);
             }
             let _ = fs::remove_file(self.entry_path(&entry.id));
             return Err(e);
@@ -173,15 +338,23 @@ impl Spool {
         Ok(entry)
     }
 
-    /// Make a batch of claims durable: the spool folder (the renamed-in
+    fn write_entry(&self, e: &Entry) -> io::Result<()> {
+        let mut line = serde_json::to_vec(e).map_err(io::Error::other)?;
+        line.push(b'\n');
+        fs::write(self.entry_path(&e.id), line)
+    }
+
+    /// Make a batch of claims durable: each entry record (fdatasync: it
+    /// holds what the archive's name cannot, the claim's fstat and a name
+    /// found invalid, and a record lost to a power cut would give the
+    /// deposit back without them), then the spool folder (the renamed-in
     /// files, whose names carry the names they were dropped under) and each
-    /// `new/` a file left (so that it is not in both places after a crash);
-    /// an entry file only when its name could not go into the archive's.
+    /// `new/` a file left (so that it is not in both places after a crash).
     /// Not syncfs(2): that walks every cached inode of the filesystem and
     /// waits for every other writer's dirty data, a big deposit's included
     /// (measured: slower than the fsyncs, and unbounded).
     pub fn sync(&self, claimed: &[Entry], drop_root: &Path) -> io::Result<()> {
-        for e in claimed.iter().filter(|e| archive_name(&e.id, &e.name).is_none()) {
+        for e in claimed {
             fs::File::open(self.entry_path(&e.id))?.sync_data()?;
         }
         let mut dirs = vec![self.root.clone()];
@@ -331,7 +504,7 @@ impl Spool {
     /// file says (`<id>=<name>`), or after the id.
     fn orphan_entry(&self, id: &str, archive: Option<&str>) -> io::Result<Entry> {
         let name = archive.and_then(|a| a.split_once('=')).map_or_else(|| format!("{id}.zip"), |(_, n)| n.to_owned());
-        let size = archive.map_or(Ok(0), |a| fs::metadata(self.root.join(a)).map(|m| m.len()))?;
+        let size = archive.map_or(Ok(0), |a| fs::symlink_metadata(self.root.join(a)).map(|m| m.len()))?;
         Ok(Entry {
             id: id.to_owned(),
             producer: id.split('-').nth(1).unwrap_or_default().to_owned(),
@@ -340,6 +513,10 @@ impl Spool {
             size,
             sidecar: self.root.join(format!("{id}.md5")).exists(),
             created: jobs::deposit::now_rfc3339(),
+            dev: None,
+            ino: None,
+            mtime_ns: None,
+            invalid_name: None,
         })
     }
 
@@ -348,16 +525,40 @@ impl Spool {
         self.give_back_from(e, &self.archive(e))
     }
 
+    /// Never over a file in `new/`: when the name (or its sidecar's) is
+    /// taken there (a newer upload of the same name), the pair goes back
+    /// under [`returned_name`] (`<name>.returned-<id>` and its `.md5`),
+    /// with a log line, so that neither upload is lost or paired with the
+    /// other's sidecar.
     fn give_back_from(&self, e: &Entry, archive: &Path) -> io::Result<()> {
         let new = self.root.parent().and_then(Path::parent).map(|d| d.join(&e.producer).join("new"));
-        if let Some(new) = new.filter(|_| !e.producer.is_empty() && !e.name.contains('/')) {
-            for (src, name) in [
-                (self.root.join(format!("{}.md5", e.id)), format!("{}.md5", e.name)),
-                (archive.to_path_buf(), e.name.clone()),
-            ] {
-                if src.is_file() {
-                    fs::create_dir_all(&new)?;
-                    fs::rename(&src, new.join(name))?;
+        if let Some(new) = new.filter(|_| !e.producer.is_empty() && plain(&e.name)) {
+            // Whatever is there, a link included (moved, never followed).
+            let there = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| !m.is_dir());
+            let side = self.root.join(format!("{}.md5", e.id));
+            let (has_side, has_archive) = (there(&side), there(archive));
+            if has_side || has_archive {
+                fs::create_dir_all(&new)?;
+                let with_md5 = |n: &OsStr| {
+                    let mut s = n.to_owned();
+                    s.push(".md5");
+                    s
+                };
+                let own = OsString::from(&e.name);
+                let taken = |n: &OsStr| fs::symlink_metadata(new.join(n)).is_ok();
+                let name = if (has_archive && taken(&own)) || (has_side && taken(&with_md5(&own))) {
+                    let other = returned_name(&own, &e.id);
+                    warn!(deposit = %e.id, taken = %new.join(&own).display(), kept_as = %new.join(&other).display(),
+                        "a newer upload holds the name: the unfinished claim goes back beside it");
+                    other
+                } else {
+                    own
+                };
+                if has_side {
+                    return_to_new(&side, &new, &with_md5(&name), &e.id)?;
+                }
+                if has_archive {
+                    return_to_new(archive, &new, &name, &e.id)?;
                 }
             }
         }
@@ -394,10 +595,10 @@ impl Spool {
                 if let Some(new) = new.filter(|_| !producer.is_empty()) {
                     for f in fs::read_dir(&dir)? {
                         let f = f?;
-                        let name = f.file_name().to_string_lossy().into_owned();
-                        if name != "deposit.json" && !name.ends_with(".tmp") && f.file_type()?.is_file() {
+                        let name = f.file_name();
+                        if name != "deposit.json" && !name.as_bytes().ends_with(b".tmp") && f.file_type()?.is_file() {
                             fs::create_dir_all(&new)?;
-                            fs::rename(f.path(), new.join(&name))?;
+                            return_to_new(&f.path(), &new, &name, id)?;
                         }
                     }
                 }
@@ -541,6 +742,10 @@ mod tests {
             size: 4,
             sidecar: true,
             created: "2026-01-01T00:00:00Z".into(),
+            dev: None,
+            ino: None,
+            mtime_ns: None,
+            invalid_name: None,
         };
         fs::write(dir.join("deposit.json"), serde_json::to_vec(&e).unwrap()).unwrap();
         assert_eq!(spool.list().unwrap(), vec![e.clone()]);
@@ -557,5 +762,134 @@ mod tests {
         let e = spool.claim("MSEC", &new.join("a.zip")).unwrap();
         assert!(e.sidecar && !new.join("a.zip").exists() && !new.join("a.zip.md5").exists());
         assert_eq!(spool.list().unwrap(), vec![e]);
+    }
+
+    /// Nothing of `new/` moved, and no record left behind.
+    fn untouched(spool: &Spool) {
+        assert_eq!(fs::read_dir(&spool.root).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn links_and_special_files_are_never_claimed() {
+        let (tmp, spool, new) = site(&[]);
+        let outside = tmp.path().join("outside.zip");
+        fs::write(&outside, b"secret").unwrap();
+        std::os::unix::fs::symlink(&outside, new.join("link.zip")).unwrap();
+        let e = spool.claim("MSEC", &new.join("link.zip")).unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
+        fs::hard_link(&outside, new.join("hard.zip")).unwrap();
+        let e = spool.claim("MSEC", &new.join("hard.zip")).unwrap_err();
+        assert!(e.to_string().contains("2 links"), "{e}");
+        // A FIFO is opened without blocking, and refused.
+        assert!(std::process::Command::new("mkfifo").arg(new.join("fifo.zip")).status().unwrap().success());
+        let e = spool.claim("MSEC", &new.join("fifo.zip")).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        untouched(&spool);
+        assert!(new.join("link.zip").is_symlink() && new.join("hard.zip").is_file());
+        assert_eq!(fs::read(&outside).unwrap(), b"secret");
+    }
+
+    #[test]
+    fn a_linked_sidecar_is_left_unread_and_the_deposit_goes_on() {
+        let (tmp, spool, new) = site(&[("a.zip", b"a"), ("b.zip", b"b")]);
+        let secret = tmp.path().join("secret.txt");
+        fs::write(&secret, b"d41d8cd98f00b204e9800998ecf8427e TOPSECRET").unwrap();
+        std::os::unix::fs::symlink(&secret, new.join("a.zip.md5")).unwrap();
+        fs::hard_link(&secret, new.join("b.zip.md5")).unwrap();
+        for n in ["a.zip", "b.zip"] {
+            let e = spool.claim("MSEC", &new.join(n)).unwrap();
+            assert!(!e.sidecar && spool.sidecar(&e).is_none());
+            assert!(!spool.root.join(format!("{}.md5", e.id)).exists());
+            assert_eq!(e.invalid_name, None);
+        }
+        assert!(new.join("a.zip.md5").is_symlink() && new.join("b.zip.md5").is_file());
+    }
+
+    #[test]
+    fn the_claim_records_what_fstat_saw() {
+        let (_tmp, spool, new) = site(&[("a.zip", b"abc")]);
+        let m = fs::metadata(new.join("a.zip")).unwrap();
+        let e = spool.claim("MSEC", &new.join("a.zip")).unwrap();
+        assert_eq!((e.dev, e.ino, e.size), (Some(m.dev()), Some(m.ino()), 3));
+        assert_eq!(e.mtime_ns, Some(m.mtime() * 1_000_000_000 + m.mtime_nsec()));
+        assert_eq!(spool.load_with_outcome(&e.id).unwrap(), Some((e.clone(), None)));
+        // A record of an older version (none of these fields) still reads.
+        let old = r#"{"id":"20260101T000000Z-MSEC-0000abcd","producer":"MSEC","name":"a.zip","claimed_ns":1,"size":1,"sidecar":false,"created":"t"}"#;
+        let e: Entry = serde_json::from_str(old).unwrap();
+        assert_eq!((e.dev, e.ino, e.mtime_ns, e.invalid_name), (None, None, None, None));
+    }
+
+    #[test]
+    fn names_that_cannot_be_stored_are_claimed_under_a_safe_name() {
+        let (_tmp, spool, new) = site(&[]);
+        let long = "x".repeat(248) + ".zip";
+        let names: [(&[u8], &str); 4] = [
+            (b"\xff\xfe.zip", "not UTF-8"),
+            (b"\x1b[31m.zip", "control characters"),
+            ("caf\u{85}.zip".as_bytes(), "control characters"),
+            (long.as_bytes(), "longer than 251 bytes"),
+        ];
+        for (raw, why) in names {
+            let path = new.join(OsStr::from_bytes(raw));
+            fs::write(&path, b"zip").unwrap();
+            let mut side = path.clone().into_os_string();
+            side.push(".md5");
+            if raw.len() < 250 {
+                fs::write(&side, b"m").unwrap();
+            }
+            let e = spool.claim("MSEC", &path).unwrap();
+            assert_eq!(e.name, format!("{}.zip", e.id));
+            let msg = e.invalid_name.clone().unwrap();
+            assert!(msg.contains(why) && msg.contains("rename the file"), "{msg}");
+            assert!(!msg.chars().any(char::is_control), "{msg:?}");
+            assert!(msg.contains(&format!("{:?}", OsStr::from_bytes(raw))), "{msg}");
+            assert_eq!(fs::read(spool.archive(&e)).unwrap(), b"zip");
+            assert_eq!(e.sidecar, raw.len() < 250);
+            assert!(!path.exists() && !Path::new(&side).exists());
+        }
+        // A name of 251 bytes is stored as it is.
+        let fits = "y".repeat(247) + ".zip";
+        fs::write(new.join(&fits), b"zip").unwrap();
+        let e = spool.claim("MSEC", &new.join(&fits)).unwrap();
+        assert_eq!((e.name.as_str(), e.invalid_name.as_deref()), (fits.as_str(), None));
+    }
+
+    #[test]
+    fn a_give_back_never_replaces_a_newer_upload() {
+        let (_tmp, spool, new) = site(&[("a.zip", b"old"), ("a.zip.md5", b"old md5")]);
+        let e = spool.claim("MSEC", &new.join("a.zip")).unwrap();
+        // The claim never reached the disk's records; meanwhile a newer
+        // upload of the same name arrived.
+        fs::remove_file(spool.root.join(format!("{}.json", e.id))).unwrap();
+        fs::write(new.join("a.zip"), b"newer").unwrap();
+        assert!(spool.list().unwrap().is_empty());
+        assert_eq!(fs::read(new.join("a.zip")).unwrap(), b"newer");
+        assert!(!new.join("a.zip.md5").exists(), "the old sidecar must not pair with the newer upload");
+        let kept = new.join(format!("a.zip.returned-{}", e.id));
+        assert_eq!(fs::read(&kept).unwrap(), b"old");
+        assert_eq!(fs::read(new.join(format!("a.zip.returned-{}.md5", e.id))).unwrap(), b"old md5");
+        untouched(&spool);
+        // Too long for the suffix: the id alone.
+        let long = OsString::from("z".repeat(240));
+        assert_eq!(returned_name(&long, &e.id), OsString::from(format!("{}.returned", e.id)));
+        let mut long_md5 = long.clone();
+        long_md5.push(".md5");
+        assert_eq!(returned_name(&long_md5, &e.id), OsString::from(format!("{}.returned.md5", e.id)));
+    }
+
+    #[test]
+    fn a_file_swapped_in_goes_back() {
+        let (tmp, spool, new) = site(&[("a.zip", b"checked")]);
+        let m = fs::metadata(new.join("a.zip")).unwrap();
+        // What the claim does when the inode renamed in is not the one it
+        // checked: back to new/, beside whatever took the name meanwhile.
+        let swapped = spool.root.join("x");
+        fs::write(tmp.path().join("other"), b"other").unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("other"), &swapped).unwrap();
+        assert!(!same_file(&swapped, &m));
+        let back = return_to_new(&swapped, &new, OsStr::new("a.zip"), "20260101T000000Z-MSEC-0000abcd").unwrap();
+        assert_eq!(back, new.join("a.zip.returned-20260101T000000Z-MSEC-0000abcd"));
+        assert!(back.is_symlink() && fs::read(new.join("a.zip")).unwrap() == b"checked");
+        assert!(same_file(&new.join("a.zip"), &m));
     }
 }

@@ -174,8 +174,12 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
             sidecar: sidecar.as_deref(),
             settings: &settings,
         };
-        let result = pipeline::preflight(&job, &publish_root)
-            .and_then(|()| pipeline::ingest(&job, &publish_root, IngestOptions::default(), &*l));
+        // custody: a name the claim could not store fails at once (NAME_INVALID), unrun.
+        let result = match &e.invalid_name {
+            Some(why) => Err(Error::reject(jobs::Code::NameInvalid, Stage::Unpack, None, why.clone())),
+            None => pipeline::preflight(&job, &publish_root)
+                .and_then(|()| pipeline::ingest(&job, &publish_root, IngestOptions::default(), &*l)),
+        };
         let outcome = match result {
             Err(Error::Cancelled) => return End::Cancelled,
             Err(err) if err.is_transient() && retry => return End::Retry(err),
@@ -382,7 +386,7 @@ fn tell(shared: &Shared, cfg: &crate::config::Config, entry: &Entry, o: &Outcome
         o.bytes.unwrap_or(0),
     );
     let report = if o.state == FAILURE {
-        rotate::report_path(&cfg.drop_root.join(&entry.producer), &entry.name).display().to_string()
+        rotate::report_path(&cfg.drop_root.join(&entry.producer), &entry.id).display().to_string()
     } else {
         String::new()
     };

@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,7 +21,10 @@ pub fn ignored(name: &str) -> bool {
         || [".part", ".filepart", ".tmp", ".md5"].iter().any(|s| name.to_ascii_lowercase().ends_with(s))
 }
 
-/// `<drop_root>/<P>/new/<name>` → (P, name), for producers this config serves.
+/// `<drop_root>/<P>/new/<name>` → (P, name), for producers this config
+/// serves. The name is lossy when it is not UTF-8: such a file must still
+/// be noticed (the claim fails it as NAME_INVALID; skipped here, it stayed
+/// in `new/` forever), and the name is only used for its suffixes.
 pub fn classify(drop_root: &Path, path: &Path, is_producer: &dyn Fn(&str) -> bool) -> Option<(String, String)> {
     let rel = path.strip_prefix(drop_root).ok()?;
     let mut c = rel.components();
@@ -28,7 +32,7 @@ pub fn classify(drop_root: &Path, path: &Path, is_producer: &dyn Fn(&str) -> boo
     if c.next()?.as_os_str() != "new" {
         return None;
     }
-    let name = c.next()?.as_os_str().to_str()?.to_owned();
+    let name = c.next()?.as_os_str().to_string_lossy().into_owned();
     if c.next().is_some() || !is_producer(&p) {
         return None;
     }
@@ -105,14 +109,19 @@ impl Settler {
             self.forget(path);
             return None;
         };
-        if !meta.file_type().is_file() {
-            if self.warned.len() >= MAX_WARNED {
-                self.warned.clear();
-            }
-            if self.warned.insert(path.to_path_buf()) {
-                warn!(path = %path.display(), "skipping: not a regular file (link, FIFO, socket or device)");
-            }
-            self.forget(path);
+        // A second link means the inode is shared with a name elsewhere
+        // (a producer could make depot publish and move a file it cannot
+        // read); the claim refuses it too, this keeps it from being tried
+        // at every pass.
+        let why = if !meta.file_type().is_file() {
+            Some("not a regular file (link, FIFO, socket or device)")
+        } else if meta.nlink() != 1 {
+            Some("a file with more than one link (a hard link) is never claimed")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            self.refuse(path, why);
             return None;
         }
         let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
@@ -147,6 +156,17 @@ impl Settler {
             None => self.insert(path, seen),
         }
         Some((false, seen))
+    }
+
+    /// Not to be claimed: warned about once (within the bound), forgotten.
+    pub fn refuse(&mut self, path: &Path, why: &str) {
+        if self.warned.len() >= MAX_WARNED {
+            self.warned.clear();
+        }
+        if self.warned.insert(path.to_path_buf()) {
+            warn!(path = %path.display(), "skipping: {why}");
+        }
+        self.forget(path);
     }
 
     /// Remember a path to look at; judged by `observe`. One settled at
@@ -353,6 +373,28 @@ mod tests {
         assert_eq!(classify(root, Path::new("/d/MSEC/previous/a.zip"), &yes), None);
         assert_eq!(classify(root, Path::new("/d/XXXX/new/a.zip"), &yes), None);
         assert_eq!(classify(root, Path::new("/d/MSEC/new/sub/a.zip"), &yes), None);
+        // A name that is not UTF-8 is still noticed (the claim fails it).
+        use std::os::unix::ffi::OsStrExt;
+        let bad = Path::new("/d/MSEC/new").join(OsStr::from_bytes(b"\xff.zip"));
+        assert_eq!(classify(root, &bad, &yes), Some(("MSEC".into(), "\u{fffd}.zip".into())));
+    }
+
+    #[test]
+    fn hard_links_are_never_settled() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside.zip");
+        fs::write(&outside, b"1").unwrap();
+        let link = tmp.path().join("a.zip");
+        fs::hard_link(&outside, &link).unwrap();
+        let mut s = Settler::new(Duration::ZERO, true);
+        let t0 = Instant::now();
+        assert!(!s.observe(&link, t0));
+        assert!(s.warned.contains(&link));
+        s.note(&link, t0);
+        assert!(s.seen.is_empty());
+        // Once the other name is gone, it is an upload like any other.
+        fs::remove_file(&outside).unwrap();
+        assert!(s.observe(&link, t0));
     }
 
     #[test]

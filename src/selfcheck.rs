@@ -78,6 +78,30 @@ fn producer_dirs(cfg: &Config, root: &Path, subs: &[&str]) -> Vec<PathBuf> {
     out
 }
 
+/// Every producer's `previous/` and `rejected/`, where they exist, is a
+/// folder itself, not a symlink: rotation moves deposits into them and
+/// removes files from `previous/`, and through a link both would land
+/// wherever it points. Rotation refuses them too; this says so once, at
+/// start, naming each one.
+fn real_folders(cfg: &Config) -> Finding {
+    let mut bad = Vec::new();
+    for dir in producer_dirs(cfg, &cfg.drop_root, &[jobs::rotate::PREVIOUS, jobs::rotate::REJECTED]) {
+        let is_sub = dir.file_name().is_some_and(|n| n == jobs::rotate::PREVIOUS || n == jobs::rotate::REJECTED);
+        match jobs::rotate::check_real_dir(&dir) {
+            Err(e) if is_sub && e.kind() != std::io::ErrorKind::NotFound => bad.push(match e.raw_os_error() {
+                Some(_) => format!("{}: {e}", dir.display()),
+                None => e.to_string(),
+            }),
+            _ => {}
+        }
+    }
+    if bad.is_empty() {
+        Finding::ok("previous/ and rejected/ folders are real folders")
+    } else {
+        Finding::fail(format!("{} (rotation refuses them: make each a real folder)", bad.join("; ")))
+    }
+}
+
 /// The filesystem checks; the Redis one is [`redis`].
 pub fn filesystem(cfg: &Config) -> Vec<Finding> {
     let mut out = vec![writable_dir("drop_root", &cfg.drop_root), writable_dir("publish_root", &cfg.publish_root)];
@@ -91,6 +115,7 @@ pub fn filesystem(cfg: &Config) -> Vec<Finding> {
     let mut drops = vec![cfg.drop_root.clone()];
     drops.extend(producer_dirs(cfg, &cfg.drop_root, &["new", "previous", "rejected"]));
     out.push(one_filesystem("spool and drop folders", &anchor, &drops));
+    out.push(real_folders(cfg));
     let staging = cfg.publish_root.join(".staging");
     let anchor = if staging.exists() { staging } else { cfg.publish_root.clone() };
     let mut publish = vec![cfg.publish_root.clone()];

@@ -29,11 +29,15 @@ pub struct Checks {
     pub case_insensitive: bool,
     pub flat_names: bool,
     pub require_md5: bool,
+    /// Refuse names Windows cannot store (`NUL.txt`, `a./b`): releases are
+    /// downloaded on every system, and such a file silently fails or changes
+    /// name there.
+    pub portable_names: bool,
 }
 
 impl Default for Checks {
     fn default() -> Self {
-        Checks { case_insensitive: true, flat_names: false, require_md5: false }
+        Checks { case_insensitive: true, flat_names: false, require_md5: false, portable_names: true }
     }
 }
 
@@ -50,6 +54,10 @@ pub struct Limits {
     pub max_path_len: u64,
     /// Free space the publish filesystem must keep after the release is written.
     pub min_free_bytes: u64,
+    /// Pivots, checksum manifests and the sidecar of one deposit, together:
+    /// they are read into memory, so this bounds what one deposit's
+    /// metadata can cost a worker, whatever the archive declares.
+    pub max_metadata_bytes: u64,
 }
 
 impl Default for Limits {
@@ -60,6 +68,7 @@ impl Default for Limits {
             max_entries: 100_000,
             max_path_len: 1024,
             min_free_bytes: 1 << 30,
+            max_metadata_bytes: 16 << 20,
         }
     }
 }
@@ -111,6 +120,7 @@ impl Settings {
             ("limits.max_unpacked_bytes", l.max_unpacked_bytes),
             ("limits.max_entries", l.max_entries),
             ("limits.max_path_len", l.max_path_len),
+            ("limits.max_metadata_bytes", l.max_metadata_bytes),
         ] {
             if v == 0 {
                 return Err(format!("{key} must be greater than 0"));

@@ -98,4 +98,16 @@ mod tests {
         let flat = Checks { flat_names: true, ..c };
         assert_eq!(code(&["a/x.txt", "b/x.txt"], &flat), Some(Code::NameConflict));
     }
+
+    #[test]
+    fn case_folding_is_full() {
+        let c = Checks::default();
+        assert_eq!(code(&["\u{3c3}.txt", "\u{3c2}.txt"], &c), Some(Code::NameConflict));
+        assert_eq!(code(&["\u{3a3}.txt", "\u{3c2}.txt"], &c), Some(Code::NameConflict));
+        assert_eq!(code(&["stra\u{df}e.csv", "STRASSE.csv"], &c), Some(Code::NameConflict));
+        assert_eq!(code(&["\u{df}/a", "SS"], &c), Some(Code::NameConflict));
+        assert_eq!(code(&["MANIFEST.JSON"], &c), Some(Code::NameConflict));
+        let cs = Checks { case_insensitive: false, ..c };
+        assert_eq!(code(&["\u{3c3}.txt", "\u{3c2}.txt", "stra\u{df}e", "strasse"], &cs), None);
+    }
 }

@@ -2,6 +2,8 @@
 //! written and rejected when unsafe, never "repaired" (repairing is how
 //! `foo/../bar` silently becomes `bar`).
 
+use std::borrow::Cow;
+
 use unicode_normalization::UnicodeNormalization;
 
 use crate::error::Code;
@@ -13,11 +15,11 @@ pub const MAX_COMPONENT_BYTES: usize = 255;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NameError {
     pub code: Code,
-    pub why: &'static str,
+    pub why: Cow<'static, str>,
 }
 
 const fn bad(code: Code, why: &'static str) -> NameError {
-    NameError { code, why }
+    NameError { code, why: Cow::Borrowed(why) }
 }
 
 /// Check one entry name (directory entries end with `/`). Returns the name
@@ -63,14 +65,178 @@ pub fn check_name(name: &str, max_path_len: u64) -> Result<&str, NameError> {
 /// The key two published names collide on: NFC, then case-folded when the
 /// filesystem or its users treat case as equal.
 pub fn conflict_key(path: &str, case_insensitive: bool) -> String {
-    let nfc: String = path.nfc().collect();
     if case_insensitive {
-        // Full Unicode lowercasing; close to case folding for every script a
-        // producer is likely to use (German ß stays ß, which is the safe side).
-        nfc.to_lowercase()
+        // Unicode's canonical caseless match (NFD, full case folding,
+        // normalised again; NFC rather than NFD keeps keys readable). Full
+        // folding, not lower-casing: lower-casing keeps `ς` and `σ` apart
+        // and `ß` apart from `ss`, names that case-insensitive systems and
+        // people take for one.
+        let nfd: String = path.nfd().collect();
+        caseless::default_case_fold_str(&nfd).nfc().collect()
     } else {
-        nfc
+        path.nfc().collect()
     }
+}
+
+/// Invisible characters: a name holding one looks like another name (or,
+/// for bidi controls, shows its characters in another order), so a
+/// producer or a user downloading it cannot tell what it is. These are
+/// Unicode's Default_Ignorable_Code_Point set (DerivedCoreProperties).
+const IGNORABLE: &[(u32, u32)] = &[
+    (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
+    (0x061C, 0x061C),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x206F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+];
+
+/// Bidi controls change the order in which a name is displayed.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c as u32, 0x061C | 0x200E | 0x200F | 0x202A..=0x202E | 0x2066..=0x2069)
+}
+
+fn is_ignorable(c: char) -> bool {
+    let c = c as u32;
+    IGNORABLE.iter().any(|&(lo, hi)| (lo..=hi).contains(&c))
+}
+
+/// The Unicode name of an invisible character, for a message a producer can
+/// search for.
+fn char_name(c: char) -> Cow<'static, str> {
+    let n = c as u32;
+    let name = match n {
+        0x00AD => "SOFT HYPHEN",
+        0x034F => "COMBINING GRAPHEME JOINER",
+        0x061C => "ARABIC LETTER MARK",
+        0x115F => "HANGUL CHOSEONG FILLER",
+        0x1160 => "HANGUL JUNGSEONG FILLER",
+        0x17B4 => "KHMER VOWEL INHERENT AQ",
+        0x17B5 => "KHMER VOWEL INHERENT AA",
+        0x180B => "MONGOLIAN FREE VARIATION SELECTOR ONE",
+        0x180C => "MONGOLIAN FREE VARIATION SELECTOR TWO",
+        0x180D => "MONGOLIAN FREE VARIATION SELECTOR THREE",
+        0x180E => "MONGOLIAN VOWEL SEPARATOR",
+        0x180F => "MONGOLIAN FREE VARIATION SELECTOR FOUR",
+        0x200B => "ZERO WIDTH SPACE",
+        0x200C => "ZERO WIDTH NON-JOINER",
+        0x200D => "ZERO WIDTH JOINER",
+        0x200E => "LEFT-TO-RIGHT MARK",
+        0x200F => "RIGHT-TO-LEFT MARK",
+        0x202A => "LEFT-TO-RIGHT EMBEDDING",
+        0x202B => "RIGHT-TO-LEFT EMBEDDING",
+        0x202C => "POP DIRECTIONAL FORMATTING",
+        0x202D => "LEFT-TO-RIGHT OVERRIDE",
+        0x202E => "RIGHT-TO-LEFT OVERRIDE",
+        0x2060 => "WORD JOINER",
+        0x2061 => "FUNCTION APPLICATION",
+        0x2062 => "INVISIBLE TIMES",
+        0x2063 => "INVISIBLE SEPARATOR",
+        0x2064 => "INVISIBLE PLUS",
+        0x2066 => "LEFT-TO-RIGHT ISOLATE",
+        0x2067 => "RIGHT-TO-LEFT ISOLATE",
+        0x2068 => "FIRST STRONG ISOLATE",
+        0x2069 => "POP DIRECTIONAL ISOLATE",
+        0x206A => "INHIBIT SYMMETRIC SWAPPING",
+        0x206B => "ACTIVATE SYMMETRIC SWAPPING",
+        0x206C => "INHIBIT ARABIC FORM SHAPING",
+        0x206D => "ACTIVATE ARABIC FORM SHAPING",
+        0x206E => "NATIONAL DIGIT SHAPES",
+        0x206F => "NOMINAL DIGIT SHAPES",
+        0x3164 => "HANGUL FILLER",
+        0xFEFF => "ZERO WIDTH NO-BREAK SPACE",
+        0xFFA0 => "HALFWIDTH HANGUL FILLER",
+        0x1BCA0 => "SHORTHAND FORMAT LETTER OVERLAP",
+        0x1BCA1 => "SHORTHAND FORMAT CONTINUING OVERLAP",
+        0x1BCA2 => "SHORTHAND FORMAT DOWN STEP",
+        0x1BCA3 => "SHORTHAND FORMAT UP STEP",
+        0x1D173 => "MUSICAL SYMBOL BEGIN BEAM",
+        0x1D174 => "MUSICAL SYMBOL END BEAM",
+        0x1D175 => "MUSICAL SYMBOL BEGIN TIE",
+        0x1D176 => "MUSICAL SYMBOL END TIE",
+        0x1D177 => "MUSICAL SYMBOL BEGIN SLUR",
+        0x1D178 => "MUSICAL SYMBOL END SLUR",
+        0x1D179 => "MUSICAL SYMBOL BEGIN PHRASE",
+        0x1D17A => "MUSICAL SYMBOL END PHRASE",
+        0xE0001 => "LANGUAGE TAG",
+        0xE007F => "CANCEL TAG",
+        0xFE00..=0xFE0F => return format!("VARIATION SELECTOR-{}", n - 0xFE00 + 1).into(),
+        0xE0100..=0xE01EF => return format!("VARIATION SELECTOR-{}", n - 0xE0100 + 17).into(),
+        0xE0020..=0xE007E => "TAG CHARACTER",
+        _ => "RESERVED INVISIBLE CHARACTER",
+    };
+    Cow::Borrowed(name)
+}
+
+/// Device names Windows reserves in every folder, whatever the extension.
+fn windows_reserved(component: &str) -> Option<&str> {
+    // Windows drops trailing spaces before matching: `NUL .txt` is NUL too.
+    let stem = component.split('.').next().unwrap_or(component).trim_end_matches(' ');
+    let upper = stem.to_ascii_uppercase();
+    let reserved = match upper.as_str() {
+        "CON" | "PRN" | "AUX" | "NUL" => true,
+        s => {
+            (s.starts_with("COM") || s.starts_with("LPT"))
+                && matches!(&s[3..], "1" | "2" | "3" | "4" | "5" | "6" | "7" | "8" | "9" | "¹" | "²" | "³")
+        }
+    };
+    reserved.then_some(stem)
+}
+
+/// The rules beyond safety (run after [`check_name`], on the same name):
+/// no invisible characters, always; with `portable`, nothing Windows cannot
+/// store. Both are NAME_INVALID: the name is acceptable on this host but
+/// would mislead, or fail, where the release is downloaded.
+pub fn check_rules(name: &str, portable: bool) -> Result<(), NameError> {
+    if let Some(c) = name.chars().find(|&c| is_ignorable(c)) {
+        let effect = if is_bidi_control(c) {
+            "invisible; it makes the name display differently from what it is"
+        } else {
+            "invisible; the name looks like one without it"
+        };
+        return Err(NameError {
+            code: Code::NameInvalid,
+            why: format!("contains U+{:04X} {} ({effect})", c as u32, char_name(c)).into(),
+        });
+    }
+    if !portable {
+        return Ok(());
+    }
+    for comp in name.split('/') {
+        if let Some(stem) = windows_reserved(comp) {
+            return Err(NameError {
+                code: Code::NameInvalid,
+                why: format!(
+                    "`{comp}`: {stem} is a device name on Windows (with any extension), no file can have it there (checks.portable_names)"
+                )
+                .into(),
+            });
+        }
+        if let Some(last) = comp.chars().last()
+            && (last == '.' || last == ' ')
+        {
+            let what = if last == '.' { "a dot" } else { "a space" };
+            return Err(NameError {
+                code: Code::NameInvalid,
+                why: format!(
+                    "`{comp}` ends in {what}, which Windows drops: the name would change on download (checks.portable_names)"
+                )
+                .into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The final component of a `/`-separated path.
@@ -149,6 +315,101 @@ mod tests {
         assert_eq!(conflict_key("Caf\u{e9}.TXT", true), conflict_key("cafe\u{301}.txt", true));
         assert_ne!(conflict_key("A.txt", false), conflict_key("a.txt", false));
         assert_eq!(conflict_key("caf\u{e9}", false), conflict_key("cafe\u{301}", false));
+    }
+
+    #[test]
+    fn keys_use_full_case_folding() {
+        let k = |s| conflict_key(s, true);
+        assert_eq!(k("\u{3c3}.txt"), k("\u{3c2}.txt"));
+        assert_eq!(k("\u{3a3}.txt"), k("\u{3c2}.txt"));
+        assert_eq!(k("stra\u{df}e"), k("STRASSE"));
+        assert_eq!(k("\u{1e9e}"), k("ss"));
+        // A capital with a subscript iota folds to two letters.
+        assert_eq!(k("\u{1f88}"), k("\u{1f00}\u{3b9}"));
+        assert_ne!(conflict_key("\u{3c3}", false), conflict_key("\u{3c2}", false));
+    }
+
+    #[test]
+    fn invisible_characters_are_named() {
+        for c in [
+            '\u{200e}',
+            '\u{200f}',
+            '\u{202a}',
+            '\u{202e}',
+            '\u{2066}',
+            '\u{2069}',
+            '\u{61c}',
+            '\u{200b}',
+            '\u{200d}',
+            '\u{2060}',
+            '\u{2064}',
+            '\u{feff}',
+            '\u{ad}',
+            '\u{34f}',
+            '\u{180b}',
+            '\u{180f}',
+            '\u{fe00}',
+            '\u{fe0f}',
+            '\u{e0000}',
+            '\u{e0fff}',
+            '\u{1160}',
+            '\u{3164}',
+            '\u{ffa0}',
+            '\u{115f}',
+            '\u{17b4}',
+            '\u{17b5}',
+            '\u{2065}',
+            '\u{206a}',
+            '\u{206f}',
+            '\u{1d173}',
+            '\u{1d17a}',
+            '\u{1bca0}',
+            '\u{1bca3}',
+        ] {
+            let name = format!("a{c}b.txt");
+            let e = check_rules(&name, false).expect_err(&format!("{:04X}", c as u32));
+            assert_eq!(e.code, Code::NameInvalid);
+            assert!(e.why.contains(&format!("U+{:04X}", c as u32)), "{}", e.why);
+        }
+        let e = check_rules("x\u{202e}txt.exe", false).unwrap_err();
+        assert_eq!(
+            e.why,
+            "contains U+202E RIGHT-TO-LEFT OVERRIDE (invisible; it makes the name display differently from what it is)"
+        );
+        assert!(check_rules("x\u{200b}y", true).unwrap_err().why.contains("ZERO WIDTH SPACE"));
+        assert!(check_rules("x\u{fe0f}y", true).unwrap_err().why.contains("VARIATION SELECTOR-16"));
+        // Visible neighbours are fine.
+        assert_eq!(check_rules("caf\u{e9}/\u{3b1}\u{2013}b \u{a0}c.txt", true), Ok(()));
+    }
+
+    #[test]
+    fn windows_reserved_names_and_trailing_dots() {
+        for name in [
+            "NUL",
+            "nul.txt",
+            "Con.tar.gz",
+            "a/aux",
+            "PRN.csv",
+            "COM1",
+            "com9.log",
+            "LPT1.x",
+            "lpt9",
+            "COM\u{b9}",
+            "LPT\u{b2}.txt",
+            "com\u{b3}",
+            "NUL .txt",
+            "a./b",
+            "a/b.",
+            "dir /x",
+            "x ",
+        ] {
+            assert_eq!(check_rules(name, true).map_err(|e| e.code), Err(Code::NameInvalid), "{name:?}");
+            assert_eq!(check_rules(name, false), Ok(()), "{name:?}");
+        }
+        for name in ["CONSOLE.txt", "nul_data.txt", "COM10", "COM0", "LPT", "a.b/c.d", "..x", "auxiliary/a", "con-x"] {
+            assert_eq!(check_rules(name, true), Ok(()), "{name:?}");
+        }
+        assert!(check_rules("d/Con.tar.gz", true).unwrap_err().why.contains("`Con.tar.gz`: Con is a device name"));
     }
 
     #[test]

@@ -104,11 +104,21 @@ fn unstorable(name: &OsStr) -> Option<&'static str> {
 /// following a link (and without blocking on a FIFO), a regular file with
 /// exactly one link. The metadata is the descriptor's (fstat), not the
 /// name's: the name may be swapped at any time, the descriptor not.
-fn checked(path: &Path) -> io::Result<fs::Metadata> {
-    let f = open_nofollow(path).map_err(|e| {
-        if e.raw_os_error() == Some(ELOOP) { io::Error::new(e.kind(), "a symlink, never followed") } else { e }
-    })?;
-    let m = f.metadata()?;
+///
+/// `unreadable_ok`: an archive depot may not read (a producer's mode 0600)
+/// is judged by lstat, which never follows a link, and claimed: nothing
+/// can leak from a file depot cannot read, the pipeline fails it and the
+/// producer is told; refused here it stayed in `new/` forever, warned
+/// about at every pass. A sidecar depot cannot read is ignored instead.
+fn checked(path: &Path, unreadable_ok: bool) -> io::Result<fs::Metadata> {
+    let m = match open_nofollow(path) {
+        Ok(f) => f.metadata()?,
+        Err(e) if e.raw_os_error() == Some(ELOOP) => {
+            return Err(io::Error::new(e.kind(), "a symlink, never followed"));
+        }
+        Err(e) if unreadable_ok && e.kind() == io::ErrorKind::PermissionDenied => fs::symlink_metadata(path)?,
+        Err(e) => return Err(e),
+    };
     if !m.file_type().is_file() {
         return Err(io::Error::other("not a regular file"));
     }
@@ -259,7 +269,7 @@ impl Spool {
         let (Some(dropped), Some(new)) = (path.file_name(), path.parent()) else {
             return Err(io::Error::other("no name"));
         };
-        let meta = checked(path).map_err(|e| io::Error::new(e.kind(), format!("not claimed: {e}")))?;
+        let meta = checked(path, true).map_err(|e| io::Error::new(e.kind(), format!("not claimed: {e}")))?;
         let claimed_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let id = jobs::deposit::new_id(producer);
         let (name, invalid_name) = match (unstorable(dropped), dropped.to_str()) {
@@ -275,7 +285,7 @@ impl Spool {
         let mut side_name = dropped.to_owned();
         side_name.push(".md5");
         let side_src = new.join(&side_name);
-        let side_meta = match checked(&side_src) {
+        let side_meta = match checked(&side_src, false) {
             Ok(m) => Some(m),
             // No sidecar; or none can exist, its name being too long.
             Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(ENAMETOOLONG) => None,
@@ -787,6 +797,18 @@ mod tests {
         untouched(&spool);
         assert!(new.join("link.zip").is_symlink() && new.join("hard.zip").is_file());
         assert_eq!(fs::read(&outside).unwrap(), b"secret");
+    }
+
+    #[test]
+    fn an_archive_depot_cannot_read_is_claimed_all_the_same() {
+        use std::os::unix::fs::PermissionsExt;
+        // Failed by the pipeline, which cannot open it either, and reported;
+        // left in new/ it was warned about at every pass, forever. (As
+        // root the open succeeds: the same claim, by fstat.)
+        let (_tmp, spool, new) = site(&[("a.zip", b"a")]);
+        fs::set_permissions(new.join("a.zip"), fs::Permissions::from_mode(0o000)).unwrap();
+        let e = spool.claim("MSEC", &new.join("a.zip")).unwrap();
+        assert!(spool.archive(&e).is_file() && !new.join("a.zip").exists());
     }
 
     #[test]

@@ -47,17 +47,28 @@ fn rejected_with(settings: &Settings, bad: &[u8], sidecar: Option<&str>, code: C
             assert!(path.starts_with(&rejected_dir), "written outside staging: {}", path.display());
         }
     }
-    for suffix in ["", ".report.json", ".report.txt"] {
-        let f = env.drop_root.join(format!("MSEC/rejected/MSEC_BAD.zip{suffix}"));
+    let kept = rejected_files(&env, &out.id);
+    for f in &kept {
         assert!(f.is_file(), "{} missing", f.display());
     }
-    let json: serde_json::Value =
-        serde_json::from_slice(&fs::read(env.drop_root.join("MSEC/rejected/MSEC_BAD.zip.report.json")).unwrap())
-            .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&fs::read(&kept[1]).unwrap()).unwrap();
     assert_eq!(json["code"], code.as_str());
     assert_eq!(json["accepted"], false);
     assert!(!env.tmp.path().join("evil.txt").exists());
     out.report
+}
+
+/// Where a rejected deposit's archive, report.json and report.txt are:
+/// `rejected/<deposit-id>/` (the SPEC's layout), or beside each other in
+/// `rejected/` (the layout before it).
+fn rejected_files(env: &Env, id: &str) -> [PathBuf; 3] {
+    let dir = env.drop_root.join("MSEC/rejected").join(id);
+    if dir.is_dir() {
+        ["MSEC_BAD.zip", "report.json", "report.txt"].map(|n| dir.join(n))
+    } else {
+        let dir = env.drop_root.join("MSEC/rejected");
+        ["MSEC_BAD.zip", "MSEC_BAD.zip.report.json", "MSEC_BAD.zip.report.txt"].map(|n| dir.join(n))
+    }
 }
 
 /// A plain deposit with one entry of this name.

@@ -7,168 +7,25 @@
 //! most one job per producer (bounded, whatever is waiting in `new/`), and
 //! no lock has to outlive a publish.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use apalis::prelude::*;
-use apalis_redis::{Config as QueueConfig, RedisStorage};
 use futures::StreamExt;
-use redis::aio::ConnectionManager;
-use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, redacted};
-use crate::metrics::{Gauges, Metrics};
-use crate::service::{self, Heartbeat};
+use crate::config::Config;
+use crate::service;
 use crate::spool::{Entry, Spool};
+use crate::state::{DepositJob, Queue, Shared, connect, lock, queue};
 use crate::status::{self, Status};
 use crate::watcher::{self, Hint, Settler};
 use crate::{poll, selfcheck, worker};
-
-/// What travels through the queue: just enough to find the spool entry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DepositJob {
-    pub id: String,
-    pub producer: String,
-}
-
-pub type Queue = RedisStorage<DepositJob>;
-
-/// One producer's spool entries by (claim time, id).
-pub type ProducerQueue = BTreeMap<(u128, String), Entry>;
-
-/// State shared by the scheduler and the workers.
-pub struct Shared {
-    config: RwLock<Arc<Config>>,
-    pub spool: Spool,
-    pub status: Status,
-    /// In-process guard: two copies of one producer's job (a re-queued
-    /// orphan) never run at once here.
-    producer_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Producer → the deposit id we queued for it.
-    pub queued: Mutex<HashMap<String, String>>,
-    /// The spool in memory, producer → entries in claim order, so that
-    /// scheduling does not re-read every deposit.json on every tick.
-    pub index: Mutex<HashMap<String, ProducerQueue>>,
-    /// Deposit → when a transient failure may be retried.
-    pub retry_at: Mutex<HashMap<String, Instant>>,
-    /// Wakes the scheduler (a job finished, a retry is due).
-    pub wake: Notify,
-    /// Wakes this process's queue worker: a job was queued.
-    pub pushed: Arc<Notify>,
-    pub stopping: AtomicBool,
-    /// Set when the shutdown grace period is over: running pipelines stop
-    /// (staging removed) and their deposits resume at the next start.
-    pub abort: AtomicBool,
-    /// Turned by the scheduler loop; feeds systemd's watchdog.
-    pub beat: Arc<Heartbeat>,
-    pub metrics: Arc<Metrics>,
-    pub redis_up: AtomicBool,
-    /// Jobs running in this process.
-    pub running: AtomicUsize,
-    /// Old releases may wait in `<publish_root>/.pruned` (see `pruner`).
-    pub pruned: AtomicBool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Shared {
-    pub fn config(&self) -> Arc<Config> {
-        self.config.read().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone())
-    }
-
-    pub fn producer_lock(&self, p: &str) -> Arc<tokio::sync::Mutex<()>> {
-        lock(&self.producer_locks).entry(p.to_owned()).or_default().clone()
-    }
-
-    pub fn index_add(&self, e: &Entry) {
-        lock(&self.index).entry(e.producer.clone()).or_default().insert((e.claimed_ns, e.id.clone()), e.clone());
-    }
-
-    fn index_remove(&self, e: &Entry) {
-        let mut idx = lock(&self.index);
-        if let Some(m) = idx.get_mut(&e.producer) {
-            m.remove(&(e.claimed_ns, e.id.clone()));
-            if m.is_empty() {
-                idx.remove(&e.producer);
-            }
-        }
-    }
-
-    /// Reload the index from disk (start, Redis resync).
-    fn index_reload(&self) -> std::io::Result<()> {
-        let entries = self.spool.list()?;
-        let mut idx = lock(&self.index);
-        idx.clear();
-        for e in entries {
-            idx.entry(e.producer.clone()).or_default().insert((e.claimed_ns, e.id.clone()), e);
-        }
-        Ok(())
-    }
-
-    pub fn gauges(&self) -> Gauges {
-        let spool = lock(&self.index).iter().map(|(p, m)| (p.clone(), m.len())).collect();
-        Gauges { spool, queued: lock(&self.queued).len(), redis_up: self.redis_up.load(Ordering::Relaxed) }
-    }
-
-    /// A job of this process is over with `e`; `left`: its spool entry is
-    /// gone (the caller removed it), so it leaves the index too. Told, not
-    /// looked up: a stat on the runtime per deposit.
-    pub fn done(&self, e: &Entry, left: bool) {
-        if left {
-            self.index_remove(e);
-        }
-        let mut q = lock(&self.queued);
-        if q.get(&e.producer) == Some(&e.id) {
-            q.remove(&e.producer);
-        }
-        drop(q);
-        self.wake.notify_one();
-    }
-}
-
-/// `redis://…` reachable, or one clear line saying what to do.
-pub async fn connect(cfg: &Config) -> Result<ConnectionManager> {
-    let client = redis::Client::open(cfg.redis.url.as_str())
-        .with_context(|| format!("redis.url {:?} is not valid", cfg.redis.url))?;
-    let mcfg = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(3)))
-        .set_response_timeout(Some(Duration::from_secs(10)))
-        .set_number_of_retries(2);
-    let mut conn = tokio::time::timeout(Duration::from_secs(5), client.get_connection_manager_with_config(mcfg))
-        .await
-        .map_err(|_| anyhow::anyhow!("timed out"))
-        .and_then(|r| r.map_err(anyhow::Error::from))
-        .with_context(|| {
-            format!(
-                "cannot reach Redis at {} — start one (`redis-server`, or `systemctl start redis-server`) or set redis.url in {}",
-                redacted(&cfg.redis.url),
-                cfg.path.display()
-            )
-        })?;
-    let _: String = redis::cmd("PING").query_async(&mut conn).await.context("Redis did not answer PING")?;
-    Ok(conn)
-}
-
-fn queue(conn: ConnectionManager, cfg: &Config) -> Queue {
-    let qc = QueueConfig::default()
-        .queue(format!("{}:queue", cfg.redis.prefix))
-        // A worker starts fetching at its first heartbeat: 1 s, so that a
-        // deposit dropped just after a (re)start does not wait 5 s (the p99
-        // of bench/daemon.py was that wait). Orphans (jobs of a killed
-        // worker) come back after 10 x 1 s, not the default 300 s; the
-        // spool makes a second run harmless.
-        .heartbeat_interval(Duration::from_secs(1))
-        .missed_heartbeats(10);
-    RedisStorage::new(conn).with_config(qc)
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -190,25 +47,9 @@ pub async fn run(config_path: PathBuf, role: Role) -> Result<()> {
     for r in removed {
         info!(path = %r.display(), "removed stale staging");
     }
-    let shared = Arc::new(Shared {
-        spool: Spool::new(&cfg.drop_root).context("creating the spool")?,
-        status: Status { conn: conn.clone(), prefix: cfg.redis.prefix.clone() },
-        config: RwLock::new(cfg.clone()),
-        producer_locks: Mutex::default(),
-        queued: Mutex::default(),
-        index: Mutex::default(),
-        retry_at: Mutex::default(),
-        wake: Notify::new(),
-        pushed: Arc::default(),
-        stopping: AtomicBool::new(false),
-        abort: AtomicBool::new(false),
-        beat: Arc::default(),
-        metrics: Arc::default(),
-        redis_up: AtomicBool::new(true),
-        running: AtomicUsize::new(0),
-        // Whatever an earlier run set aside is deleted once idle.
-        pruned: AtomicBool::new(true),
-    });
+    let spool = Spool::new(&cfg.drop_root).context("creating the spool")?;
+    let status = Status { conn: conn.clone(), prefix: cfg.redis.prefix.clone() };
+    let shared = Arc::new(Shared::new(cfg.clone(), spool, status));
     let metrics = match cfg.metrics.listen.as_str() {
         "" => None,
         addr => Some(crate::metrics::serve(addr, shared.clone()).await?),
@@ -338,9 +179,7 @@ async fn handle_signals(shared: Arc<Shared>, config_path: PathBuf, stop: tokio::
                     if c.metrics.listen != shared.config().metrics.listen {
                         warn!("metrics.listen changed: takes effect at the next start");
                     }
-                    if let Ok(mut w) = shared.config.write() {
-                        *w = Arc::new(c);
-                    }
+                    shared.set_config(c);
                     info!(config = %config_path.display(), "configuration reloaded");
                     shared.wake.notify_one();
                 }
@@ -381,6 +220,7 @@ async fn scheduler(
     let mut redis_ok = true;
     let mut instance = None::<String>;
     let mut last_trim = Instant::now() - Duration::from_secs(3600);
+    let mut last_reconcile = Instant::now();
     let mut last_ping = Instant::now() - Duration::from_secs(3600);
     // Short ticks: the settle deadline and the next deposit of a producer
     // are noticed within 20 ms; a tick costs no syscall when nothing waits.
@@ -418,14 +258,14 @@ async fn scheduler(
             continue;
         }
         last_ping = Instant::now();
-        let alive = check_instance(&shared.status, &mut instance).await;
+        let alive = redis_within(check_instance(&shared.status, &mut instance)).await;
         match (alive, redis_ok) {
             (Ok(reset), _) => {
                 if !redis_ok || reset {
                     info!(reset, "Redis is back; resynchronising from the spool");
                     lock(&shared.queued).clear();
                     let sh = shared.clone();
-                    if let Some(Err(e)) = lend(&mut (), move |()| sh.index_reload()).await {
+                    if let Some(Err(e)) = lend(&shared.beat, &mut (), move |()| sh.index_reload()).await {
                         warn!(error = %e, "cannot read the spool");
                     }
                     rescan = true;
@@ -454,7 +294,7 @@ async fn scheduler(
             last_scan = Instant::now();
             let c = cfg.clone();
             let mut state = (std::mem::take(&mut settler), watcher.take(), std::mem::take(&mut watched));
-            lend(&mut state, move |(settler, watcher, watched)| {
+            lend(&shared.beat, &mut state, move |(settler, watcher, watched)| {
                 let is_p = |p: &str| c.is_producer(p);
                 if let Some(w) = watcher.as_mut() {
                     watcher::watch_producers(w.as_mut(), watched, &c.drop_root, &is_p);
@@ -479,10 +319,19 @@ async fn scheduler(
             if let Some(r) = ready.take() {
                 let _ = r.send(());
             }
+            if last_reconcile.elapsed() >= LOST_AFTER {
+                last_reconcile = Instant::now();
+                reconcile(&shared, &storage).await;
+            }
             if last_trim.elapsed() >= Duration::from_secs(60) {
                 last_trim = Instant::now();
-                trim_queue(&shared.status, &storage, cfg.redis.keep_finished_jobs).await;
-                trim_deposits(&shared.status, cfg.redis.keep_deposits_days).await;
+                let _ = tokio::time::timeout(
+                    REDIS_WAIT,
+                    trim_queue(&shared.status, &storage, cfg.redis.keep_finished_jobs),
+                )
+                .await;
+                let _ =
+                    tokio::time::timeout(REDIS_WAIT, trim_deposits(&shared.status, cfg.redis.keep_deposits_days)).await;
             }
         }
     }
@@ -572,7 +421,8 @@ async fn claim_settled(shared: &Arc<Shared>, cfg: &Arc<Config>, settler: &mut Se
     let (sh, c) = (shared.clone(), cfg.clone());
     // A batch of claims takes tens of milliseconds (measured: in
     // block_in_place, no job started while a burst was being claimed).
-    let Some(claimed) = lend(settler, move |settler| claim_batch(&sh, &c, settler, producers, now, budget)).await
+    let Some(claimed) =
+        lend(&shared.beat, settler, move |settler| claim_batch(&sh, &c, settler, producers, now, budget)).await
     else {
         return;
     };
@@ -581,7 +431,7 @@ async fn claim_settled(shared: &Arc<Shared>, cfg: &Arc<Config>, settler: &mut Se
         shared.metrics.claimed(&e.producer);
         info!(deposit = %e.id, producer = %e.producer, file = %e.name, state = status::CREATED, "claimed");
     }
-    if let Err(err) = shared.status.created(&claimed).await {
+    if let Err(err) = redis_within(shared.status.created(&claimed)).await {
         warn!(error = %err, "cannot record CREATED; will retry from the spool");
     }
     if claimed.len() >= budget {
@@ -597,16 +447,32 @@ async fn claim_settled(shared: &Arc<Shared>, cfg: &Arc<Config>, settler: &mut Se
 /// default (a settler forgets what it had seen, which the next scan finds
 /// again; the scheduler reconfigures it on its next pass).
 async fn lend<S: Default + Send + 'static, T: Send + 'static>(
+    beat: &crate::service::Heartbeat,
     state: &mut S,
     f: impl FnOnce(&mut S) -> T + Send + 'static,
 ) -> Option<T> {
     let mut owned = std::mem::take(state);
-    match tokio::task::spawn_blocking(move || {
+    let mut work = tokio::task::spawn_blocking(move || {
         let t = f(&mut owned);
         (owned, t)
-    })
-    .await
-    {
+    });
+    // A writeback storm can hold a claim batch's fsyncs for many seconds:
+    // the watchdog is fed while the work is pending, for at most
+    // DISK_PATIENCE, so that a slow disk does not get the daemon killed in
+    // the middle of jobs, while a disk that never answers still does.
+    let t0 = Instant::now();
+    let joined = loop {
+        match tokio::time::timeout(Duration::from_secs(5), &mut work).await {
+            Ok(r) => break r,
+            Err(_) => {
+                warn!(waited_s = t0.elapsed().as_secs(), "file work of the scheduler is slow (disk busy?)");
+                if t0.elapsed() < DISK_PATIENCE {
+                    beat.beat();
+                }
+            }
+        }
+    };
+    match joined {
         Ok((back, t)) => {
             *state = back;
             Some(t)
@@ -617,6 +483,11 @@ async fn lend<S: Default + Send + 'static, T: Send + 'static>(
         }
     }
 }
+
+/// How long the scheduler's file work may keep the watchdog fed while it
+/// waits on the disk (`WatchdogSec` is 30 s: a stuck disk is noticed within
+/// this plus 30 s).
+const DISK_PATIENCE: Duration = Duration::from_secs(120);
 
 /// One tick's claims, producers taking turns (see [`claim_settled`]), then
 /// one sync for the batch.
@@ -770,28 +641,40 @@ async fn schedule(shared: &Shared, storage: &Queue, full: bool) {
         idx.retain(|_, m| !m.is_empty());
     }
     let now = Instant::now();
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     for (p, e) in oldest {
         if lock(&shared.queued).get(&p) == Some(&e.id) {
             continue;
         }
-        if lock(&shared.retry_at).get(&e.id).is_some_and(|t| *t > now) {
+        if lock(&shared.retry_at).get(&e.id).is_some_and(|t| *t > now) || e.not_before_ms > now_ms {
             continue;
         }
         // WAITING (and CREATED first, if Redis lost it) before the push: a fast worker's PROGRESS must not be
         // overwritten by it.
-        match shared.status.set(&e, status::WAITING, &[]).await {
+        match redis_within(shared.status.set(&e, status::WAITING, &[])).await {
             Ok(true) => {}
-            Ok(false) => continue, // already ended
+            Ok(false) => {
+                // Redis shows an end the spool still holds (a crash between
+                // the terminal state and the entry's removal): the job
+                // finishes it from the spool's outcome. Skipping it here
+                // wedged the producer for good.
+                info!(deposit = %e.id, producer = %p, "ended in Redis, still in the spool: finishing it");
+            }
             Err(err) => {
                 warn!(error = %err, "Redis write failed");
                 return;
             }
         }
+        let task_id = format!("{}.{}", e.id, jobs::deposit::new_id("t").rsplit('-').next().unwrap_or("0"));
+        let task = TaskBuilder::new(DepositJob { id: e.id.clone(), producer: p.clone() })
+            .task_id(TaskId::from_string(task_id.clone()))
+            .build();
         let mut s = storage.clone();
-        match s.push(DepositJob { id: e.id.clone(), producer: p.clone() }).await {
+        match redis_within(async { s.push_task(task).await.map_err(|e| anyhow::anyhow!("{e}")) }).await {
             Ok(()) => {
                 shared.pushed.notify_one();
                 lock(&shared.queued).insert(p.clone(), e.id.clone());
+                lock(&shared.tasks).insert(e.id.clone(), (task_id, now));
                 lock(&shared.retry_at).remove(&e.id);
                 info!(deposit = %e.id, producer = %p, state = status::WAITING, "queued");
             }
@@ -800,5 +683,86 @@ async fn schedule(shared: &Shared, storage: &Queue, full: bool) {
                 return;
             }
         }
+    }
+}
+
+/// How long one Redis call of the scheduler may take: well under systemd's
+/// `WatchdogSec` (30 s), so that a slow Redis costs a pass, not the daemon.
+const REDIS_WAIT: Duration = Duration::from_secs(5);
+
+async fn redis_within<T, E: std::fmt::Display>(
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(REDIS_WAIT, f).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer from Redis within {} s", REDIS_WAIT.as_secs())),
+    }
+}
+
+/// A queued job is checked against Redis once it is this old.
+const LOST_AFTER: Duration = Duration::from_secs(5);
+
+/// The scheduler's memory of queued jobs against Redis: a job that is gone
+/// from the queue (Redis flushed or lost it), or that ended (done or dead,
+/// in this process or a worker elsewhere) while its deposit is still in the
+/// spool, no longer holds its producer: the deposit is queued again, after
+/// the backoff its spool record asks for. Without this a producer waited
+/// for the next restart.
+async fn reconcile(shared: &Arc<Shared>, storage: &Queue) {
+    let now = Instant::now();
+    let candidates: Vec<(String, String, String)> = {
+        let queued = lock(&shared.queued);
+        let tasks = lock(&shared.tasks);
+        let running = lock(&shared.active);
+        queued
+            .iter()
+            .filter(|(_, id)| !running.contains(*id))
+            .filter_map(|(p, id)| {
+                let (task, at) = tasks.get(id)?;
+                (now.duration_since(*at) >= LOST_AFTER).then(|| (p.clone(), id.clone(), task.clone()))
+            })
+            .collect()
+    };
+    if candidates.is_empty() {
+        return;
+    }
+    let qc = storage.get_config();
+    let mut pipe = redis::pipe();
+    for (_, _, task) in &candidates {
+        pipe.hexists(qc.job_data_hash(), task).sismember(qc.done_jobs_set(), task).sismember(qc.dead_jobs_set(), task);
+    }
+    let mut conn = shared.status.conn.clone();
+    let answers: Vec<bool> = match redis_within(pipe.query_async(&mut conn)).await {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %e, "cannot check queued jobs against Redis");
+            return;
+        }
+    };
+    for ((p, id, _), a) in candidates.iter().zip(answers.chunks(3)) {
+        let (exists, done, dead) = (a[0], a.get(1) == Some(&true), a.get(2) == Some(&true));
+        if exists && !done && !dead {
+            continue;
+        }
+        // Still in the spool? Its record may carry a retry time written by
+        // the worker that ran it.
+        let (sh, i) = (shared.clone(), id.clone());
+        let rec = tokio::task::spawn_blocking(move || sh.spool.load_with_outcome(&i)).await;
+        let Ok(Ok(Some((e, _)))) = rec else {
+            shared.requeue(p, id);
+            continue;
+        };
+        let mut idx = lock(&shared.index);
+        if let Some(x) = idx.get_mut(p).and_then(|m| m.get_mut(&(e.claimed_ns, e.id.clone()))) {
+            x.not_before_ms = e.not_before_ms;
+        }
+        drop(idx);
+        if exists {
+            info!(deposit = %id, producer = %p, "its queued job ended but the deposit is still in the spool: queueing it again");
+        } else {
+            warn!(deposit = %id, producer = %p, "its queued job is gone from Redis: queueing it again");
+        }
+        lock(&shared.tasks).remove(id);
+        shared.requeue(p, id);
     }
 }

@@ -12,6 +12,7 @@ mod progress;
 mod selfcheck;
 mod service;
 mod spool;
+mod state;
 mod status;
 mod watcher;
 mod worker;

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 
-use crate::daemon::Shared;
+use crate::state::Shared;
 
 #[derive(Default)]
 struct Counters {

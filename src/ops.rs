@@ -11,7 +11,7 @@ use crate::status::Status;
 
 async fn status_handle(config: &Path) -> Result<(Config, Status)> {
     let cfg = Config::load(config)?;
-    let conn = crate::daemon::connect(&cfg).await?;
+    let conn = crate::state::connect(&cfg).await?;
     let st = Status { conn, prefix: cfg.redis.prefix.clone() };
     Ok((cfg, st))
 }

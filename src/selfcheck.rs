@@ -125,7 +125,7 @@ pub fn filesystem(cfg: &Config) -> Vec<Finding> {
 }
 
 pub async fn redis(cfg: &Config) -> Finding {
-    match crate::daemon::connect(cfg).await {
+    match crate::state::connect(cfg).await {
         Ok(_) => Finding::ok(format!("Redis at {} answers", crate::config::redacted(&cfg.redis.url))),
         Err(e) => Finding::fail(format!("{e:#}")),
     }

@@ -38,6 +38,19 @@ pub struct Entry {
     pub size: u64,
     pub sidecar: bool,
     pub created: String,
+    /// Runs begun, as counted in the record (see [`Spool::begin_attempt`]);
+    /// never written with the entry itself.
+    #[serde(default, skip_serializing)]
+    pub attempts: u32,
+    /// Not to be run again before this time (ms since the epoch): a
+    /// transient failure's backoff, kept in the record so that any
+    /// scheduler (another process, the next start) honours it.
+    #[serde(default, skip_serializing)]
+    pub not_before_ms: u64,
+    /// Ended, but could not be moved out of the spool: left for the
+    /// operator, no longer scheduled (see [`Spool::park`]).
+    #[serde(default, skip_serializing)]
+    pub parked: bool,
     /// The archive as the claim's fstat saw it, through the descriptor it
     /// opened without following a link (with `size`): device and inode
     /// say which file custody took (the rename in was checked against
@@ -54,6 +67,21 @@ pub struct Entry {
     /// deposit fails with, NAME_INVALID, without running the pipeline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invalid_name: Option<String>,
+}
+
+/// Lines appended to a record after the entry, besides the outcome.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Mark {
+    /// A run began: counted before the pipeline starts, so a crash or an
+    /// out-of-memory kill counts as an attempt.
+    Attempt { n: u32 },
+    /// A run was stopped by shutdown: not the deposit's fault, not counted.
+    Interrupted,
+    /// A transient failure: not before this time.
+    RetryAt { ms: u64 },
+    /// Rotation kept failing: see [`Spool::park`].
+    Parked,
 }
 
 /// What the pipeline decided, kept until rotation and Redis both know it.
@@ -192,12 +220,27 @@ fn read_record(path: &Path) -> io::Result<Option<(Entry, Option<Outcome>)>> {
         Err(e) => return Err(e),
     };
     let mut values = serde_json::Deserializer::from_slice(&bytes).into_iter::<serde_json::Value>();
-    let entry = match values.next() {
+    let mut entry: Entry = match values.next() {
         Some(v) => serde_json::from_value(v.map_err(io::Error::other)?).map_err(io::Error::other)?,
         None => return Err(io::Error::other("empty spool entry")),
     };
-    let outcome = values.next().and_then(Result::ok).and_then(|v| serde_json::from_value(v).ok());
+    let mut outcome = None;
+    // A value cut short by a crash ends the record: only its fdatasync made
+    // it count.
+    for v in values.map_while(Result::ok) {
+        match serde_json::from_value::<Mark>(v.clone()) {
+            Ok(Mark::Attempt { n }) => entry.attempts = entry.attempts.max(n),
+            Ok(Mark::Interrupted) => entry.attempts = entry.attempts.saturating_sub(1),
+            Ok(Mark::RetryAt { ms }) => entry.not_before_ms = ms,
+            Ok(Mark::Parked) => entry.parked = true,
+            Err(_) => outcome = serde_json::from_value(v).ok().or(outcome),
+        }
+    }
     Ok(Some((entry, outcome)))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn remove_if_there(p: &Path) -> io::Result<()> {
@@ -302,6 +345,9 @@ impl Spool {
             size: meta.len(),
             sidecar: side_meta.is_some(),
             created: jobs::deposit::now_rfc3339(),
+            attempts: 0,
+            not_before_ms: 0,
+            parked: false,
             dev: Some(meta.dev()),
             ino: Some(meta.ino()),
             mtime_ns: Some(meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec())),
@@ -398,11 +444,53 @@ impl Spool {
     /// always has a durable outcome here. Appended, not a file of its own:
     /// no inode made and removed, no spool folder to sync.
     pub fn set_outcome(&self, e: &Entry, o: &Outcome) -> io::Result<()> {
-        let mut line = serde_json::to_vec(o).map_err(io::Error::other)?;
+        self.append(e, o)
+    }
+
+    /// One JSON value appended to the record, on disk before this returns.
+    fn append(&self, e: &Entry, v: &impl Serialize) -> io::Result<()> {
+        let mut line = serde_json::to_vec(v).map_err(io::Error::other)?;
         line.push(b'\n');
         let mut f = fs::OpenOptions::new().append(true).open(self.entry_path(&e.id))?;
         io::Write::write_all(&mut f, &line)?;
         f.sync_data()
+    }
+
+    /// Count a run before it starts, on disk: a run that never reports
+    /// (the daemon killed, out of memory) still counts, so a deposit that
+    /// kills its worker cannot be retried forever. Returns the attempt's
+    /// number; `e` must be fresh from the record (a worker loads it).
+    pub fn begin_attempt(&self, e: &mut Entry) -> io::Result<u32> {
+        let n = e.attempts.saturating_add(1);
+        self.append(e, &Mark::Attempt { n })?;
+        e.attempts = n;
+        Ok(n)
+    }
+
+    /// The run that [`Spool::begin_attempt`] counted was stopped by a
+    /// shutdown: it does not count against the deposit.
+    pub fn interrupted(&self, e: &mut Entry) -> io::Result<()> {
+        self.append(e, &Mark::Interrupted)?;
+        e.attempts = e.attempts.saturating_sub(1);
+        Ok(())
+    }
+
+    /// A transient failure: no run before `wait` from now, whoever schedules.
+    pub fn retry_after(&self, e: &mut Entry, wait: std::time::Duration) -> io::Result<()> {
+        let ms = now_ms().saturating_add(wait.as_millis() as u64);
+        self.append(e, &Mark::RetryAt { ms })?;
+        e.not_before_ms = ms;
+        Ok(())
+    }
+
+    /// A deposit whose outcome is recorded but whose files cannot leave the
+    /// spool (rotation failed `workers.max_attempts` times: a folder made
+    /// unwritable, a full disk). It stays here for the operator, and is no
+    /// longer scheduled, so that the producer's next deposits go on.
+    pub fn park(&self, e: &mut Entry) -> io::Result<()> {
+        self.append(e, &Mark::Parked)?;
+        e.parked = true;
+        Ok(())
     }
 
     /// The entry kept in a 0.2 outcome record (whose entry record a power
@@ -523,6 +611,9 @@ impl Spool {
             size,
             sidecar: self.root.join(format!("{id}.md5")).exists(),
             created: jobs::deposit::now_rfc3339(),
+            attempts: 0,
+            not_before_ms: 0,
+            parked: false,
             dev: None,
             ino: None,
             mtime_ns: None,
@@ -752,6 +843,9 @@ mod tests {
             size: 4,
             sidecar: true,
             created: "2026-01-01T00:00:00Z".into(),
+            attempts: 0,
+            not_before_ms: 0,
+            parked: false,
             dev: None,
             ino: None,
             mtime_ns: None,

@@ -47,7 +47,7 @@ local s = redis.call('HGET', KEYS[1], 'state')
 /// writer (a scheduler that listed the spool just before the end) must not
 /// turn a SUCCESS back into WAITING. ARGV[rest]: the state ('' = only make
 /// sure it exists); then field/value pairs. Returns 0 when it had ended,
-/// the attempt number when it moved to PROGRESS, else 1.
+/// the `attempts` field when it moved to PROGRESS, else 1.
 const ADVANCE: &str = r#"
 local state = ARGV[rest]
 if state == '' then return 1 end
@@ -55,7 +55,7 @@ if s == 'SUCCESS' or s == 'FAILURE' then return 0 end
 redis.call('HSET', KEYS[1], 'state', state)
 if #ARGV > rest then redis.call('HSET', KEYS[1], unpack(ARGV, rest + 1)) end
 local r = 1
-if state == 'PROGRESS' then r = redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
+if state == 'PROGRESS' then r = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '1') or 1 end
 redis.call('HSET', KEYS[3], 'last_state', state)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'id', ARGV[2], 'producer', ARGV[3], 'state', state)
 return r
@@ -162,8 +162,9 @@ impl Status {
         Ok(self.advance(e, state, fields).await? != 0)
     }
 
-    /// PROGRESS, counting the attempt: its number, or None when the deposit
-    /// had already ended.
+    /// PROGRESS, with the attempt's number (counted in the spool record,
+    /// which outlives Redis) among `fields`; None when the deposit had
+    /// already ended.
     pub async fn start(&self, e: &Entry, fields: &[(&str, String)]) -> redis::RedisResult<Option<u32>> {
         let n = self.advance(e, PROGRESS, fields).await?;
         Ok((n > 0).then(|| u32::try_from(n).unwrap_or(u32::MAX)))

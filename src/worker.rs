@@ -14,17 +14,19 @@ use jobs::report::{Report, ReportBase};
 use jobs::rotate::{self, Deposited};
 use jobs::unpack::Progress;
 use jobs::{Error, Stage};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use crate::daemon::{DepositJob, Shared};
 use crate::hook;
 use crate::spool::{Entry, Outcome};
+use crate::state::{DepositJob, Shared};
 use crate::status::{self, FAILURE, PROGRESS, SUCCESS};
 
 /// Shared between the pipeline thread and the status ticker.
 struct Live {
     stage: AtomicU8,
-    bytes: AtomicU64,
+    /// Bytes written so far; shared with the space reservations.
+    bytes: Arc<AtomicU64>,
+    id: String,
     total: AtomicU64,
     files: AtomicU64,
     shared: Arc<Shared>,
@@ -51,6 +53,27 @@ impl Progress for Live {
     }
     fn cancelled(&self) -> bool {
         self.shared.abort.load(Ordering::Relaxed)
+    }
+    fn warn(&self, msg: &str) {
+        warn!(deposit = %self.id, "{msg}");
+    }
+    fn reserve(&self, root: &std::path::Path, need: u64, margin: u64) -> Result<(), Error> {
+        let mut logged = false;
+        loop {
+            match self.shared.space.try_reserve(&self.id, root, need, margin, &self.bytes) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => return Err(e),
+            }
+            if !logged {
+                info!(deposit = %self.id, need, "waiting for disk space that running deposits have reserved");
+                logged = true;
+            }
+            if self.cancelled() {
+                return Err(Error::Cancelled);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 
@@ -82,26 +105,29 @@ impl Live {
 pub async fn handle(job: DepositJob, shared: Data<Arc<Shared>>) -> Result<(), BoxDynError> {
     let shared: Arc<Shared> = (*shared).clone();
     tokio::spawn(async move {
-        let _running = Running::new(&shared);
+        let _running = Running::new(&shared, &job.id);
         handle_one(job, &shared).await
     })
     .await
     .map_err(|e| AbortError::new(std::io::Error::other(format!("deposit job failed: {e}"))))?
 }
 
-/// Counts a job as running until dropped, so that a job cancelled at the
-/// end of the shutdown grace (or one that panicked) is not counted forever.
-struct Running<'a>(&'a Shared);
+/// Counts a job as running (and its deposit as active here) until
+/// dropped, so that a job cancelled at the end of the shutdown grace (or
+/// one that panicked) is not counted forever.
+struct Running<'a>(&'a Shared, String);
 
 impl<'a> Running<'a> {
-    fn new(shared: &'a Arc<Shared>) -> Self {
+    fn new(shared: &'a Arc<Shared>, id: &str) -> Self {
         shared.running.fetch_add(1, Ordering::Relaxed);
-        Running(shared)
+        crate::state::lock(&shared.active).insert(id.to_owned());
+        Running(shared, id.to_owned())
     }
 }
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
+        crate::state::lock(&self.0.active).remove(&self.1);
         self.0.running.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -110,35 +136,87 @@ async fn handle_one(job: DepositJob, shared: &Arc<Shared>) -> Result<(), BoxDynE
     let guard = shared.producer_lock(&job.producer);
     let _g = guard.lock().await;
     let (sh, id) = (shared.clone(), job.id.clone());
-    let entry = match off_runtime(move || sh.spool.load_with_outcome(&id)).await.and_then(|r| r) {
-        Ok(Some((e, None))) => e,
-        Ok(Some((e, Some(o)))) => {
-            finalize(shared, &e, &o).await;
-            return Ok(());
+    // Loaded fresh and the run counted in one trip: the count must be on
+    // disk before anything can crash.
+    let loaded = off_runtime(move || -> std::io::Result<_> {
+        match sh.spool.load_with_outcome(&id)? {
+            Some((mut e, o)) => {
+                sh.spool.begin_attempt(&mut e)?;
+                Ok(Some((e, o)))
+            }
+            None => Ok(None),
         }
+    })
+    .await
+    .and_then(|r| r);
+    let cfg = shared.config();
+    match loaded {
+        Ok(Some((e, None))) if e.attempts > cfg.workers.max_attempts => give_up(shared, e).await,
+        Ok(Some((e, None))) => run_one(shared, e).await,
+        Ok(Some((e, Some(o)))) => finalize(shared, &e, &o).await,
         // Already finished (a duplicate or re-queued orphan): nothing to do.
-        Ok(None) => return Ok(()),
-        Err(e) => return Err(AbortError::new(e).into()),
-    };
-    run_one(shared, entry).await;
+        Ok(None) => {}
+        Err(err) => {
+            // The spool cannot be read or written: a host fault. Back off
+            // in memory (the record could not take it) and let the
+            // scheduler queue it again.
+            warn!(deposit = %job.id, producer = %job.producer, error = %err, "cannot read or update the spool record; will retry");
+            let wait = backoff(1);
+            shared.retry_at.lock().map(|mut r| r.insert(job.id.clone(), Instant::now() + wait)).ok();
+            shared.requeue(&job.producer, &job.id);
+        }
+    }
     Ok(())
+}
+
+/// Exponential backoff with jitter (×0.5 to ×1.5): deposits that failed
+/// together (a full disk) must not all come back at the same instant.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = 2u64.saturating_pow(attempt.clamp(1, 8)) * 1000;
+    let mut r = [0u8; 2];
+    let jitter = if getrandom::fill(&mut r).is_ok() { u16::from_le_bytes(r) as u64 % 1000 } else { 500 };
+    Duration::from_millis(base / 2 + base * jitter / 1000)
+}
+
+/// Every attempt begun and none finished: the daemon was killed during
+/// each (out of memory, a crash). The deposit ends so that the producer's
+/// next one goes on; the operator has the log.
+async fn give_up(shared: &Arc<Shared>, entry: Entry) {
+    let n = entry.attempts.saturating_sub(1);
+    let err = Error::io(
+        Stage::Unpack,
+        format!(
+            "{n} attempts were started and none finished (the daemon stopped or was killed during each; out of memory?); workers.max_attempts is {}",
+            shared.config().workers.max_attempts
+        ),
+        std::io::Error::other("gave up"),
+    );
+    error!(deposit = %entry.id, producer = %entry.producer, attempts = n, "giving up: no attempt finished");
+    let outcome = failure(report_base(&entry, &jobs::deposit::now_rfc3339()), &err);
+    let (sh, en, o) = (shared.clone(), entry.clone(), outcome.clone());
+    match off_runtime(move || sh.spool.set_outcome(&en, &o)).await.and_then(|r| r) {
+        Ok(()) => finalize(shared, &entry, &outcome).await,
+        Err(err) => {
+            warn!(deposit = %entry.id, error = %err, "cannot record the outcome; the deposit will run again");
+            shared.later(&entry, backoff(entry.attempts)).await;
+        }
+    }
 }
 
 async fn run_one(shared: &Arc<Shared>, entry: Entry) {
     let cfg = shared.config();
     let started = jobs::deposit::now_rfc3339();
-    let attempts = match shared.status.start(&entry, &[("started", started.clone()), ("stage", "unpack".into())]).await
-    {
-        Ok(Some(n)) => n,
-        // Redis away, or showing an end the spool does not know of yet (a
-        // crash between the two): the spool decides, so run it.
-        Ok(None) | Err(_) => 1,
-    };
+    let attempts = entry.attempts.max(1);
+    let fields = [("started", started.clone()), ("stage", "unpack".into()), ("attempts", attempts.to_string())];
+    // Redis away, or showing an end the spool does not know of yet: the
+    // spool decides, so run it either way.
+    let _ = shared.status.start(&entry, &fields).await;
     info!(deposit = %entry.id, producer = %entry.producer, stage = "unpack", state = PROGRESS, attempt = attempts, "started");
 
     let live = Arc::new(Live {
         stage: AtomicU8::new(0),
-        bytes: AtomicU64::new(0),
+        bytes: Arc::default(),
+        id: entry.id.clone(),
         total: AtomicU64::new(0),
         files: AtomicU64::new(0),
         shared: shared.clone(),
@@ -200,6 +278,7 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
     .await
     .unwrap_or_else(|err| End::Retry(Error::io(Stage::Unpack, "pipeline thread", err)));
     ticker.abort();
+    shared.space.release(&entry.id);
     live.lap(live.stage.load(Ordering::Relaxed));
     // The last stage and byte counts: with the terminal state when there
     // is one (one round trip less per deposit), else on their own.
@@ -213,6 +292,8 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
             // Shutdown interrupted it; staging is gone, the deposit stays
             // in the spool and runs again at the next start.
             info!(deposit = %entry.id, producer = %entry.producer, "interrupted by shutdown; resumes at the next start");
+            let (sh, mut en) = (shared.clone(), entry.clone());
+            let _ = off_runtime(move || sh.spool.interrupted(&mut en)).await;
             let _ = shared.status.set(&entry, status::WAITING, &[("stage", String::new())]).await;
         }
         End::Retry(e) if !retry => {
@@ -225,30 +306,28 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
                 Ok(()) => finalize(shared, &entry, &outcome).await,
                 Err(err) => {
                     warn!(deposit = %entry.id, error = %err, "cannot record the outcome; the deposit will run again");
-                    shared.done(&entry, false);
+                    shared.later(&entry, backoff(attempts)).await;
                 }
             }
         }
         End::Retry(e) => {
             // Not the producer's fault: back off, keep the deposit, try again.
-            let wait = Duration::from_secs(2u64.saturating_pow(attempts.min(10)));
-            warn!(deposit = %entry.id, producer = %entry.producer, error = %e, attempt = attempts, retry_in_s = wait.as_secs(), "transient failure");
+            let wait = backoff(attempts);
+            warn!(deposit = %entry.id, producer = %entry.producer, error = %e, attempt = attempts, retry_in_ms = wait.as_millis() as u64, "transient failure");
             let _ = shared
                 .status
                 .set(&entry, status::WAITING, &[("error_code", e.code().as_str().into()), ("error", e.message())])
                 .await;
-            shared.retry_at.lock().map(|mut r| r.insert(entry.id.clone(), Instant::now() + wait)).ok();
-            shared.done(&entry, false);
+            shared.later(&entry, wait).await;
         }
         End::Unrecorded(e) => {
             warn!(deposit = %entry.id, error = %e, "cannot record the outcome; the deposit will run again");
-            shared.done(&entry, false);
+            shared.later(&entry, backoff(attempts)).await;
         }
         End::Recorded { outcome, elapsed, rotated, rotation } => {
             info!(deposit = %entry.id, producer = %entry.producer, elapsed_ms = elapsed.as_millis() as u64, "pipeline done");
             if let Err(e) = rotated {
-                warn!(deposit = %entry.id, error = %e, "rotation failed; will retry");
-                shared.done(&entry, false);
+                rotation_failed(shared, entry, &outcome, &e, &last).await;
                 return;
             }
             shared.metrics.stage(Stage::Rotate.as_str(), rotation);
@@ -320,12 +399,41 @@ pub async fn finalize(shared: &Arc<Shared>, entry: &Entry, o: &Outcome) {
         .await
         .unwrap_or_else(|e| Err(Error::io(Stage::Rotate, "rotation thread", e)));
     if let Err(e) = rotated {
-        warn!(deposit = %entry.id, error = %e, "rotation failed; will retry");
-        shared.done(entry, false);
+        rotation_failed(shared, entry.clone(), o, &e, &[]).await;
         return;
     }
     shared.metrics.stage(Stage::Rotate.as_str(), t0.elapsed());
     record(shared, entry, o, &[]).await;
+}
+
+/// The outcome is recorded but the files cannot leave the spool (the
+/// host's fault: `previous/` unwritable or not a folder, a full disk).
+/// Retried with backoff; after `workers.max_attempts` the deposit is parked
+/// in the spool for the operator and its terminal state recorded, so that
+/// the producer's next deposits go on.
+async fn rotation_failed(shared: &Arc<Shared>, entry: Entry, o: &Outcome, e: &Error, last: &[(&str, String)]) {
+    let max = shared.config().workers.max_attempts;
+    if entry.attempts < max {
+        let wait = backoff(entry.attempts);
+        error!(deposit = %entry.id, producer = %entry.producer, error = %e, attempt = entry.attempts, retry_in_ms = wait.as_millis() as u64, "rotation failed; will retry");
+        shared.later(&entry, wait).await;
+        return;
+    }
+    let (sh, mut en) = (shared.clone(), entry.clone());
+    if let Err(err) = off_runtime(move || sh.spool.park(&mut en)).await.and_then(|r| r) {
+        error!(deposit = %entry.id, error = %err, "rotation failed and the deposit cannot be parked; will retry");
+        shared.later(&entry, backoff(entry.attempts)).await;
+        return;
+    }
+    error!(
+        deposit = %entry.id, producer = %entry.producer, error = %e, attempts = entry.attempts,
+        spool = %shared.spool.root.display(),
+        "rotation failed {max} times: the deposit is parked in the spool (its state is recorded); move its files by hand"
+    );
+    if let Ok(true) = shared.status.terminal(&entry, o, last).await {
+        tell(shared, &shared.config(), &entry, o);
+    }
+    shared.done(&entry, true);
 }
 
 /// The terminal state in Redis (and the notify hook, once), then the

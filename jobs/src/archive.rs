@@ -10,16 +10,29 @@ use std::path::Path;
 use std::sync::Arc;
 
 use md5::{Digest as _, Md5};
+use zip::read::{ArchiveOffset, Config};
 use zip::result::ZipError;
 use zip::{CompressionMethod, ZipArchive};
 
 use crate::error::{Code, Error, Result, Stage};
 use crate::md5sums::Digest;
 use crate::names;
-use crate::settings::Limits;
+use crate::settings::{Checks, Limits};
 
 const UTF8_FLAG: u16 = 0x0800;
-const ZIP_MAGIC: [&[u8; 4]; 3] = [b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08"];
+const LOCAL_SIG: [u8; 4] = *b"PK\x03\x04";
+const END_SIG: [u8; 4] = *b"PK\x05\x06";
+const ZIP64_END_SIG: [u8; 4] = *b"PK\x06\x06";
+const ZIP64_LOCATOR_SIG: [u8; 4] = *b"PK\x06\x07";
+/// Fixed part of the end record; the comment (at most 65535 bytes) follows.
+const END_LEN: u64 = 22;
+const MAX_COMMENT: u64 = u16::MAX as u64;
+const ZIP64_LOCATOR_LEN: u64 = 20;
+/// Fixed part of the zip64 end record, signature included.
+const ZIP64_END_LEN: u64 = 56;
+/// The zip crate reads a zip64 end record's "extensible data" into memory;
+/// no writer puts more than a few bytes there.
+const MAX_ZIP64_EXTRA: u64 = 64 << 10;
 
 /// A window of a file, read with `pread` so several readers can share one
 /// file without sharing a cursor. This is how a stored dataset zip is read
@@ -59,6 +72,14 @@ impl Section {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Fill `buf` from `at` (relative to this window), which must lie inside it.
+    fn read_exact_at(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
+        if at.checked_add(buf.len() as u64).is_none_or(|end| end > self.len) {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of a zip"));
+        }
+        self.file.read_exact_at(buf, self.start + at)
     }
 }
 
@@ -108,12 +129,282 @@ pub fn label(container: &str, name: &str) -> String {
     if container.is_empty() { name.to_owned() } else { format!("{container}/{name}") }
 }
 
+/// How a zip is called in messages: the deposit itself, or one of its
+/// dataset zips.
+fn what(container: &str) -> String {
+    if container.is_empty() { "the archive".to_owned() } else { format!("dataset zip {container}") }
+}
+
+fn corrupt(container: &str, message: String) -> Error {
+    Error::reject(Code::ZipCorrupt, Stage::Unpack, (!container.is_empty()).then_some(container), message)
+}
+
+fn le16(b: &[u8], at: usize) -> u64 {
+    u64::from(u16::from_le_bytes([b[at], b[at + 1]]))
+}
+
+fn le32(b: &[u8], at: usize) -> u64 {
+    u64::from(u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]))
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+/// What a zip's end record says, once it is known to be this zip's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct End {
+    /// Entries the central directory holds, by the end record.
+    pub entries: u64,
+    pub cd_offset: u64,
+    pub cd_size: u64,
+}
+
+/// The parts of one end-record candidate.
+struct Record {
+    disk: u64,
+    cd_disk: u64,
+    entries_here: u64,
+    entries: u64,
+    cd_size: u64,
+    cd_offset: u64,
+    comment_len: u64,
+}
+
+impl Record {
+    fn parse(b: &[u8]) -> Record {
+        Record {
+            disk: le16(b, 4),
+            cd_disk: le16(b, 6),
+            entries_here: le16(b, 8),
+            entries: le16(b, 10),
+            cd_size: le32(b, 12),
+            cd_offset: le32(b, 16),
+            comment_len: le16(b, 20),
+        }
+    }
+
+    /// The same test the zip crate makes before it looks for zip64 records.
+    fn may_be_zip64(&self) -> bool {
+        self.entries == u64::from(u16::MAX)
+            || self.cd_size == u64::from(u32::MAX)
+            || self.cd_offset == u64::from(u32::MAX)
+    }
+}
+
+/// Read and judge a zip's end record ourselves, before the zip crate parses
+/// anything: the crate searches backwards for any end record and adjusts
+/// for bytes before the archive, so a cut-short deposit of stored dataset
+/// zips would be read as the last dataset zip, and it allocates for every
+/// entry the record announces. Here the record must be the file's last
+/// bytes (but for its comment), the central directory must end where the
+/// end records start (nothing before the archive shifts its offsets), and
+/// the file must start with a zip header. At most the last 64 KiB and a
+/// zip64 record are read.
+pub fn read_end(src: &Section, container: &str, max_entries: u64, counted: u64) -> Result<End> {
+    let it = what(container);
+    let io_err = |e| Error::io(Stage::Unpack, format!("read {it}"), e);
+    let len = src.len();
+    let mut head = [0u8; 4];
+    let head = if len >= 4 {
+        src.read_exact_at(&mut head, 0).map_err(io_err)?;
+        Some(head)
+    } else {
+        None
+    };
+    let tail_len = len.min(END_LEN + MAX_COMMENT);
+    let tail_start = len - tail_len;
+    let mut tail = vec![0u8; tail_len as usize];
+    src.read_exact_at(&mut tail, tail_start).map_err(io_err)?;
+    // Complete end records in the tail, the last one first.
+    let sigs: Vec<usize> =
+        (0..tail.len().saturating_sub(END_LEN as usize - 1)).rev().filter(|&i| tail[i..i + 4] == END_SIG).collect();
+    let exact = sigs.iter().position(|&i| i as u64 + END_LEN + le16(&tail, i + 20) == tail_len);
+    let starts_local = head == Some(LOCAL_SIG);
+    let cut_short = || {
+        corrupt(
+            container,
+            if container.is_empty() {
+                "the archive ends before its table of contents: the upload was probably cut short; upload it again"
+                    .to_owned()
+            } else {
+                format!(
+                    "{it} ends before its table of contents: it was damaged or cut short when it was made; rebuild it and upload the deposit again"
+                )
+            },
+        )
+    };
+    let not_at_start = |before: Option<u64>| {
+        let n = before.map_or_else(String::new, |n| format!(" ({n} bytes before it)"));
+        corrupt(
+            container,
+            format!(
+                "{it} does not start with a zip header{n}: something was written in front of the zip (a self-extractor, or another file joined to it); upload the zip file itself"
+            ),
+        )
+    };
+    let Some(k) = exact else {
+        if sigs.is_empty() && !starts_local && head != Some(END_SIG) {
+            if container.is_empty() {
+                return Err(Error::reject(
+                    Code::NotAZip,
+                    Stage::Unpack,
+                    None,
+                    "the file is not a zip archive: it has neither a zip header at its start nor a zip table of contents at its end",
+                ));
+            }
+            return Err(corrupt(
+                container,
+                format!(
+                    "{it} is not a zip archive: it has neither a zip header at its start nor a zip table of contents at its end"
+                ),
+            ));
+        }
+        // An end record whose directory ends right before it, followed by
+        // bytes it does not announce as its comment: something was appended.
+        for &i in &sigs {
+            let r = Record::parse(&tail[i..]);
+            let at = tail_start + i as u64;
+            let end = at + END_LEN + r.comment_len;
+            if end < len && r.cd_offset.checked_add(r.cd_size) == Some(at) && starts_local {
+                return Err(corrupt(
+                    container,
+                    format!(
+                        "{it} has {} bytes after its end that are not part of it (not a zip comment): something was appended to the zip; upload the zip file itself",
+                        len - end
+                    ),
+                ));
+            }
+        }
+        return Err(if starts_local || head == Some(END_SIG) { cut_short() } else { not_at_start(None) });
+    };
+    if k != 0 {
+        return Err(corrupt(
+            container,
+            format!(
+                "{it}'s comment holds another end record, so where its table of contents is cannot be told; rebuild the zip"
+            ),
+        ));
+    }
+    let i = sigs[k];
+    let at = tail_start + i as u64;
+    let r = Record::parse(&tail[i..]);
+    let split = || {
+        corrupt(container, format!("{it} is one part of a split (multi-volume) zip; upload it as a single zip file"))
+    };
+    if r.disk != 0 || r.cd_disk != 0 || r.entries_here != r.entries {
+        return Err(split());
+    }
+    // A zip64 locator right before the end record points at the zip64 end
+    // record, which then sits between the directory and the locator.
+    let mut dir_end = at;
+    let mut end = End { entries: r.entries, cd_offset: r.cd_offset, cd_size: r.cd_size };
+    let mut locator = [0u8; ZIP64_LOCATOR_LEN as usize];
+    if at >= ZIP64_LOCATOR_LEN
+        && src.read_exact_at(&mut locator, at - ZIP64_LOCATOR_LEN).is_ok()
+        && locator[..4] == ZIP64_LOCATOR_SIG
+    {
+        let loc_at = at - ZIP64_LOCATOR_LEN;
+        let z64_at = le64(&locator, 8);
+        if le32(&locator, 4) != 0 || le32(&locator, 16) > 1 {
+            return Err(split());
+        }
+        let mut z = [0u8; ZIP64_END_LEN as usize];
+        let fits = z64_at.checked_add(ZIP64_END_LEN).is_some_and(|e| e <= loc_at);
+        if !fits || src.read_exact_at(&mut z, z64_at).is_err() || z[..4] != ZIP64_END_SIG {
+            return Err(if starts_local { cut_short() } else { not_at_start(None) });
+        }
+        let record_end = le64(&z, 4).checked_add(12).and_then(|n| n.checked_add(z64_at));
+        if record_end != Some(loc_at) {
+            return Err(corrupt(
+                container,
+                format!("{it}'s zip64 end record does not end where its locator starts (damaged zip); rebuild the zip"),
+            ));
+        }
+        if le64(&z, 4) > ZIP64_END_LEN - 12 + MAX_ZIP64_EXTRA {
+            return Err(corrupt(
+                container,
+                format!(
+                    "{it}'s zip64 end record carries {} bytes of extra data, more than any zip tool writes (damaged or hand-made zip); rebuild the zip",
+                    le64(&z, 4) - (ZIP64_END_LEN - 12)
+                ),
+            ));
+        }
+        if le32(&z, 16) != 0 || le32(&z, 20) != 0 || le64(&z, 24) != le64(&z, 32) {
+            return Err(split());
+        }
+        dir_end = z64_at;
+        if r.may_be_zip64() {
+            end = End { entries: le64(&z, 32), cd_offset: le64(&z, 48), cd_size: le64(&z, 40) };
+        }
+    }
+    match end.cd_offset.checked_add(end.cd_size) {
+        Some(e) if e == dir_end => {}
+        // The record describes a zip that ends earlier in the file: either
+        // bytes were put in front of the archive, or this is the end record
+        // of a zip stored inside it and the archive's own end is missing.
+        Some(e) if e < dir_end && !starts_local && head != Some(END_SIG) => {
+            return Err(not_at_start(Some(dir_end - e)));
+        }
+        Some(e) if e < dir_end => return Err(cut_short()),
+        _ => {
+            return Err(corrupt(
+                container,
+                format!(
+                    "{it}'s end record places its table of contents past the end of the file (damaged zip); upload it again"
+                ),
+            ));
+        }
+    }
+    // An empty archive is its end record alone.
+    let empty = head == Some(END_SIG) && at == 0;
+    if !starts_local && !empty {
+        return Err(not_at_start(None));
+    }
+    if end.entries.saturating_add(counted) > max_entries {
+        let before = if counted > 0 { format!(" (with {counted} before it in the deposit)") } else { String::new() };
+        return Err(Error::reject(
+            Code::LimitExceeded,
+            Stage::Unpack,
+            (!container.is_empty()).then_some(container),
+            format!("{it} holds {} entries{before}; limits.max_entries is {max_entries}", end.entries),
+        ));
+    }
+    Ok(end)
+}
+
+/// Parse the central directory that [`read_end`] vouched for, at offset 0
+/// exactly (no search for bytes in front), and check the crate found the
+/// same one.
+fn parse(src: Section, container: &str, end: &End) -> Result<ZipArchive<Section>> {
+    let it = what(container);
+    let zip =
+        ZipArchive::with_config(Config { archive_offset: ArchiveOffset::Known(0) }, src).map_err(|e| match e {
+            ZipError::Io(e) if e.raw_os_error().is_some() => Error::io(Stage::Unpack, format!("read {it}"), e),
+            e => corrupt(container, format!("{it}'s table of contents is damaged and cannot be read (detail: {e})")),
+        })?;
+    if zip.offset() != 0 || zip.central_directory_start() != end.cd_offset {
+        return Err(corrupt(
+            container,
+            format!("{it}'s table of contents is not where its end record says (damaged zip); upload it again"),
+        ));
+    }
+    Ok(zip)
+}
+
 /// Open the deposit, telling "this is not a zip at all" from "a damaged zip".
 pub fn open_outer(path: &Path, limits: &Limits) -> Result<(Section, ZipArchive<Section>)> {
     let file = File::open(path).map_err(|e| Error::io(Stage::Unpack, format!("open {}", path.display()), e))?;
     let len = file.metadata().map_err(|e| Error::io(Stage::Unpack, format!("stat {}", path.display()), e))?.len();
     if len == 0 {
-        return Err(Error::reject(Code::NotAZip, Stage::Unpack, None, "the file is empty"));
+        return Err(Error::reject(
+            Code::NotAZip,
+            Stage::Unpack,
+            None,
+            "the file is empty (0 bytes): the upload carried nothing; upload the archive again",
+        ));
     }
     if len > limits.max_archive_bytes {
         return Err(Error::reject(
@@ -123,43 +414,37 @@ pub fn open_outer(path: &Path, limits: &Limits) -> Result<(Section, ZipArchive<S
             format!("the archive is {len} bytes; limits.max_archive_bytes is {}", limits.max_archive_bytes),
         ));
     }
-    let mut magic = [0u8; 4];
-    let n = file.read_at(&mut magic, 0).map_err(|e| Error::io(Stage::Unpack, "read archive", e))?;
-    let looks_zip = n == 4 && ZIP_MAGIC.iter().any(|m| **m == magic);
     let src = Section::new(Arc::new(file), 0, len);
-    let zip = ZipArchive::new(src.clone()).map_err(|e| match e {
-        ZipError::Io(e) if e.raw_os_error().is_some() => Error::io(Stage::Unpack, "read archive", e),
-        e if looks_zip => Error::reject(Code::ZipCorrupt, Stage::Unpack, None, format!("damaged zip: {e}")),
-        _ => Error::reject(Code::NotAZip, Stage::Unpack, None, "not a zip archive (no zip signature found)"),
-    })?;
+    let end = read_end(&src, "", limits.max_entries, 0)?;
+    let zip = parse(src.clone(), "", &end)?;
     Ok((src, zip))
 }
 
-/// Open a dataset zip found inside the deposit.
-pub fn open_inner(reader: Section, container: &str) -> Result<ZipArchive<Section>> {
-    ZipArchive::new(reader).map_err(|e| match e {
-        ZipError::Io(e) if e.raw_os_error().is_some() => Error::io(Stage::Unpack, format!("read {container}"), e),
-        e => Error::reject(
-            Code::ZipCorrupt,
-            Stage::Unpack,
-            Some(container),
-            format!("dataset zip {container} is not a readable zip: {e}"),
-        ),
-    })
+/// Open a zip inside the deposit (`container` names it; empty for the
+/// deposit itself, read again), under the same rules as the deposit.
+/// `counted` entries of the deposit were listed before this one, and the
+/// whole deposit may hold `max_entries`.
+pub fn open_inner(reader: Section, container: &str, max_entries: u64, counted: u64) -> Result<ZipArchive<Section>> {
+    let end = read_end(&reader, container, max_entries, counted)?;
+    parse(reader, container, &end)
 }
 
 /// List and judge every entry of one zip: names, links, encryption, methods,
 /// repeated names and overlapping bodies. Nothing is inflated here.
-pub fn list(zip: &mut ZipArchive<Section>, src: &Section, container: &str, limits: &Limits) -> Result<Vec<Entry>> {
-    let corrupt = |e: ZipError| match e {
-        ZipError::Io(e) if e.raw_os_error().is_some() => Error::io(Stage::Unpack, "read central directory", e),
-        e => Error::reject(
-            Code::ZipCorrupt,
-            Stage::Unpack,
-            (!container.is_empty()).then_some(container),
-            format!("damaged zip{}: {e}", if container.is_empty() { String::new() } else { format!(" {container}") }),
-        ),
+pub fn list(
+    zip: &mut ZipArchive<Section>,
+    src: &Section,
+    container: &str,
+    limits: &Limits,
+    checks: &Checks,
+) -> Result<Vec<Entry>> {
+    let it = what(container);
+    let damaged = |e: ZipError| match e {
+        ZipError::Io(e) if e.raw_os_error().is_some() => Error::io(Stage::Unpack, format!("read {it}"), e),
+        e => corrupt(container, format!("{it}'s table of contents is damaged and cannot be read (detail: {e})")),
     };
+    // read_end already refused this from the end record; kept as a guard
+    // for callers that open a zip some other way.
     if zip.len() as u64 > limits.max_entries {
         return Err(Error::reject(
             Code::LimitExceeded,
@@ -181,7 +466,7 @@ pub fn list(zip: &mut ZipArchive<Section>, src: &Section, container: &str, limit
     }
     let mut out = Vec::with_capacity(zip.len());
     for index in 0..zip.len() {
-        let f = zip.by_index_raw(index).map_err(corrupt)?;
+        let f = zip.by_index_raw(index).map_err(damaged)?;
         let utf8 = f.flags().as_u16() & UTF8_FLAG != 0;
         let raw_label = label(container, &String::from_utf8_lossy(f.name_raw()));
         let decoded = names::decode_name(f.name_raw(), utf8)
@@ -197,6 +482,10 @@ pub fn list(zip: &mut ZipArchive<Section>, src: &Section, container: &str, limit
             })?
             .to_owned();
         let entry = label(container, &name);
+        // Judged on the central directory, before any data is written; the
+        // SPEC reports these under `conflicts`.
+        names::check_rules(&name, checks.portable_names)
+            .map_err(|e| Error::reject(e.code, Stage::Conflicts, Some(&entry), format!("{entry:?}: {}", e.why)))?;
         let reject = |code, msg: &str| Error::reject(code, Stage::Unpack, Some(&entry), format!("{entry}: {msg}"));
         if f.encrypted() {
             return Err(reject(Code::Encrypted, "entry is encrypted"));
@@ -217,7 +506,7 @@ pub fn list(zip: &mut ZipArchive<Section>, src: &Section, container: &str, limit
             }
         };
         if is_dir && f.size() > 0 {
-            return Err(reject(Code::ZipCorrupt, "folder entry with content"));
+            return Err(reject(Code::ZipCorrupt, "a folder entry that holds data (a damaged or hand-made zip)"));
         }
         let data_start = f.data_start().unwrap_or(0);
         out.push(Entry {
@@ -231,14 +520,11 @@ pub fn list(zip: &mut ZipArchive<Section>, src: &Section, container: &str, limit
             data_start,
         });
     }
-    if zip.has_overlapping_entries().map_err(corrupt)? {
-        return Err(Error::reject(
-            Code::ZipCorrupt,
-            Stage::Unpack,
-            (!container.is_empty()).then_some(container),
+    if zip.has_overlapping_entries().map_err(damaged)? {
+        return Err(corrupt(
+            container,
             format!(
-                "{}: several entries share the same bytes (overlapping entries, a zip-bomb technique)",
-                if container.is_empty() { "archive" } else { container }
+                "in {it} several entries share the same bytes (overlapping entries, a zip-bomb technique); rebuild the zip with an ordinary zip tool"
             ),
         ));
     }
@@ -283,12 +569,12 @@ fn read_fault(e: io::Error, entry: &str) -> Error {
             format!("{entry}: inflates past its declared size"),
         );
     }
-    let what = if text.contains("checksum") {
-        "CRC32 does not match the data (corrupted entry)".to_owned()
+    let why = if text.contains("checksum") {
+        "its data does not match its CRC32 checksum: the entry was damaged (upload the archive again)".to_owned()
     } else {
-        format!("cannot inflate: {e}")
+        format!("its compressed data is damaged and cannot be unpacked (detail: {e})")
     };
-    Error::reject(Code::ZipCorrupt, Stage::Unpack, Some(entry), format!("{entry}: {what}"))
+    Error::reject(Code::ZipCorrupt, Stage::Unpack, Some(entry), format!("{entry}: {why}"))
 }
 
 /// What streaming one entry produced.
@@ -337,7 +623,9 @@ pub fn copy_entry(
             Code::ZipCorrupt,
             Stage::Unpack,
             Some(entry),
-            format!("{entry}: {size} bytes of data, {declared} declared (truncated)"),
+            format!(
+                "{entry}: {size} bytes of data where {declared} are declared: the entry is cut short (damaged zip)"
+            ),
         ));
     }
     Ok(Copied { size, md5: md5.finalize().into() })
@@ -351,6 +639,11 @@ pub fn open_entry<'a, R: Read + Seek>(
 ) -> Result<zip::read::ZipFile<'a, R>> {
     zip.by_index(index).map_err(|e| match e {
         ZipError::Io(e) => read_fault(e, entry),
-        e => Error::reject(Code::ZipCorrupt, Stage::Unpack, Some(entry), format!("{entry}: {e}")),
+        e => Error::reject(
+            Code::ZipCorrupt,
+            Stage::Unpack,
+            Some(entry),
+            format!("{entry}: its header in the zip is damaged and it cannot be read (detail: {e})"),
+        ),
     })
 }

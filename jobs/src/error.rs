@@ -89,7 +89,7 @@ impl Code {
         match self {
             Code::NotAZip => "The file is not a zip archive. Upload the deposit as a .zip file.",
             Code::ZipCorrupt => {
-                "The archive is damaged (truncated upload or corrupted entry). Upload it again; check it with `unzip -t` first."
+                "The archive is damaged (an upload cut short, bytes added before or after the zip, or a corrupted entry). Upload it again; check it with `unzip -t` first."
             }
             Code::UnsafePath => {
                 "An entry name would escape the deposit (absolute path, `..`, backslash or drive letter). Rebuild the archive with relative paths only."
@@ -100,13 +100,13 @@ impl Code {
                 "An entry uses a compression method the archive does not accept. Use plain Deflate (the default of zip tools) or store."
             }
             Code::LimitExceeded => {
-                "The deposit is larger than this archive accepts (size, number of files or path length). Split it or contact the archive."
+                "The deposit is larger than this archive accepts (size, unpacked size, number of files, size of its metadata and checksum files, or path length). Split it or contact the archive."
             }
             Code::NameConflict => {
                 "Two files would be published under the same name (names equal except for case or Unicode form, a file and a folder with one name, or a repeated name). Rename one of them."
             }
             Code::NameInvalid => {
-                "A file name is not acceptable (control characters, over-long, or not expected at this place). Rename the file."
+                "A file name is not acceptable (control or invisible characters, a name Windows reserves such as NUL or one ending in a dot or a space, over-long, or not expected at this place). Rename the file."
             }
             Code::Md5Mismatch => {
                 "A file does not match the MD5 checksum given for it. Upload it again, or regenerate the checksum."

@@ -41,20 +41,60 @@ pub struct Summary {
 /// The sidecar is tiny; more than this is not an md5 line.
 const MAX_SIDECAR: u64 = 4096;
 
-fn read_sidecar(path: &Path) -> Result<Digest> {
+/// A sidecar as read: its digest and the bytes it took in memory.
+struct SidecarMd5 {
+    md5: Digest,
+    bytes: u64,
+}
+
+/// Read the sidecar, never through a symlink and never when it is not a
+/// regular file (a FIFO would block, a device could be anything): such a
+/// sidecar is ignored, as if there were none, and the operator is warned.
+/// Its bytes count against `limits.max_metadata_bytes`, from its size
+/// before they are read.
+fn read_sidecar(path: &Path, max_metadata: u64, progress: &dyn Progress) -> Result<Option<SidecarMd5>> {
+    use rustix::fs::{Mode, OFlags};
     let name = path.file_name().map_or_else(|| "sidecar".into(), |n| n.to_string_lossy().into_owned());
-    let mut text = String::new();
-    fs::File::open(path).and_then(|f| f.take(MAX_SIDECAR).read_to_string(&mut text)).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::InvalidData {
-            Error::reject(Code::Md5Mismatch, Stage::Verify, Some(&name), format!("{name}: not text"))
-        } else {
-            Error::io(Stage::Verify, format!("read {}", path.display()), e)
-        }
-    })?;
-    verify::parse_sidecar(&text, &name)
+    let io_err = |e: std::io::Error| Error::io(Stage::Verify, format!("read {}", path.display()), e);
+    let ignored = |why: &str| {
+        progress.warn(&format!("sidecar {name} ignored: {why}; the archive is checked without it"));
+        Ok(None)
+    };
+    // NONBLOCK: opening a FIFO for reading would wait for a writer.
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = match rustix::fs::open(path, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::LOOP) => return ignored("it is a symbolic link"),
+        // A socket cannot be opened at all.
+        Err(rustix::io::Errno::NXIO) => return ignored("it is not a regular file"),
+        Err(e) => return Err(io_err(e.into())),
+    };
+    let file = fs::File::from(fd);
+    let meta = file.metadata().map_err(io_err)?;
+    if !meta.is_file() {
+        return ignored("it is not a regular file");
+    }
+    let bytes = meta.len().min(MAX_SIDECAR);
+    if bytes > max_metadata {
+        return Err(Error::reject(
+            Code::LimitExceeded,
+            Stage::Unpack,
+            Some(&name),
+            format!("{name}: {bytes} bytes of metadata; limits.max_metadata_bytes is {max_metadata}"),
+        ));
+    }
+    let mut raw = Vec::with_capacity(bytes as usize);
+    file.take(bytes).read_to_end(&mut raw).map_err(io_err)?;
+    let text = String::from_utf8(raw)
+        .map_err(|_| Error::reject(Code::Md5Mismatch, Stage::Verify, Some(&name), format!("{name}: not text")))?;
+    Ok(Some(SidecarMd5 { md5: verify::parse_sidecar(&text, &name)?, bytes }))
 }
 
 /// Unpack (to `root`, or nowhere), verify and check; nothing published.
+/// With a sidecar, a deposit that fails for any other reason is first
+/// checked against it: when the archive does not match its sidecar, that
+/// is the verdict (it was damaged on its way), not what the damage made
+/// look wrong inside.
 fn examine(
     job: &Job<'_>,
     root: Option<&Path>,
@@ -63,26 +103,68 @@ fn examine(
     kept: &[String],
     progress: &dyn Progress,
 ) -> Result<Summary> {
-    let s = job.settings;
     progress.stage(Stage::Unpack);
     // The sidecar is parsed first so a malformed one costs no unpacking.
-    let sidecar_md5 = job.sidecar.map(read_sidecar).transpose()?;
+    let sidecar = match job.sidecar {
+        Some(p) => read_sidecar(p, job.settings.limits.max_metadata_bytes, progress)?,
+        None => None,
+    };
+    let result = examine_with(job, root, base, scratch, kept, sidecar.as_ref(), progress);
+    match (result, sidecar) {
+        (Err(Error::Rejected(r)), Some(side))
+            if !(r.code == Code::Md5Mismatch && r.entry.as_deref() == Some(job.name)) =>
+        {
+            Err(sidecar_verdict(job, &side.md5)?.unwrap_or(Error::Rejected(r)))
+        }
+        (result, _) => result,
+    }
+}
+
+/// The MD5 mismatch of the archive against its sidecar, if there is one.
+/// An archive over `limits.max_archive_bytes` is not read for it: that
+/// limit is what a deposit may cost to look at.
+fn sidecar_verdict(job: &Job<'_>, given: &Digest) -> Result<Option<Error>> {
+    let size = fs::metadata(job.archive).ctx(Stage::Verify, || format!("stat {}", job.archive.display()))?.len();
+    if size > job.settings.limits.max_archive_bytes {
+        return Ok(None);
+    }
+    let mut buf = vec![0u8; 256 << 10];
+    let actual = plan::file_md5(job.archive, &mut buf, |_| {})
+        .ctx(Stage::Verify, || format!("read {}", job.archive.display()))?;
+    Ok((actual != *given).then(|| verify::archive_mismatch(job.name, &actual, &sidecar_name(job), given)))
+}
+
+fn sidecar_name(job: &Job<'_>) -> String {
+    job.sidecar.and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn examine_with(
+    job: &Job<'_>,
+    root: Option<&Path>,
+    base: Option<&Path>,
+    scratch: &Path,
+    kept: &[String],
+    sidecar: Option<&SidecarMd5>,
+    progress: &dyn Progress,
+) -> Result<Summary> {
+    let s = job.settings;
     let plan: Plan = plan::build(&plan::Input {
         archive: job.archive,
         producer: job.producer,
         settings: s,
         scratch,
-        has_sidecar: sidecar_md5.is_some(),
+        has_sidecar: sidecar.is_some(),
+        sidecar_bytes: sidecar.map_or(0, |s| s.bytes),
         kept,
     })?;
     progress.totals(plan.total_bytes, plan.total_files);
     // Now the unpacked size is known from the central directories: refuse
     // before writing rather than fill the publish filesystem.
     if let Some(root) = root {
-        crate::publish::check_free_space(root, plan.total_bytes, s.limits.min_free_bytes)?;
+        progress.reserve(root, plan.total_bytes, s.limits.min_free_bytes)?;
     }
     let target = Target { root, fsync: s.publish.fsync, base };
-    let mut got: Unpacked = unpack::run(&plan, job.archive, sidecar_md5.is_some(), target, s.threads(), progress)?;
+    let mut got: Unpacked = unpack::run(&plan, job.archive, sidecar.is_some(), target, s.threads(), progress)?;
     for c in &plan.containers {
         if let Some(copied) = c.copied {
             let e = &plan.levels[0].entries[c.outer_entry];
@@ -96,14 +178,13 @@ fn examine(
         }
     }
     progress.stage(Stage::Verify);
-    let side_name =
-        job.sidecar.and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let sidecar = sidecar_md5.map(|md5| Sidecar { name: &side_name, md5 });
+    let side_name = sidecar_name(job);
+    let sidecar = sidecar.map(|side| Sidecar { name: &side_name, md5: side.md5 });
     let pair = match (&sidecar, &got.archive_md5) {
         (Some(s), Some(a)) => Some((s, a)),
         _ => None,
     };
-    verify::check(&plan, &got.files, pair, job.name, s.limits.max_path_len)?;
+    verify::check(&plan, &got.files, pair, job.name, s.limits.max_path_len, s.checks.portable_names)?;
     let files: Vec<FileRecord> = got.files.into_iter().filter(|f| f.published.is_some()).collect();
     Ok(Summary { file_count: files.len() as u64, total_bytes: files.iter().map(|f| f.size).sum(), files })
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use zip::ZipArchive;
@@ -17,11 +17,8 @@ use crate::conflicts::{self, Name};
 use crate::error::{Code, Error, IoContext, Result, Stage};
 use crate::md5sums::{self, Digest, Line, is_manifest_name};
 use crate::names::{self, dirname};
-use crate::settings::{Profile, Settings};
+use crate::settings::{Limits, Profile, Settings};
 use crate::theia::{self, TopName};
-
-/// Pivots and manifests are read into memory; bigger ones are refused.
-pub const MAX_SMALL_FILE: u64 = 64 << 20;
 
 /// One zip level: the deposit itself (level 0) or a dataset zip in it.
 #[derive(Debug)]
@@ -29,9 +26,34 @@ pub struct Level {
     /// Name of the dataset zip in the deposit; empty for level 0.
     pub container: String,
     /// Where its bytes are: in place in the deposit, or a scratch copy.
-    pub src: Section,
+    pub src: Source,
     pub entries: Vec<Entry>,
     pub roles: Vec<Role>,
+}
+
+/// Where a level's bytes are.
+#[derive(Debug)]
+pub enum Source {
+    /// A window of the deposit file (level 0, stored dataset zips): one
+    /// descriptor shared by every level.
+    InPlace(Section),
+    /// A compressed dataset zip inflated to this scratch file. It is opened
+    /// only while it is read, so a deposit of thousands of compressed
+    /// dataset zips does not hold a descriptor for each.
+    Scratch(PathBuf),
+}
+
+impl Source {
+    /// The bytes, with a cursor of their own.
+    pub fn open(&self) -> Result<Section> {
+        match self {
+            Source::InPlace(s) => Ok(s.rewound()),
+            Source::Scratch(path) => {
+                let file = File::open(path).ctx(Stage::Unpack, || format!("open {}", path.display()))?;
+                Section::whole(Arc::new(file)).ctx(Stage::Unpack, || format!("stat {}", path.display()))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,13 +91,18 @@ pub struct Container {
 pub struct Plan {
     pub levels: Vec<Level>,
     pub manifests: Vec<Manifest>,
-    /// Files already read into memory (pivots), published from there.
+    /// Files already read into memory (pivots), published from there; with
+    /// the manifests, bounded by `limits.max_metadata_bytes`.
     pub small: BTreeMap<(usize, usize), Vec<u8>>,
     pub containers: Vec<Container>,
     /// Level-0 names some manifest lists: only those containers need an MD5.
     pub listed_top: HashSet<String>,
+    /// Bytes of the files to publish.
     pub total_bytes: u64,
     pub total_files: u64,
+    /// Bytes of compressed dataset zips inflated to scratch to be read; they
+    /// count against `limits.max_unpacked_bytes` with `total_bytes`.
+    pub scratch_bytes: u64,
 }
 
 impl Plan {
@@ -93,14 +120,65 @@ pub struct Input<'a> {
     pub scratch: &'a Path,
     /// A sidecar MD5 was given (counts for `checks.require_md5`).
     pub has_sidecar: bool,
+    /// Bytes of the sidecar read into memory: they count against
+    /// `limits.max_metadata_bytes` with the pivots and manifests.
+    pub sidecar_bytes: u64,
     /// Published paths of the current release kept by a merge.
     pub kept: &'a [String],
 }
 
+/// Bytes of metadata (pivots, manifests, sidecar) one deposit holds in
+/// memory, charged before each is read, from its declared size: an entry
+/// cannot inflate past that (`copy_entry`), so the charge is a true bound.
+struct Metadata {
+    used: u64,
+    max: u64,
+}
+
+impl Metadata {
+    fn charge(&mut self, bytes: u64, entry: &str) -> Result<()> {
+        let total = self.used.saturating_add(bytes);
+        if total > self.max {
+            return Err(Error::reject(
+                Code::LimitExceeded,
+                Stage::Unpack,
+                Some(entry),
+                format!(
+                    "{entry}: {bytes} bytes of metadata; with the pivots, checksum manifests and sidecar before it, {total} bytes, over limits.max_metadata_bytes ({})",
+                    self.max
+                ),
+            ));
+        }
+        self.used = total;
+        Ok(())
+    }
+
+    /// Charge every entry of a level that is read into memory, before any
+    /// of them is read: a deposit over the limit costs no inflating.
+    fn charge_level(&mut self, lv: &Level, in_memory: impl Fn(&Role) -> bool) -> Result<()> {
+        for (e, r) in lv.entries.iter().zip(&lv.roles) {
+            if in_memory(r) {
+                self.charge(e.size, &label(&lv.container, &e.name))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Bytes a level will publish.
+fn data_bytes(lv: &Level) -> u64 {
+    lv.entries
+        .iter()
+        .zip(&lv.roles)
+        .filter(|(_, r)| matches!(r, Role::Data(_)))
+        .fold(0u64, |n, (e, _)| n.saturating_add(e.size))
+}
+
 pub fn build(input: &Input<'_>) -> Result<Plan> {
     let limits = &input.settings.limits;
+    let checks = &input.settings.checks;
     let (src, mut zip) = archive::open_outer(input.archive, limits)?;
-    let entries = archive::list(&mut zip, &src, "", limits)?;
+    let entries = archive::list(&mut zip, &src, "", limits, checks)?;
     let mut plan = Plan {
         levels: Vec::new(),
         manifests: Vec::new(),
@@ -109,19 +187,26 @@ pub fn build(input: &Input<'_>) -> Result<Plan> {
         listed_top: HashSet::new(),
         total_bytes: 0,
         total_files: 0,
+        scratch_bytes: 0,
     };
+    // The caller refused a sidecar over the limit on its own, before reading it.
+    let mut meta = Metadata { used: input.sidecar_bytes, max: limits.max_metadata_bytes };
     let roles = match input.settings.profile {
         Profile::Plain => plain_roles(&entries),
         Profile::Theia => theia_roles(&entries, input.producer, &mut plan.containers)?,
     };
-    plan.levels.push(Level { container: String::new(), src, entries, roles });
+    plan.levels.push(Level { container: String::new(), src: Source::InPlace(src), entries, roles });
+    // Level 0's data entries are the pivots in a Theia deposit (read and
+    // kept to publish), and are streamed in a plain one.
+    let theia = input.settings.profile == Profile::Theia;
+    meta.charge_level(&plan.levels[0], |r| *r == Role::Manifest || (theia && matches!(r, Role::Data(_))))?;
     read_manifests(&mut plan, 0, &mut zip)?;
     for m in &plan.manifests {
         plan.listed_top.extend(m.lines.iter().map(|l| names::join(&m.dir, &l.path)));
     }
-    if input.settings.profile == Profile::Theia {
+    if theia {
         let pivot = read_pivots(&mut plan, &mut zip, input.producer)?;
-        open_containers(&mut plan, &mut zip, input)?;
+        open_containers(&mut plan, &mut zip, input, &mut meta)?;
         let mut zips = BTreeMap::new();
         for c in &plan.containers {
             let level = &plan.levels[c.level];
@@ -179,19 +264,12 @@ fn theia_roles(entries: &[Entry], producer: &str, containers: &mut Vec<Container
     Ok(roles)
 }
 
-/// Read a small entry whole, refusing one over `MAX_SMALL_FILE`.
+/// Read a small entry whole. Its declared size was charged to the metadata
+/// budget, and `copy_entry` stops one byte past it.
 fn read_small(zip: &mut ZipArchive<Section>, level: &Level, i: usize) -> Result<(Vec<u8>, Copied)> {
     let e = &level.entries[i];
     let entry = label(&level.container, &e.name);
-    if e.size > MAX_SMALL_FILE {
-        return Err(Error::reject(
-            Code::LimitExceeded,
-            Stage::Unpack,
-            Some(&entry),
-            format!("{entry}: {} bytes; manifests and pivots may hold {MAX_SMALL_FILE}", e.size),
-        ));
-    }
-    let mut out = Vec::with_capacity(e.size as usize);
+    let mut out = Vec::with_capacity(usize::try_from(e.size).unwrap_or(0));
     let mut buf = vec![0u8; 64 << 10];
     let reader = archive::open_entry(zip, e.index, &entry)?;
     let copied = archive::copy_entry(reader, e.size, &entry, &mut out, &mut buf, |_| Ok(()))?;
@@ -253,48 +331,63 @@ fn read_pivots(plan: &mut Plan, zip: &mut ZipArchive<Section>, producer: &str) -
 
 /// Find each dataset zip's bytes and list its entries. A stored dataset zip
 /// is read in place; a compressed one is inflated once to scratch, hashing
-/// on the way, because a zip can only be read with seeks.
-fn open_containers(plan: &mut Plan, zip: &mut ZipArchive<Section>, input: &Input<'_>) -> Result<()> {
+/// on the way, because a zip can only be read with seeks. That scratch copy
+/// is disk spent before any check of its content, so its declared size is
+/// charged to `limits.max_unpacked_bytes` first (with everything counted
+/// before it), and `copy_entry` stops it one byte past that size.
+fn open_containers(
+    plan: &mut Plan,
+    zip: &mut ZipArchive<Section>,
+    input: &Input<'_>,
+    meta: &mut Metadata,
+) -> Result<()> {
     let limits = &input.settings.limits;
+    let mut published = data_bytes(&plan.levels[0]);
+    let mut entries = plan.levels[0].entries.len() as u64;
     for c in 0..plan.containers.len() {
         let outer = plan.containers[c].outer_entry;
         let e = plan.levels[0].entries[outer].clone();
         let container = e.name.clone();
-        let src = if e.stored {
+        let (src, source) = if e.stored {
             if e.compressed_size != e.size {
                 return Err(Error::reject(
                     Code::ZipCorrupt,
                     Stage::Unpack,
                     Some(&container),
-                    format!("{container}: stored entry with different compressed and real sizes"),
+                    format!(
+                        "{container}: a stored entry whose compressed and real sizes differ (damaged zip); upload it again"
+                    ),
                 ));
             }
-            plan.levels[0].src.sub(e.data_start, e.size)
+            let Source::InPlace(deposit) = &plan.levels[0].src else {
+                return Err(Error::io(Stage::Unpack, "read deposit", std::io::Error::other("level 0 is not in place")));
+            };
+            let src = deposit.sub(e.data_start, e.size);
+            (src.clone(), Source::InPlace(src))
         } else {
-            // Made on first use: most deposits store their dataset zips.
-            match DirBuilder::new().mode(0o700).create(input.scratch) {
-                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                    return Err(Error::io(Stage::Unpack, format!("create {}", input.scratch.display()), e));
-                }
-                _ => {}
+            let scratch = plan.scratch_bytes.saturating_add(e.size);
+            if published.saturating_add(scratch) > limits.max_unpacked_bytes {
+                return Err(Error::reject(
+                    Code::LimitExceeded,
+                    Stage::Unpack,
+                    Some(&container),
+                    format!(
+                        "{container} is compressed and would take {} bytes on disk to be read; with what the deposit already counts ({published} bytes to publish, {} bytes of dataset zips inflated before it) that is over limits.max_unpacked_bytes ({})",
+                        e.size, plan.scratch_bytes, limits.max_unpacked_bytes
+                    ),
+                ));
             }
-            let path = input.scratch.join(format!("container-{outer}.zip"));
-            let mut file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .ctx(Stage::Unpack, || format!("create {}", path.display()))?;
-            let mut buf = vec![0u8; 256 << 10];
-            let reader = archive::open_entry(zip, e.index, &container)?;
-            let copied = archive::copy_entry(reader, e.size, &container, &mut file, &mut buf, |_| Ok(()))?;
+            plan.scratch_bytes = scratch;
+            let (copied, file, path) = inflate_to_scratch(zip, &e, input.scratch)?;
             plan.containers[c].copied = Some(copied);
-            Section::whole(Arc::new(file)).ctx(Stage::Unpack, || format!("stat {}", path.display()))?
+            let src = Section::whole(Arc::new(file)).ctx(Stage::Unpack, || format!("stat {}", path.display()))?;
+            (src, Source::Scratch(path))
         };
-        let mut inner = archive::open_inner(src.clone(), &container)?;
-        let entries = archive::list(&mut inner, &src, &container, limits)?;
+        let mut inner = archive::open_inner(src.clone(), &container, limits.max_entries, entries)?;
+        let listed = archive::list(&mut inner, &src, &container, limits, &input.settings.checks)?;
+        entries = entries.saturating_add(listed.len() as u64);
         let prefix = container.trim_end_matches(".zip").to_owned();
-        let roles = entries
+        let roles = listed
             .iter()
             .map(|e| {
                 if e.is_dir {
@@ -307,10 +400,61 @@ fn open_containers(plan: &mut Plan, zip: &mut ZipArchive<Section>, input: &Input
             })
             .collect();
         let level = plan.levels.len();
-        plan.levels.push(Level { container, src, entries, roles });
+        plan.levels.push(Level { container, src: source, entries: listed, roles });
+        published = published.saturating_add(data_bytes(&plan.levels[level]));
+        // Before the next dataset zip is inflated: a deposit over the limit
+        // stops here, not after filling scratch with the rest.
+        check_unpacked(published, plan.scratch_bytes, limits)?;
+        meta.charge_level(&plan.levels[level], |r| *r == Role::Manifest)?;
         read_manifests(plan, level, &mut inner)?;
+        // `inner` and `src` close a scratch copy's descriptor here.
     }
     Ok(())
+}
+
+/// Inflate one compressed dataset zip to a fresh scratch file.
+fn inflate_to_scratch(zip: &mut ZipArchive<Section>, e: &Entry, scratch: &Path) -> Result<(Copied, File, PathBuf)> {
+    // Made on first use: most deposits store their dataset zips.
+    match DirBuilder::new().mode(0o700).create(scratch) {
+        Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(Error::io(Stage::Unpack, format!("create {}", scratch.display()), err));
+        }
+        _ => {}
+    }
+    let path = scratch.join(format!("container-{}.zip", e.index));
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .ctx(Stage::Unpack, || format!("create {}", path.display()))?;
+    let mut buf = vec![0u8; 256 << 10];
+    let reader = archive::open_entry(zip, e.index, &e.name)?;
+    let copied = archive::copy_entry(reader, e.size, &e.name, &mut file, &mut buf, |_| Ok(()))?;
+    Ok((copied, file, path))
+}
+
+/// Refuse a deposit whose published bytes and scratch copies, as counted so
+/// far, are over `limits.max_unpacked_bytes`.
+fn check_unpacked(published: u64, scratch: u64, limits: &Limits) -> Result<()> {
+    let total = published.saturating_add(scratch);
+    if total <= limits.max_unpacked_bytes {
+        return Ok(());
+    }
+    let scratch = if scratch > 0 {
+        format!(" (and its compressed dataset zips take {scratch} bytes to be read: {total} bytes in all)")
+    } else {
+        String::new()
+    };
+    Err(Error::reject(
+        Code::LimitExceeded,
+        Stage::Unpack,
+        None,
+        format!(
+            "the deposit unpacks to {published} bytes{scratch}; limits.max_unpacked_bytes is {}",
+            limits.max_unpacked_bytes
+        ),
+    ))
 }
 
 fn check_totals(plan: &mut Plan, input: &Input<'_>) -> Result<()> {
@@ -336,17 +480,7 @@ fn check_totals(plan: &mut Plan, input: &Input<'_>) -> Result<()> {
             ),
         ));
     }
-    if plan.total_bytes > limits.max_unpacked_bytes {
-        return Err(Error::reject(
-            Code::LimitExceeded,
-            Stage::Unpack,
-            None,
-            format!(
-                "the deposit unpacks to {} bytes; limits.max_unpacked_bytes is {}",
-                plan.total_bytes, limits.max_unpacked_bytes
-            ),
-        ));
-    }
+    check_unpacked(plan.total_bytes, plan.scratch_bytes, limits)?;
     if input.settings.checks.require_md5 && plan.manifests.is_empty() && !input.has_sidecar {
         return Err(Error::reject(
             Code::Md5Missing,
@@ -358,6 +492,8 @@ fn check_totals(plan: &mut Plan, input: &Input<'_>) -> Result<()> {
     Ok(())
 }
 
+/// Published paths against each other (and against the current release's
+/// in a merge), and against the name rules.
 fn check_names(plan: &Plan, input: &Input<'_>) -> Result<()> {
     let mut labels = Vec::new();
     for lv in &plan.levels {
@@ -368,7 +504,18 @@ fn check_names(plan: &Plan, input: &Input<'_>) -> Result<()> {
                 Role::Dir => names::join(lv.container.trim_end_matches(".zip"), &e.name),
                 _ => continue,
             };
-            labels.push((path, matches!(r, Role::Dir), label(&lv.container, &e.name)));
+            let shown = label(&lv.container, &e.name);
+            // Entry names were judged when listed; a published path also
+            // holds its dataset's folder (`MSEC_DAT_x.` from `MSEC_DAT_x..zip`).
+            names::check_rules(&path, input.settings.checks.portable_names).map_err(|err| {
+                Error::reject(
+                    err.code,
+                    Stage::Conflicts,
+                    Some(&shown),
+                    format!("{shown:?} publishes as {path:?}: {}", err.why),
+                )
+            })?;
+            labels.push((path, matches!(r, Role::Dir), shown));
         }
     }
     let mut names: Vec<Name<'_>> = labels.iter().map(|(p, d, l)| Name { path: p, is_dir: *d, label: l }).collect();

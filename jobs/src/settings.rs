@@ -46,7 +46,9 @@ impl Default for Checks {
 pub struct Limits {
     /// Size of the uploaded archive file.
     pub max_archive_bytes: u64,
-    /// Sum of every published file's size (both zip levels).
+    /// Sum of every published file's size (both zip levels), plus the
+    /// inflated size of each compressed dataset zip: those are written out
+    /// to scratch to be read, and that disk is spent before their content is.
     pub max_unpacked_bytes: u64,
     /// Entries in the archive plus entries in every dataset zip.
     pub max_entries: u64,

@@ -1,7 +1,6 @@
 //! The one pass over the data: every file is inflated, hashed and written at
 //! once, on as many threads as the deposit has independent pieces.
 
-use std::collections::HashMap;
 use std::fs::{DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -27,6 +26,11 @@ const CHUNK_FILES: usize = 512;
 /// Up to this much data, a deposit is unpacked on the calling thread.
 const INLINE_BYTES: u64 = 1 << 20;
 const INLINE_FILES: u64 = 64;
+/// Written files waiting for the fsync thread, at most. Each holds its
+/// descriptor until synced, so an unbounded queue held one per file of the
+/// deposit (8,000 small files failed under `ulimit -n 1024`); past this,
+/// writers wait for the disk, which is what they would wait for anyway.
+const FSYNC_QUEUE: usize = 64;
 
 /// Told how far a deposit has got; called from several threads.
 pub trait Progress: Sync {
@@ -36,6 +40,21 @@ pub trait Progress: Sync {
     /// Polled between buffers: true stops the work with [`Error::Cancelled`].
     fn cancelled(&self) -> bool {
         false
+    }
+    /// Something the operator should know that does not change the verdict
+    /// (e.g. a sidecar that is a symlink, ignored). The pipeline has no log
+    /// of its own; the daemon and the CLI log or print these. The text never
+    /// holds bytes from the deposit.
+    fn warn(&self, _msg: &str) {}
+    /// Room for `need` bytes under `root` (the publish filesystem) plus
+    /// `margin`, asked once the central directories gave the deposit's size
+    /// and before a byte of the release is written. The default looks at
+    /// the free space now; the daemon also counts what the deposits running
+    /// beside this one have reserved and not written yet, and waits for
+    /// them rather than let several deposits that cannot all fit fail
+    /// together.
+    fn reserve(&self, root: &Path, need: u64, margin: u64) -> Result<()> {
+        crate::publish::check_free_space(root, need, margin)
     }
 }
 
@@ -131,8 +150,8 @@ pub fn run(
     let (units, next, stop, done, first_error) = (&units, &next, &stop, &done, &first_error);
     // A small deposit needs no 256 KiB buffer (an mmap and munmap each).
     let buf_len = usize::try_from(plan.total_bytes).unwrap_or(BUF).clamp(16 << 10, BUF);
-    let work = |syncer: Option<mpsc::Sender<(File, String)>>| {
-        let mut w = Worker { plan, target, buf: vec![0u8; buf_len], open: HashMap::new(), syncer };
+    let work = |syncer: Option<mpsc::SyncSender<(File, String)>>| {
+        let mut w = Worker { plan, target, buf: vec![0u8; buf_len], open: None, syncer };
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             if i >= units.len() || stop.load(Ordering::Relaxed) {
@@ -162,7 +181,7 @@ pub fn run(
     } else {
         // fsync waits on the disk, not the CPU: one thread does all of them
         // while the workers go on inflating the next files.
-        let (tx, rx) = mpsc::channel::<(File, String)>();
+        let (tx, rx) = mpsc::sync_channel::<(File, String)>(FSYNC_QUEUE);
         let use_syncer = target.fsync && target.root.is_some();
         std::thread::scope(|s| {
             let syncer = use_syncer.then(|| s.spawn(move || drain_fsyncs(rx)));
@@ -234,15 +253,17 @@ struct Worker<'p> {
     plan: &'p Plan,
     target: Target<'p>,
     buf: Vec<u8>,
-    /// Each thread reads through its own archive handles (`pread`, no
-    /// shared cursor), opened once per level.
-    open: HashMap<usize, ZipArchive<Section>>,
+    /// Each thread reads through its own archive handle (`pread`, no
+    /// shared cursor), of the level it works on. Units come in level order,
+    /// so one at a time is enough, and a scratch copy's descriptor is not
+    /// kept for every level a thread has seen.
+    open: Option<(usize, ZipArchive<Section>)>,
     /// Where written files go to be fsynced, when they must be.
-    syncer: Option<mpsc::Sender<(File, String)>>,
+    syncer: Option<mpsc::SyncSender<(File, String)>>,
 }
 
 /// Mode 0644 whatever the umask; on disk before the release is renamed.
-fn finish(syncer: &Option<mpsc::Sender<(File, String)>>, fsync: bool, f: File, rel: &str) -> Result<()> {
+fn finish(syncer: &Option<mpsc::SyncSender<(File, String)>>, fsync: bool, f: File, rel: &str) -> Result<()> {
     f.set_permissions(Permissions::from_mode(FILE_MODE)).ctx(Stage::Unpack, || format!("chmod {rel}"))?;
     match syncer {
         Some(tx) => tx
@@ -257,7 +278,7 @@ fn finish(syncer: &Option<mpsc::Sender<(File, String)>>, fsync: bool, f: File, r
 /// the current release, or written.
 fn place(
     target: &Target<'_>,
-    syncer: &Option<mpsc::Sender<(File, String)>>,
+    syncer: &Option<mpsc::SyncSender<(File, String)>>,
     root: &Path,
     published: &str,
     bytes: &[u8],
@@ -317,7 +338,7 @@ impl Worker<'_> {
         let info = &self.plan.containers[c];
         let e = &self.plan.levels[0].entries[info.outer_entry];
         let want_md5 = self.plan.listed_top.contains(&e.name);
-        let mut src = self.plan.levels[info.level].src.rewound();
+        let mut src = self.plan.levels[info.level].src.open()?;
         let mut crc = crc32fast::Hasher::new();
         let mut md5 = want_md5.then(Md5::new);
         loop {
@@ -338,7 +359,10 @@ impl Worker<'_> {
                 Code::ZipCorrupt,
                 Stage::Unpack,
                 Some(&e.name),
-                format!("{}: CRC32 does not match the data (corrupted entry)", e.name),
+                format!(
+                    "{}: its data does not match its CRC32 checksum: the entry was damaged (upload the archive again)",
+                    e.name
+                ),
             ));
         }
         Ok(FileRecord {
@@ -358,11 +382,14 @@ impl Worker<'_> {
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Vec<FileRecord>> {
         let lv = &self.plan.levels[level];
-        let zip = match self.open.entry(level) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(archive::open_inner(lv.src.rewound(), &lv.container)?)
-            }
+        if self.open.as_ref().is_none_or(|(l, _)| *l != level) {
+            // Same bytes as when planned: the entry count cannot have grown.
+            self.open = None;
+            let zip = archive::open_inner(lv.src.open()?, &lv.container, lv.entries.len() as u64, 0)?;
+            self.open = Some((level, zip));
+        }
+        let Some((_, zip)) = self.open.as_mut() else {
+            return Err(Error::io(Stage::Unpack, "open zip", io::Error::other("no archive handle")));
         };
         let mut out = Vec::with_capacity(entries.len());
         for &i in entries {

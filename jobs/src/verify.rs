@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::error::{Code, Error, Result, Stage};
 use crate::md5sums::{self, Digest};
-use crate::names::{self, check_name};
+use crate::names::{self, check_name, check_rules};
 use crate::plan::Plan;
 use crate::unpack::FileRecord;
 
@@ -28,6 +28,21 @@ pub fn parse_sidecar(text: &str, name: &str) -> Result<Digest> {
     })
 }
 
+/// The archive does not match its sidecar: the verdict on the deposit,
+/// whatever else looks wrong in it.
+pub fn archive_mismatch(archive_name: &str, actual: &Digest, sidecar_name: &str, given: &Digest) -> Error {
+    Error::reject(
+        Code::Md5Mismatch,
+        Stage::Verify,
+        Some(archive_name),
+        format!(
+            "{archive_name}: MD5 is {}, {sidecar_name} says {}: the archive was damaged on its way (or the sidecar belongs to another upload); upload both again",
+            md5sums::hex(actual),
+            md5sums::hex(given)
+        ),
+    )
+}
+
 fn under(dir: &str, path: &str) -> bool {
     dir.is_empty() || path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'))
 }
@@ -38,21 +53,12 @@ pub fn check(
     sidecar: Option<(&Sidecar<'_>, &Digest)>,
     archive_name: &str,
     max_path_len: u64,
+    portable_names: bool,
 ) -> Result<()> {
     if let Some((given, actual)) = sidecar
         && given.md5 != *actual
     {
-        return Err(Error::reject(
-            Code::Md5Mismatch,
-            Stage::Verify,
-            Some(archive_name),
-            format!(
-                "{archive_name}: MD5 is {}, {} says {}",
-                md5sums::hex(actual),
-                given.name,
-                md5sums::hex(&given.md5)
-            ),
-        ));
+        return Err(archive_mismatch(archive_name, actual, given.name, &given.md5));
     }
     let by_name: HashMap<(usize, &str), &FileRecord> = files.iter().map(|f| ((f.level, f.name.as_str()), f)).collect();
     let mut listed: HashSet<(usize, String)> = HashSet::new();
@@ -61,7 +67,10 @@ pub fn check(
             let path = names::join(&m.dir, &line.path);
             let entry = plan.levels[m.level].container.clone();
             let shown = crate::archive::label(&entry, &path);
+            // The same rules as entry names: a listed path that could not be
+            // an entry is the manifest's fault, named as such.
             let path = check_name(&path, max_path_len)
+                .and_then(|p| check_rules(p, portable_names).map(|()| p))
                 .map_err(|e| {
                     Error::reject(
                         if e.code == Code::LimitExceeded { Code::Md5Missing } else { e.code },

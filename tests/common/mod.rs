@@ -1,0 +1,202 @@
+//! The harness of the daemon's integration tests: a private redis-server
+//! per test on a free loopback port, a site (config and folders in a temp
+//! dir) and the real `depot` binary, each stopped by its pid when dropped.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A redis-server of our own, stopped (by pid) when dropped.
+pub struct Redis {
+    pub child: Child,
+    pub port: u16,
+    /// `requirepass`, if the server was started with one.
+    pub password: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        Self::start_on(free_port())
+    }
+    pub fn start_on(port: u16) -> Redis {
+        Self::start_with(port, None)
+    }
+    pub fn start_with(port: u16, password: Option<&str>) -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(password.map(|p| ["--requirepass", p]).into_iter().flatten())
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install -y redis-server)");
+        let r = Redis { child, port, password: password.map(str::to_owned), _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while r.cmd(&["PING"]).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+    pub fn url(&self) -> String {
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+    pub fn conn(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(self.url())?.get_connection_with_timeout(Duration::from_secs(2))
+    }
+    pub fn cmd(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        let mut c = redis::cmd(args[0]);
+        for a in &args[1..] {
+            c.arg(*a);
+        }
+        c.query(&mut self.conn()?)
+    }
+    pub fn hgetall(&self, key: &str) -> HashMap<String, String> {
+        let mut c = self.conn().unwrap();
+        redis::cmd("HGETALL").arg(key).query(&mut c).unwrap()
+    }
+    pub fn deposits(&self) -> Vec<HashMap<String, String>> {
+        let mut c = self.conn().unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS").arg("depot:deposit:*").query(&mut c).unwrap();
+        keys.iter().map(|k| self.hgetall(k)).collect()
+    }
+    pub fn events(&self) -> Vec<HashMap<String, String>> {
+        let mut c = self.conn().unwrap();
+        let v: Vec<(String, HashMap<String, String>)> =
+            redis::cmd("XRANGE").arg("depot:events").arg("-").arg("+").query(&mut c).unwrap();
+        v.into_iter().map(|(_, h)| h).collect()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The daemon under test, with its folders.
+pub struct Site {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Site {
+    pub fn new(redis_url: &str, extra: &str) -> Site {
+        Self::with_redis_keys(redis_url, "", extra)
+    }
+    pub fn with_redis_keys(redis_url: &str, redis_keys: &str, extra: &str) -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        fs::write(
+            &config,
+            format!(
+                "drop_root = \"drop\"\npublish_root = \"publish\"\n[redis]\nurl = \"{redis_url}\"\n{redis_keys}\n[watch]\nsettle_ms = 300\n[publish]\nfsync = false\nkeep_releases = 10\n{extra}"
+            ),
+        )
+        .unwrap();
+        // `depot run` refuses roots that do not exist (as on a real host,
+        // where tmpfiles makes them).
+        fs::create_dir_all(dir.path().join("drop")).unwrap();
+        fs::create_dir_all(dir.path().join("publish")).unwrap();
+        Site { dir, config }
+    }
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn new_dir(&self, p: &str) -> PathBuf {
+        let d = self.root().join("drop").join(p).join("new");
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+    /// rsync's way: a hidden temp name, then a rename.
+    pub fn drop_rsync(&self, p: &str, name: &str, bytes: &[u8]) {
+        let d = self.new_dir(p);
+        let tmp = d.join(format!(".{name}.Xy12Ab"));
+        fs::write(&tmp, bytes).unwrap();
+        fs::rename(tmp, d.join(name)).unwrap();
+    }
+    pub fn start(&self) -> Daemon {
+        self.start_env(&[])
+    }
+    pub fn start_env(&self, env: &[(&str, &str)]) -> Daemon {
+        Daemon(Some(
+            Command::new(env!("CARGO_BIN_EXE_depot"))
+                .args(["run", "--config"])
+                .arg(&self.config)
+                .env("RUST_LOG", "info")
+                .envs(env.iter().copied())
+                .stderr(fs::File::create(self.root().join("daemon.log")).unwrap())
+                .spawn()
+                .unwrap(),
+        ))
+    }
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.root().join("daemon.log")).unwrap_or_default()
+    }
+    /// `depot run --role ROLE`, logging to `<role>.log`.
+    pub fn start_role(&self, role: &str) -> Daemon {
+        Daemon(Some(
+            Command::new(env!("CARGO_BIN_EXE_depot"))
+                .args(["run", "--role", role, "--config"])
+                .arg(&self.config)
+                .env("RUST_LOG", "info")
+                .stderr(fs::File::create(self.root().join(format!("{role}.log"))).unwrap())
+                .spawn()
+                .unwrap(),
+        ))
+    }
+}
+
+/// The daemon process; killed (by its pid) if a test ends without stopping it.
+pub struct Daemon(pub Option<Child>);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn wait_for(site: &Site, what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; daemon log:\n{}", site.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn terminal(d: &HashMap<String, String>) -> bool {
+    matches!(d.get("state").map(String::as_str), Some("SUCCESS" | "FAILURE"))
+}
+
+pub fn stop(mut d: Daemon) -> Option<i32> {
+    let mut child = d.0.take()?;
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -228,6 +228,10 @@ pub struct IngestOptions {
 /// removed and `current` is as it was.
 pub fn ingest(job: &Job<'_>, publish_root: &Path, opts: IngestOptions, progress: &dyn Progress) -> Result<Published> {
     let s = job.settings;
+    // One publisher per producer, from reading `current` (merge, links to
+    // unchanged files) to switching it: the daemon's workers and `depot
+    // ingest` alike.
+    let _lock = publish::lock_producer(publish_root, job.producer, &|| progress.cancelled())?;
     let kept = publish::merge_base(publish_root, job.producer, s.publish.mode)?;
     let staging = Staging::create(publish_root, job.id)?;
     let result = (|| {

@@ -5,7 +5,7 @@
 
 use std::fs::{self, DirBuilder, File, Permissions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt, symlink};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{FlockOperation, flock};
@@ -108,6 +108,54 @@ impl Staging {
     }
 }
 
+/// Lock files of [`lock_producer`], one per producer.
+pub const LOCKS: &str = ".locks";
+
+/// The right to publish for one producer, from staging to `current`:
+/// held by the daemon's workers and by `depot ingest` alike, across
+/// processes (and across hosts whose shared filesystem honours `flock`, as
+/// NFSv4 and CephFS do). Released when dropped (or when the process dies:
+/// a crash never leaves a stale lock).
+#[derive(Debug)]
+pub struct ProducerLock {
+    _file: File,
+}
+
+/// Wait for the producer's publish lock. `cancelled` is asked while
+/// waiting, so that a shutdown is not held up by another process's long
+/// publish; the wait backs off to 500 ms between tries.
+pub fn lock_producer(publish_root: &Path, producer: &str, cancelled: &dyn Fn() -> bool) -> Result<ProducerLock> {
+    let dir = publish_root.join(LOCKS);
+    mkdir_p(&dir, Stage::Unpack)?;
+    let path = dir.join(format!("{producer}.lock"));
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&path)
+        .ctx(Stage::Unpack, || format!("open {}", path.display()))?;
+    let mut wait = std::time::Duration::from_millis(10);
+    loop {
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(ProducerLock { _file: file }),
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK || e == rustix::io::Errno::INTR => {}
+            Err(e) => return Err(Error::io(Stage::Unpack, format!("lock {}", path.display()), e.into())),
+        }
+        if cancelled() {
+            return Err(Error::Cancelled);
+        }
+        std::thread::sleep(wait);
+        wait = (wait * 2).min(std::time::Duration::from_millis(500));
+    }
+}
+
+/// The time part of a deposit id (`yyyymmddThhmmssZ`), which sorts.
+fn id_time(id: &str) -> &str {
+    id.get(..16).unwrap_or(id)
+}
+
 fn ignore_missing(e: io::Error) -> io::Result<()> {
     if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) }
 }
@@ -205,6 +253,8 @@ pub struct Published {
     pub release: PathBuf,
     pub file_count: u64,
     pub total_bytes: u64,
+    /// `current` was left on this newer release (see [`publish`]).
+    pub superseded_by: Option<String>,
 }
 
 /// The folder `current` points at, if any.
@@ -275,13 +325,21 @@ pub fn publish(
     }
     req.step(Step::Renamed)?;
 
-    switch_current(req.publish_root, req.producer, req.deposit_id, req.fsync)?;
+    // `current` never moves back: a deposit dropped before one that was
+    // published first (by `depot ingest`, or a retry) is kept as a release
+    // but does not replace the newer state.
+    let newer = current_dir(req.publish_root, req.producer)
+        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .filter(|cur| id_time(cur) > id_time(req.deposit_id));
+    if newer.is_none() {
+        switch_current(req.publish_root, req.producer, req.deposit_id, req.fsync)?;
+    }
     req.step(Step::Switched)?;
 
-    prune(req.publish_root, req.producer, req.deposit_id, req.keep_releases)
+    prune(req.publish_root, req.producer, newer.as_deref().unwrap_or(req.deposit_id), req.keep_releases)
         .ctx(Stage::Publish, || "remove old releases".into())?;
     req.step(Step::Pruned)?;
-    Ok(Published { release, file_count, total_bytes })
+    Ok(Published { release, file_count, total_bytes, superseded_by: newer })
 }
 
 /// Folders 0755 whatever the umask, and their entries on disk.

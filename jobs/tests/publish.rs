@@ -246,3 +246,67 @@ fn unchanged_small_files_are_linked_to_the_current_release() {
     assert_eq!(fs::read(third.release.join("MSEC_DAT_2/obs3.txt")).unwrap(), b"hello");
     assert!(env.staging_is_empty());
 }
+
+/// An older deposit published after a newer one (a `depot ingest` that
+/// overtook the daemon's queue) is kept as a release, but `current` stays
+/// on the newer: it never moves back.
+#[test]
+fn current_never_moves_back_to_an_older_deposit() {
+    let env = Env::new();
+    let s = theia_settings();
+    let publish = |id: &str, tag: &str| {
+        let name = format!("{id}.zip");
+        let archive = env.put(&name, &good_theia("MSEC", tag));
+        let job =
+            jobs::pipeline::Job { id, producer: "MSEC", archive: &archive, name: &name, sidecar: None, settings: &s };
+        jobs::pipeline::ingest(&job, &env.publish_root, IngestOptions::default(), &jobs::unpack::Quiet).unwrap()
+    };
+    let newer = "20261201T100000Z-MSEC-0000000b";
+    let older = "20261201T090000Z-MSEC-0000000a";
+    assert!(publish(newer, "new").superseded_by.is_none());
+    let p = publish(older, "old");
+    assert_eq!(p.superseded_by.as_deref(), Some(newer));
+    assert!(env.current("MSEC").unwrap().ends_with(newer));
+    assert!(p.release.join("manifest.json").is_file(), "the older release is kept");
+    assert!(env.staging_is_empty());
+}
+
+/// One publisher per producer: while another process (here: this test)
+/// holds the producer's lock, a publish waits, and gives up when cancelled.
+#[test]
+fn a_publish_waits_for_the_producers_lock() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let env = Env::new();
+    let held = jobs::publish::lock_producer(&env.publish_root, "MSEC", &|| false).unwrap();
+    let stop = AtomicBool::new(false);
+    let s = theia_settings();
+    let archive = env.put("a.zip", &good_theia("MSEC", "a"));
+    struct Stop<'a>(&'a AtomicBool);
+    impl jobs::unpack::Progress for Stop<'_> {
+        fn cancelled(&self) -> bool {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+    std::thread::scope(|sc| {
+        let t = sc.spawn(|| {
+            let id = jobs::deposit::new_id("MSEC");
+            let job = jobs::pipeline::Job {
+                id: &id,
+                producer: "MSEC",
+                archive: &archive,
+                name: "a.zip",
+                sidecar: None,
+                settings: &s,
+            };
+            jobs::pipeline::ingest(&job, &env.publish_root, IngestOptions::default(), &Stop(&stop))
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(!t.is_finished(), "published while another held the lock");
+        assert!(env.current("MSEC").is_none());
+        stop.store(true, Ordering::Relaxed);
+        assert!(matches!(t.join().unwrap(), Err(jobs::Error::Cancelled)));
+    });
+    drop(held);
+    let out = env.ingest("MSEC", "b.zip", &good_theia("MSEC", "b"), &s);
+    assert!(out.result.is_ok());
+}

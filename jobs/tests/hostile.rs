@@ -362,3 +362,271 @@ fn cp437_names_decode_and_publish() {
     assert_eq!(fs::read(rel.join("données.txt")).unwrap(), b"d");
     assert_eq!(fs::read(rel.join("été/ß.csv")).unwrap(), b"e");
 }
+
+/// Forty pivots of 8 MiB each (whitespace after the JSON: valid, and
+/// compressing to almost nothing) used 329 MiB before they were counted.
+#[test]
+fn pivot_flood_over_metadata_limit() {
+    let mut padded = pivot("MSEC", &[]);
+    padded.resize(8 << 20, b' ');
+    let body = deflate(&padded);
+    assert!(body.len() < 256 << 10, "{}", body.len());
+    let mut z = RawZip::new();
+    let langs: Vec<String> = std::iter::once("en".to_owned())
+        .chain((b'a'..=b'z').flat_map(|a| (b'a'..=b'z').map(move |b| format!("{}{}", a as char, b as char))))
+        .take(40)
+        .collect();
+    for lang in &langs {
+        let mut e = RawEntry::new(format!("MSEC_{lang}.json"), Vec::new(), DEFLATED);
+        e.crc = Some(crc32(&padded));
+        e.size = Some(padded.len() as u32);
+        e.body = Some(body.clone());
+        z = z.raw(e);
+    }
+    let z = z.build();
+    assert!(z.len() < 10 << 20, "{}", z.len());
+    let r = rejected(&theia_settings(), &z, Code::LimitExceeded);
+    let msg = r.message.unwrap();
+    assert!(msg.contains("limits.max_metadata_bytes"), "{msg}");
+    // Two fit in 16 MiB; the third is named.
+    assert_eq!(r.entry.as_deref(), Some(format!("MSEC_{}.json", langs[2]).as_str()));
+}
+
+#[test]
+fn manifests_and_sidecar_count_against_metadata_limit() {
+    let tight = |n| Settings { limits: jobs::Limits { max_metadata_bytes: n, ..Default::default() }, ..plain() };
+    let sums = md5sums(&[("a.txt", b"a")]);
+    let z = RawZip::new().file("a.txt", "a").file("MD5SUMS", sums.clone()).build();
+    let r = rejected(&tight(sums.len() as u64 - 1), &z, Code::LimitExceeded);
+    assert_eq!(r.entry.as_deref(), Some("MD5SUMS"));
+    // The manifest alone fits; with the sidecar it does not.
+    let side = format!("{}  MSEC_BAD.zip\n", md5hex(&z));
+    let r = rejected_with(&tight(sums.len() as u64 + 10), &z, Some(&side), Code::LimitExceeded);
+    assert!(r.message.unwrap().contains("limits.max_metadata_bytes"));
+    // A sidecar alone over the limit is refused before it is read.
+    let r = rejected_with(&tight(10), &z, Some(&side), Code::LimitExceeded);
+    assert_eq!(r.entry.as_deref(), Some("MSEC_BAD.zip.md5"));
+    // Inside a dataset zip too.
+    let inner_sums = md5sums(&[("obs1.txt", b"1")]);
+    let room = pivot("MSEC", &[("MSEC_DAT_1", &["obs1.txt"])]).len() + inner_sums.len() - 1;
+    let inner = RawEntry::new("MD5SUMS", inner_sums, DEFLATED);
+    let t =
+        Settings { limits: jobs::Limits { max_metadata_bytes: room as u64, ..Default::default() }, ..theia_settings() };
+    let r = rejected(&t, &theia_with(inner), Code::LimitExceeded);
+    assert_eq!(r.entry.as_deref(), Some("MSEC_DAT_1.zip/MD5SUMS"));
+}
+
+/// A compressed dataset zip is inflated to scratch to be read: 300 MiB of
+/// it, from a 300 KiB deposit, was written before anything said no.
+#[test]
+fn compressed_dataset_zip_over_unpacked_limit() {
+    let s = Settings { limits: jobs::Limits { max_unpacked_bytes: 1 << 20, ..Default::default() }, ..theia_settings() };
+    let pivot = pivot("MSEC", &[("MSEC_DAT_1", &["obs1.txt"])]);
+    let bomb = zip_of_zeros_deflated("MSEC_DAT_1.zip", "obs1.txt", 300 << 20);
+    let z = RawZip::new().file("MSEC_en.json", pivot.clone()).raw(bomb.clone()).build();
+    assert!(z.len() < 4 << 20, "{}", z.len());
+    let r = rejected(&s, &z, Code::LimitExceeded);
+    assert_eq!(r.entry.as_deref(), Some("MSEC_DAT_1.zip"));
+    assert!(r.message.unwrap().contains("limits.max_unpacked_bytes"));
+    // Declaring a small size does not help: inflating stops one byte past it.
+    for declared in [1000, 512 << 10] {
+        let mut liar = bomb.clone();
+        liar.size = Some(declared);
+        let z = RawZip::new().file("MSEC_en.json", pivot.clone()).raw(liar).build();
+        let r = rejected(&s, &z, Code::LimitExceeded);
+        assert!(r.message.unwrap().contains("declared"));
+    }
+}
+
+/// Every cut of a stored Theia deposit, notably right after a dataset
+/// zip's own end record, is the upload cut short: never the deposit read
+/// as the dataset zip whose end record happens to come last.
+#[test]
+fn cut_short_stored_theia_deposit() {
+    let z = good_theia("MSEC", "cut");
+    let ends: Vec<usize> = (0..z.len() - 3).filter(|&i| z[i..i + 4] == *b"PK\x05\x06").collect();
+    assert!(ends.len() >= 3, "two dataset zips and the deposit");
+    let mut cuts: Vec<usize> = ends[..ends.len() - 1].iter().map(|&i| i + 22).collect();
+    cuts.extend([100, z.len() / 3, z.len() / 2, ends[ends.len() - 1] - 10, z.len() - 22, z.len() - 10, z.len() - 1]);
+    for cut in cuts {
+        let r = rejected(&theia_settings(), &z[..cut], Code::ZipCorrupt);
+        let msg = r.message.unwrap();
+        assert!(msg.contains("the upload was probably cut short"), "cut at {cut}: {msg}");
+        assert_eq!(r.entry, None, "cut at {cut}");
+    }
+}
+
+#[test]
+fn bytes_before_or_after_the_zip() {
+    let z = RawZip::new().file("a.txt", "a").file("b.txt", "b").build();
+    let mut prepended = b"#!/bin/sh\nexit 0\n".to_vec();
+    prepended.extend_from_slice(&z);
+    let r = rejected(&plain(), &prepended, Code::ZipCorrupt);
+    let msg = r.message.unwrap();
+    assert!(msg.contains("does not start with a zip header (17 bytes before it)"), "{msg}");
+    let mut appended = z.clone();
+    appended.extend_from_slice(b"trailing garbage");
+    let r = rejected(&plain(), &appended, Code::ZipCorrupt);
+    let msg = r.message.unwrap();
+    assert!(msg.contains("16 bytes after its end"), "{msg}");
+    // In a dataset zip too, named.
+    let mut inner = b"junk".to_vec();
+    inner.extend_from_slice(&RawZip::new().file("obs1.txt", "1").build());
+    let pivot = pivot("MSEC", &[("MSEC_DAT_1", &["obs1.txt"])]);
+    let t = RawZip::new().file("MSEC_en.json", pivot).stored("MSEC_DAT_1.zip", inner).build();
+    let r = rejected(&theia_settings(), &t, Code::ZipCorrupt);
+    assert_eq!(r.entry.as_deref(), Some("MSEC_DAT_1.zip"));
+    assert!(r.message.unwrap().contains("dataset zip MSEC_DAT_1.zip does not start with a zip header"));
+}
+
+#[test]
+fn zip_comments_and_zip64_end_records_are_accepted() {
+    let env = Env::new();
+    let z = with_comment(&RawZip::new().file("a.txt", "a").build(), b"made by a tool PK\x03\x04");
+    let out = env.ingest("MSEC", "c.zip", &z, &plain());
+    assert!(out.result.is_ok(), "{:?}", out.result.err());
+    let z64 = with_zip64_end(&RawZip::new().file("a.txt", "a").file("b/c.txt", "c").build(), None);
+    let out = env.ingest("MSEC", "z64.zip", &z64, &plain());
+    assert!(out.result.is_ok(), "{:?}", out.result.err());
+    let inner = with_comment(&RawZip::new().file("obs1.txt", "1").build(), b"dataset");
+    let pivot = pivot("MSEC", &[("MSEC_DAT_1", &["obs1.txt"])]);
+    let t = RawZip::new().file("MSEC_en.json", pivot).stored("MSEC_DAT_1.zip", inner).build();
+    let out = env.ingest("MSEC", "t.zip", &with_comment(&t, b"deposit"), &theia_settings());
+    assert!(out.result.is_ok(), "{:?}", out.result.err());
+}
+
+/// The entry count is taken from the end record, before the directory is
+/// parsed (the zip crate allocates for every entry it is told of).
+#[test]
+fn entry_count_from_the_end_record() {
+    let few = Settings { limits: jobs::Limits { max_entries: 1000, ..Default::default() }, ..plain() };
+    let z = RawZip::new().file("a.txt", "a").build();
+    let mut lying = z.clone();
+    let n = lying.len();
+    lying[n - 12..n - 10].copy_from_slice(&60_000u16.to_le_bytes());
+    lying[n - 14..n - 12].copy_from_slice(&60_000u16.to_le_bytes());
+    let r = rejected(&few, &lying, Code::LimitExceeded);
+    assert!(r.message.unwrap().contains("60000 entries; limits.max_entries is 1000"));
+    let r = rejected(&few, &with_zip64_end(&z, Some(1 << 40)), Code::LimitExceeded);
+    assert!(r.message.unwrap().contains("limits.max_entries"));
+    // A split archive's part is not a zip to read on its own.
+    let mut split = z.clone();
+    split[n - 18..n - 16].copy_from_slice(&1u16.to_le_bytes());
+    let r = rejected(&plain(), &split, Code::ZipCorrupt);
+    assert!(r.message.unwrap().contains("split"));
+}
+
+#[test]
+fn names_fold_case_fully() {
+    rejected(&plain(), &RawZip::new().file("\u{3c3}.txt", "1").file("\u{3c2}.txt", "2").build(), Code::NameConflict);
+    rejected(
+        &plain(),
+        &RawZip::new().file("stra\u{df}e.csv", "1").file("STRASSE.CSV", "2").build(),
+        Code::NameConflict,
+    );
+    // Folders that fold to one are one folder, not a conflict.
+    let env = Env::new();
+    let z = RawZip::new().file("stra\u{df}e/a", "1").file("STRASSE/b", "2").build();
+    assert!(env.ingest("MSEC", "ok.zip", &z, &plain()).result.is_ok());
+}
+
+#[test]
+fn invisible_and_unportable_names() {
+    let r = rejected(&plain(), &one("invoice\u{202e}fdp.exe".as_bytes()), Code::NameInvalid);
+    let msg = r.message.unwrap();
+    assert!(msg.contains("U+202E RIGHT-TO-LEFT OVERRIDE"), "{msg}");
+    assert_eq!(r.stage, Some(jobs::Stage::Conflicts));
+    rejected(&plain(), &one("zero\u{200b}width.txt".as_bytes()), Code::NameInvalid);
+    rejected(&theia_settings(), &theia_with(RawEntry::new("obs\u{feff}2.txt", "x", DEFLATED)), Code::NameInvalid);
+    let r = rejected(&plain(), &one(b"NUL.txt"), Code::NameInvalid);
+    assert!(r.message.unwrap().contains("checks.portable_names"));
+    rejected(&plain(), &one(b"data/Con.tar.gz"), Code::NameInvalid);
+    let r = rejected(&plain(), &one(b"a./b"), Code::NameInvalid);
+    assert_eq!(r.stage, Some(jobs::Stage::Conflicts));
+    rejected(&plain(), &one(b"b "), Code::NameInvalid);
+    // The same names in a manifest are the manifest's fault.
+    let listed = format!("{}  NUL.txt\n", md5hex(b"x"));
+    let r = rejected(&plain(), &RawZip::new().file("MD5SUMS", listed).build(), Code::NameInvalid);
+    assert_eq!(r.entry.as_deref(), Some("MD5SUMS"));
+
+    let lax = Settings { checks: jobs::Checks { portable_names: false, ..Default::default() }, ..plain() };
+    let env = Env::new();
+    for name in ["NUL.txt", "a./b"] {
+        let out = env.ingest("MSEC", "lax.zip", &RawZip::new().file(name, "x").build(), &lax);
+        assert!(out.result.is_ok(), "{name}: {:?}", out.result.err());
+    }
+    // Invisible characters stay refused.
+    rejected(&lax, &one("a\u{202e}b".as_bytes()), Code::NameInvalid);
+}
+
+/// A sidecar is never read through a link: ignored with a warning, and
+/// what the link points at shows up nowhere.
+#[test]
+fn symlinked_or_special_sidecar_is_ignored() {
+    let env = Env::new();
+    let z = RawZip::new().file("a.txt", "a").build();
+    let secret_md5 = md5hex(b"not this archive");
+    let secret = env.tmp.path().join("secret.md5");
+    fs::write(&secret, format!("{secret_md5}  MSEC_L.zip\n")).unwrap();
+    let progress = Recorder::default();
+    let out = env.ingest_with_sidecar_path(
+        "MSEC",
+        "MSEC_L.zip",
+        &z,
+        |archive| {
+            let side = archive.with_file_name("MSEC_L.zip.md5");
+            std::os::unix::fs::symlink(&secret, &side).unwrap();
+            side
+        },
+        &plain(),
+        &progress,
+    );
+    assert!(out.result.is_ok(), "{:?}", out.result.err());
+    let warnings = progress.warnings.lock().unwrap().clone();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("symbolic link"), "{warnings:?}");
+    let shown = format!("{}{}{warnings:?}", out.report.to_json(), out.report.to_text(None));
+    assert!(!shown.contains(&secret_md5), "{shown}");
+
+    // A FIFO is not waited on.
+    let progress = Recorder::default();
+    let out = env.ingest_with_sidecar_path(
+        "MSEC",
+        "MSEC_F.zip",
+        &z,
+        |archive| {
+            let side = archive.with_file_name("MSEC_F.zip.md5");
+            rustix::fs::mknodat(rustix::fs::CWD, &side, rustix::fs::FileType::Fifo, 0o644.into(), 0).unwrap();
+            side
+        },
+        &plain(),
+        &progress,
+    );
+    assert!(out.result.is_ok(), "{:?}", out.result.err());
+    assert!(progress.warnings.lock().unwrap()[0].contains("not a regular file"));
+}
+
+/// The sidecar's verdict comes first: a damaged upload is "damaged on its
+/// way", not whatever the damage made look wrong inside.
+#[test]
+fn wrong_sidecar_is_the_verdict_over_damage() {
+    let z = RawZip::new().file("a.txt", vec![b'a'; 50_000]).file("b.txt", "b").build();
+    let side = format!("{}  MSEC_BAD.zip\n", md5hex(&z));
+    let cut = &z[..z.len() / 2];
+    let r = rejected_with(&plain(), cut, Some(&side), Code::Md5Mismatch);
+    assert_eq!(r.entry.as_deref(), Some("MSEC_BAD.zip"));
+    let msg = r.message.unwrap();
+    assert!(msg.contains("damaged on its way"), "{msg}");
+    assert!(msg.contains(&md5hex(&z)) && msg.contains(&md5hex(cut)), "{msg}");
+    // A theia deposit with a flipped byte in a dataset zip's name in the
+    // directory: of another producer, by itself.
+    let t = good_theia("MSEC", "x");
+    let side = format!("{}  MSEC_BAD.zip\n", md5hex(&t));
+    let mut bad = t.clone();
+    let at = bad.windows(14).rposition(|w| w == b"MSEC_DAT_1.zip").unwrap();
+    bad[at] = b'X';
+    rejected(&theia_settings(), &bad, Code::DatasetMismatch);
+    rejected_with(&theia_settings(), &bad, Some(&side), Code::Md5Mismatch);
+    // Without a sidecar the damage is reported as it is.
+    rejected(&plain(), cut, Code::ZipCorrupt);
+}

@@ -337,3 +337,166 @@ pub fn plain() -> Settings {
 pub fn theia_settings() -> Settings {
     Settings { publish: jobs::Publish { fsync: false, ..Default::default() }, ..Default::default() }
 }
+
+/// `zip` (as `RawZip::build` makes it: no comment) with a zip comment.
+pub fn with_comment(zip: &[u8], comment: &[u8]) -> Vec<u8> {
+    let mut out = zip.to_vec();
+    let n = out.len();
+    out[n - 2..].copy_from_slice(&(comment.len() as u16).to_le_bytes());
+    out.extend_from_slice(comment);
+    out
+}
+
+/// `zip` (as `RawZip::build` makes it) ended the zip64 way: a zip64 end
+/// record and its locator before an end record whose fields say "see
+/// zip64". `entries` overrides the count the zip64 record gives.
+pub fn with_zip64_end(zip: &[u8], entries: Option<u64>) -> Vec<u8> {
+    let eocd = zip.len() - 22;
+    let le16 = |i: usize| u16::from_le_bytes([zip[i], zip[i + 1]]) as u64;
+    let le32 = |i: usize| u32::from_le_bytes([zip[i], zip[i + 1], zip[i + 2], zip[i + 3]]) as u64;
+    let count = entries.unwrap_or(le16(eocd + 10));
+    let (cd_size, cd_offset) = (le32(eocd + 12), le32(eocd + 16));
+    let mut out = zip[..eocd].to_vec();
+    let z64_at = out.len() as u64;
+    out.extend_from_slice(b"PK\x06\x06");
+    out.extend_from_slice(&44u64.to_le_bytes());
+    for v in [45u16, 45] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in [0u32, 0] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in [count, count, cd_size, cd_offset] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(b"PK\x06\x07");
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&z64_at.to_le_bytes());
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(b"PK\x05\x06");
+    for v in [0u16, 0, 0xffff, 0xffff] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in [u32::MAX, u32::MAX] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out
+}
+
+/// A deflated entry `name` whose content is a zip holding one stored file
+/// `inner` of `n` zero bytes: a dataset zip that is small in the deposit
+/// and `n` bytes once inflated. Built streaming, so a test can make a big
+/// one without holding it.
+pub fn zip_of_zeros_deflated(name: &str, inner: &str, n: u32) -> RawEntry {
+    struct Crc<W: Write> {
+        out: W,
+        crc: crc32fast::Hasher,
+        len: u64,
+    }
+    impl<W: Write> Write for Crc<W> {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let n = self.out.write(b)?;
+            self.crc.update(&b[..n]);
+            self.len += n as u64;
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.out.flush()
+        }
+    }
+    let zeros = vec![0u8; 1 << 20];
+    let mut data_crc = crc32fast::Hasher::new();
+    let mut left = n as usize;
+    while left > 0 {
+        let k = left.min(zeros.len());
+        data_crc.update(&zeros[..k]);
+        left -= k;
+    }
+    let data_crc = data_crc.finalize();
+    let mut w =
+        Crc { out: DeflateEncoder::new(Vec::new(), Compression::fast()), crc: crc32fast::Hasher::new(), len: 0 };
+    let header = |w: &mut Crc<DeflateEncoder<Vec<u8>>>, sig: &[u8], central: bool| {
+        w.write_all(sig).unwrap();
+        if central {
+            w.write_all(&((3u16 << 8) | 20).to_le_bytes()).unwrap();
+        }
+        for v in [20u16, 0x0800, 0, 0, 0x21] {
+            w.write_all(&v.to_le_bytes()).unwrap();
+        }
+        for v in [data_crc, n, n] {
+            w.write_all(&v.to_le_bytes()).unwrap();
+        }
+        w.write_all(&(inner.len() as u16).to_le_bytes()).unwrap();
+        w.write_all(&0u16.to_le_bytes()).unwrap();
+        if central {
+            for v in [0u16, 0, 0] {
+                w.write_all(&v.to_le_bytes()).unwrap();
+            }
+            w.write_all(&(0o100644u32 << 16).to_le_bytes()).unwrap();
+            w.write_all(&0u32.to_le_bytes()).unwrap();
+        }
+        w.write_all(inner.as_bytes()).unwrap();
+    };
+    header(&mut w, b"PK\x03\x04", false);
+    let mut left = n as usize;
+    while left > 0 {
+        let k = left.min(zeros.len());
+        w.write_all(&zeros[..k]).unwrap();
+        left -= k;
+    }
+    let cd_at = w.len as u32;
+    header(&mut w, b"PK\x01\x02", true);
+    let cd_size = w.len as u32 - cd_at;
+    w.write_all(b"PK\x05\x06").unwrap();
+    for v in [0u16, 0, 1, 1] {
+        w.write_all(&v.to_le_bytes()).unwrap();
+    }
+    for v in [cd_size, cd_at] {
+        w.write_all(&v.to_le_bytes()).unwrap();
+    }
+    w.write_all(&0u16.to_le_bytes()).unwrap();
+    let size = w.len;
+    let crc = w.crc.clone().finalize();
+    let body = w.out.finish().unwrap();
+    let mut e = RawEntry::new(name, Vec::new(), DEFLATED);
+    e.crc = Some(crc);
+    e.size = Some(size as u32);
+    e.body = Some(body);
+    e
+}
+
+/// Keeps what the pipeline warned about.
+#[derive(Default)]
+pub struct Recorder {
+    pub warnings: std::sync::Mutex<Vec<String>>,
+}
+
+impl jobs::unpack::Progress for Recorder {
+    fn warn(&self, msg: &str) {
+        self.warnings.lock().unwrap().push(msg.to_owned());
+    }
+}
+
+impl Env {
+    /// Like `ingest_with`, but the sidecar is whatever `sidecar` makes
+    /// beside the archive (a link, a FIFO...), and progress is watched.
+    pub fn ingest_with_sidecar_path(
+        &self,
+        p: &str,
+        name: &str,
+        bytes: &[u8],
+        sidecar: impl FnOnce(&Path) -> PathBuf,
+        settings: &Settings,
+        progress: &dyn jobs::unpack::Progress,
+    ) -> Outcome {
+        let archive = self.put(name, bytes);
+        let side = sidecar(&archive);
+        let id = jobs::deposit::new_id(p);
+        let job = Job { id: &id, producer: p, archive: &archive, name, sidecar: Some(&side), settings };
+        let started = jobs::deposit::now_rfc3339();
+        let result = pipeline::ingest(&job, &self.publish_root, IngestOptions::default(), progress);
+        let (report, _) = pipeline::finish(&job, &self.drop_root.join(p), &started, &result).unwrap();
+        Outcome { result, report, id }
+    }
+}

@@ -523,7 +523,9 @@ fn claim_batch(
                     true
                 }
                 Err(err) => {
-                    warn!(path = %path.display(), error = %err, "cannot claim");
+                    // Once per file, not at every pass (a file swapped or
+                    // changed under the claim is looked at again anyway).
+                    settler.refuse(&path, &format!("cannot claim: {err}"));
                     false
                 }
             }
@@ -646,6 +648,12 @@ async fn schedule(shared: &Shared, storage: &Queue, full: bool) {
         if lock(&shared.queued).get(&p) == Some(&e.id) {
             continue;
         }
+        // Ended by a job of this process while this pass awaited Redis for
+        // the producers before it.
+        let still = || lock(&shared.index).get(&p).is_some_and(|m| m.contains_key(&(e.claimed_ns, e.id.clone())));
+        if !still() {
+            continue;
+        }
         if lock(&shared.retry_at).get(&e.id).is_some_and(|t| *t > now) || e.not_before_ms > now_ms {
             continue;
         }
@@ -653,6 +661,7 @@ async fn schedule(shared: &Shared, storage: &Queue, full: bool) {
         // overwritten by it.
         match redis_within(shared.status.set(&e, status::WAITING, &[])).await {
             Ok(true) => {}
+            Ok(false) if !still() || lock(&shared.queued).contains_key(&p) || !shared.spool.holds(&e.id) => continue,
             Ok(false) => {
                 // Redis shows an end the spool still holds (a crash between
                 // the terminal state and the entry's removal): the job

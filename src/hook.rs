@@ -21,7 +21,7 @@ pub struct Event {
     pub file: String,
     pub error_code: String,
     pub error: String,
-    /// `rejected/<name>.report.json` on FAILURE, empty on SUCCESS.
+    /// `rejected/<deposit-id>/report.json` on FAILURE, empty on SUCCESS.
     pub report: String,
     pub release: String,
 }

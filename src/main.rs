@@ -25,7 +25,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use jobs::pipeline::{self, IngestOptions, Job};
 use jobs::report::{Report, ReportBase};
-use jobs::unpack::{Progress, Quiet};
+use jobs::unpack::Progress;
 use jobs::{Error, Settings};
 
 use crate::config::Config;
@@ -174,7 +174,16 @@ fn cmd_run(config: PathBuf, role: RoleArg, log_format: LogFormat) -> Result<u8> 
         RoleArg::Watcher => daemon::Role::Watcher,
         RoleArg::Worker => daemon::Role::Worker,
     };
-    runtime()?.block_on(daemon::run(config, role))?;
+    // The blocking pool runs each job's pipeline and the scheduler's file
+    // work: bounded (tokio's default is 512 threads), so that TasksMax= in
+    // the unit holds whatever the load (see systemd/depot.service).
+    let concurrency = Config::load(&config).map_or(8, |c| c.workers.concurrency);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(concurrency.saturating_mul(2).saturating_add(16))
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(daemon::run(config, role))?;
     Ok(0)
 }
 
@@ -202,7 +211,9 @@ fn sidecar_of(archive: &Path) -> Option<PathBuf> {
     let mut s = archive.as_os_str().to_owned();
     s.push(".md5");
     let p = PathBuf::from(s);
-    p.is_file().then_some(p)
+    // Never through a link: the pipeline would ignore it, and rotation
+    // must not move a link into previous/ or rejected/.
+    std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()).then_some(p)
 }
 
 fn print_report(report: &Report, json: bool) {
@@ -249,7 +260,7 @@ fn cmd_check(archive: &Path, producer: Option<&str>, config: Option<&Path>, json
         started: jobs::deposit::now_rfc3339(),
     };
     let term = progress(quiet);
-    let r = pipeline::check(&job, term.as_ref().map_or(&Quiet as &dyn Progress, |t| t as &dyn Progress));
+    let r = pipeline::check(&job, term.as_ref().map_or(&progress::Plain as &dyn Progress, |t| t as &dyn Progress));
     if let Some(t) = &term {
         t.done();
     }
@@ -280,7 +291,7 @@ fn cmd_ingest(archive: &Path, producer: &str, config: &Path, json: bool, quiet: 
     let job = Job { id: &id, producer, archive, name: &name, sidecar: sidecar.as_deref(), settings: &settings };
     let started = jobs::deposit::now_rfc3339();
     let term = progress(quiet);
-    let prog = term.as_ref().map_or(&Quiet as &dyn Progress, |t| t as &dyn Progress);
+    let prog = term.as_ref().map_or(&progress::Plain as &dyn Progress, |t| t as &dyn Progress);
     jobs::publish::clean_stale(&cfg.publish_root).context("cannot clean stale staging")?;
     let outcome = pipeline::preflight(&job, &cfg.publish_root)
         .and_then(|()| pipeline::ingest(&job, &cfg.publish_root, IngestOptions::default(), prog));

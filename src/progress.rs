@@ -68,4 +68,18 @@ impl Progress for Terminal {
         self.files.fetch_add(files, Ordering::Relaxed);
         self.draw(false);
     }
+    fn warn(&self, msg: &str) {
+        // On a line of its own, under the progress line.
+        eprintln!("\nwarning: {msg}");
+    }
+}
+
+/// No progress, but the pipeline's warnings (an ignored sidecar) still
+/// reach the person who ran the command.
+pub struct Plain;
+
+impl Progress for Plain {
+    fn warn(&self, msg: &str) {
+        eprintln!("warning: {msg}");
+    }
 }

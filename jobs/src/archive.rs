@@ -396,8 +396,25 @@ fn parse(src: Section, container: &str, end: &End) -> Result<ZipArchive<Section>
 
 /// Open the deposit, telling "this is not a zip at all" from "a damaged zip".
 pub fn open_outer(path: &Path, limits: &Limits) -> Result<(Section, ZipArchive<Section>)> {
-    let file = File::open(path).map_err(|e| Error::io(Stage::Unpack, format!("open {}", path.display()), e))?;
-    let len = file.metadata().map_err(|e| Error::io(Stage::Unpack, format!("stat {}", path.display()), e))?.len();
+    // Never through a link, and never a FIFO that would block: the
+    // daemon checked this at claim, `depot check`/`ingest` are told here.
+    let file = crate::rotate::open_nofollow(path).map_err(|e| {
+        let why = if e.raw_os_error() == Some(40) {
+            io::Error::other("it is a symbolic link; give the file itself")
+        } else {
+            e
+        };
+        Error::io(Stage::Unpack, format!("open {}", path.display()), why)
+    })?;
+    let meta = file.metadata().map_err(|e| Error::io(Stage::Unpack, format!("stat {}", path.display()), e))?;
+    if !meta.is_file() {
+        return Err(Error::io(
+            Stage::Unpack,
+            format!("open {}", path.display()),
+            io::Error::other("not a regular file"),
+        ));
+    }
+    let len = meta.len();
     if len == 0 {
         return Err(Error::reject(
             Code::NotAZip,

@@ -117,8 +117,9 @@ fn ingest_publishes_and_rotates() {
     let out =
         depot(&["ingest", bad.to_str().unwrap(), "--producer", "MSEC", "--config", cfg.to_str().unwrap()], tmp.path());
     assert_eq!(out.status.code(), Some(1));
-    assert!(tmp.path().join("drop/MSEC/rejected/MSEC_BAD.zip.report.txt").is_file());
-    let txt = fs::read_to_string(tmp.path().join("drop/MSEC/rejected/MSEC_BAD.zip.report.txt")).unwrap();
+    let folder = fs::read_dir(tmp.path().join("drop/MSEC/rejected")).unwrap().next().unwrap().unwrap().path();
+    assert!(folder.join("MSEC_BAD.zip").is_file());
+    let txt = fs::read_to_string(folder.join("report.txt")).unwrap();
     assert!(txt.contains("NOT_A_ZIP"), "{txt}");
     assert!(tmp.path().join("publish/MSEC/current/MSEC_DAT_1/obs1.txt").is_file());
 }

@@ -42,7 +42,7 @@ fn deposits_of_several_producers_each_end_once_in_drop_order() {
     }
     let evil = deposits.iter().find(|d| d["producer"] == "DDDD").unwrap();
     assert_eq!(evil["error_code"], "UNSAFE_PATH");
-    assert!(site.root().join("drop/DDDD/rejected/DDDD_evil.zip.report.txt").is_file());
+    assert!(site.root().join(format!("drop/DDDD/rejected/{}/report.txt", evil["id"])).is_file());
     assert!(!site.root().join("drop/DDDD/evil.txt").exists() && !site.root().join("evil.txt").exists());
     // Exactly one terminal event per deposit.
     let events = redis.events();
@@ -472,7 +472,8 @@ fn more_than_ten_thousand_deposits_keep_the_queue_bounded() {
         std::thread::sleep(Duration::from_millis(400));
         spool == 0 && left == 0
     });
-    assert!(max_queued <= producers.len(), "queue grew to {max_queued}");
+    let log = site.log();
+    assert!(max_queued <= producers.len(), "queue grew to {max_queued}: {log}");
     let mut c = redis.conn().unwrap();
     let n: usize = redis::cmd("ZCARD").arg("depot:deposits").query(&mut c).unwrap();
     assert_eq!(n, total);

@@ -502,34 +502,61 @@ fn claim_batch(
     // A backlog waits in new/ and is claimed a slice per batch, so the
     // scheduler keeps queueing while thousands of files are taken in.
     let mut claimed = Vec::new();
-    let mut turns: Vec<(String, std::vec::IntoIter<PathBuf>)> = producers
+    let mut turns: Vec<(String, PathBuf, std::collections::VecDeque<PathBuf>)> = producers
         .into_iter()
         .map(|p| {
-            let files = settler.ordered(&cfg.drop_root.join(&p).join("new"), now);
-            (p, files.into_iter())
+            let dir = cfg.drop_root.join(&p).join("new");
+            let files = settler.ordered(&dir, now);
+            (p, dir, files)
         })
         .collect();
+    let mut done: Vec<(PathBuf, std::collections::VecDeque<PathBuf>)> = Vec::new();
     while budget > 0 && !turns.is_empty() {
-        turns.retain_mut(|(p, files)| {
-            let Some(path) = files.next().filter(|_| budget > 0) else { return false };
-            if !settler.observe(&path, now) {
-                return false;
-            }
-            budget -= 1;
-            settler.forget(&path);
-            match shared.spool.claim(p, &path) {
-                Ok(e) => {
-                    claimed.push(e);
-                    true
+        let mut i = 0;
+        while i < turns.len() {
+            let (p, _, files) = &mut turns[i];
+            // One claim per producer per round; a producer stops at its
+            // first file not settled yet (it keeps its place).
+            let mut took = false;
+            let mut stop = false;
+            while budget > 0 {
+                let Some(path) = files.pop_front() else {
+                    stop = true;
+                    break;
+                };
+                if !settler.observe(&path, now) {
+                    if settler.knows(&path) {
+                        // Still being written: the walk stops here.
+                        files.push_front(path);
+                        stop = true;
+                        break;
+                    }
+                    continue; // gone, or not a regular file: skip it
                 }
-                Err(err) => {
+                budget -= 1;
+                settler.forget(&path);
+                match shared.spool.claim(p, &path) {
+                    Ok(e) => claimed.push(e),
                     // Once per file, not at every pass (a file swapped or
                     // changed under the claim is looked at again anyway).
-                    settler.refuse(&path, &format!("cannot claim: {err}"));
-                    false
+                    Err(err) => settler.refuse(&path, &format!("cannot claim: {err}")),
                 }
+                took = true;
+                break;
             }
-        });
+            if stop || !took {
+                let (_, dir, files) = turns.swap_remove(i);
+                done.push((dir, files));
+            } else {
+                i += 1;
+            }
+        }
+    }
+    for (_, dir, files) in turns {
+        done.push((dir, files));
+    }
+    for (dir, files) in done {
+        settler.keep_listing(&dir, files);
     }
     if !claimed.is_empty()
         && let Err(err) = shared.spool.sync(&claimed, &cfg.drop_root)

@@ -4,7 +4,7 @@
 //! and mtime unchanged for `watch.settle_ms`, or its `.md5` sidecar arrived
 //! after it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -63,7 +63,13 @@ pub struct Settler {
     /// A sidecar arrived since the last claim pass: its archive may be
     /// done before its settle time.
     poked: bool,
+    /// Per `new/`: when it was listed, and the candidates not taken yet,
+    /// oldest first (see [`Settler::ordered`]).
+    listing: HashMap<PathBuf, (Instant, VecDeque<PathBuf>)>,
 }
+
+/// How long a listing of a busy `new/` serves claim batches.
+const LISTING_TTL: Duration = Duration::from_secs(1);
 
 const MAX_WARNED: usize = 4096;
 
@@ -92,7 +98,7 @@ impl Settler {
         self.seen.get_mut(dir)?.get_mut(name)
     }
 
-    fn knows(&self, path: &Path) -> bool {
+    pub fn knows(&self, path: &Path) -> bool {
         split(path).and_then(|(dir, name)| self.seen.get(dir)?.get(name)).is_some()
     }
 
@@ -220,7 +226,32 @@ impl Settler {
     /// (the others sort by the mtime last seen: one that changed since is
     /// judged by `observe`, which stops the walk at it). A file gone from
     /// the folder is forgotten.
-    pub fn ordered(&mut self, new_dir: &Path, now: Instant) -> Vec<PathBuf> {
+    pub fn ordered(&mut self, new_dir: &Path, now: Instant) -> VecDeque<PathBuf> {
+        // A backlog is claimed a batch at a time: the listing is kept and
+        // taken from, and made again once a second (missed events, files
+        // that changed), not at every batch. Listing 100,000 files per
+        // batch of 256 made a flood cost O(n²) and held the scheduler.
+        if let Some((at, files)) = self.listing.get_mut(new_dir)
+            && !files.is_empty()
+            && now.duration_since(*at) < LISTING_TTL
+        {
+            return std::mem::take(files);
+        }
+        let files = self.list(new_dir, now);
+        self.listing.insert(new_dir.to_path_buf(), (now, VecDeque::new()));
+        files.into()
+    }
+
+    /// What a claim pass did not take of [`Settler::ordered`], for the next.
+    pub fn keep_listing(&mut self, new_dir: &Path, rest: VecDeque<PathBuf>) {
+        if rest.is_empty() {
+            self.listing.remove(new_dir);
+        } else if let Some((_, files)) = self.listing.get_mut(new_dir) {
+            *files = rest;
+        }
+    }
+
+    fn list(&mut self, new_dir: &Path, now: Instant) -> Vec<PathBuf> {
         let mut listed = HashSet::new();
         let mut files = Vec::new();
         for f in walkdir::WalkDir::new(new_dir).min_depth(1).max_depth(1).into_iter().flatten() {
@@ -431,8 +462,9 @@ mod tests {
         let t0 = Instant::now();
         // b.zip noticed first (by its event), the others only by the listing.
         s.note(&dir.join("b.zip"), t0);
-        let names =
-            |v: Vec<PathBuf>| v.iter().map(|p| p.file_name().unwrap().to_str().unwrap().to_owned()).collect::<Vec<_>>();
+        let names = |v: VecDeque<PathBuf>| {
+            v.iter().map(|p| p.file_name().unwrap().to_str().unwrap().to_owned()).collect::<Vec<_>>()
+        };
         assert_eq!(names(s.ordered(dir, t0)), ["b.zip", "c.zip", "a.zip"]);
         assert!(s.due(t0), "files not written for longer than settle_ms are due");
         fs::remove_file(dir.join("c.zip")).unwrap();

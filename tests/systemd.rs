@@ -103,3 +103,15 @@ fn sysusers_and_tmpfiles_apply() {
         assert!(root.path().join(d).is_dir(), "{d} not created");
     }
 }
+
+/// The resource bounds issue 12 asks of the units (values measured with
+/// bench/limits.py and bench/flood.py; see the comment in the unit).
+#[test]
+fn units_bound_descriptors_memory_and_tasks() {
+    for unit in units() {
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd").join(unit)).unwrap();
+        for key in ["LimitNOFILE=", "MemoryMax=", "TasksMax="] {
+            assert!(text.lines().any(|l| l.starts_with(key)), "{unit} lacks {key}");
+        }
+    }
+}

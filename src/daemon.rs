@@ -221,6 +221,7 @@ async fn scheduler(
     let mut instance = None::<String>;
     let mut last_trim = Instant::now() - Duration::from_secs(3600);
     let mut last_reconcile = Instant::now();
+    let mut last_sweep = Instant::now() - SIDECAR_SWEEP;
     let mut last_ping = Instant::now() - Duration::from_secs(3600);
     // Short ticks: the settle deadline and the next deposit of a producer
     // are noticed within 20 ms; a tick costs no syscall when nothing waits.
@@ -285,6 +286,7 @@ async fn scheduler(
         if watcher.is_none() && cfg.watch.poll_ms == 0 {
             watcher = watcher::start(&cfg.drop_root, cfg.watch.poll_ms, tx.clone()).ok();
             watched.clear();
+            settler.lost_events();
             rescan = true;
         }
         // The scan is the safety net under inotify (missed events, a
@@ -293,6 +295,11 @@ async fn scheduler(
         if rescan || last_scan.elapsed() >= Duration::from_secs(1) {
             last_scan = Instant::now();
             let c = cfg.clone();
+            let sweep = last_sweep.elapsed() >= SIDECAR_SWEEP;
+            if sweep {
+                last_sweep = Instant::now();
+            }
+            let sh = shared.clone();
             let mut state = (std::mem::take(&mut settler), watcher.take(), std::mem::take(&mut watched));
             lend(&shared.beat, &mut state, move |(settler, watcher, watched)| {
                 let is_p = |p: &str| c.is_producer(p);
@@ -301,6 +308,13 @@ async fn scheduler(
                 }
                 for (_, path) in watcher::scan(&c.drop_root, &is_p) {
                     settler.note(&path, Instant::now());
+                }
+                let mut lone = settler.take_lone_sidecars();
+                if sweep {
+                    lone.extend(watcher::sidecars(&c.drop_root, &is_p));
+                }
+                for side in lone {
+                    sweep_sidecar(&sh, &c, settler, &side);
                 }
             })
             .await;
@@ -338,22 +352,59 @@ async fn scheduler(
     drop(watcher);
 }
 
+/// How often every `new/` is looked through for sidecars without archive.
+const SIDECAR_SWEEP: Duration = Duration::from_secs(60);
+
+/// A sidecar whose archive is not in `new/`: moved out when late (its
+/// archive was taken already) or orphaned (see `sidecars`).
+fn sweep_sidecar(shared: &Shared, cfg: &Config, settler: &Settler, side: &std::path::Path) {
+    let Some((producer, _)) = watcher::classify(&cfg.drop_root, side, &|p| cfg.is_producer(p)) else { return };
+    let verdict = {
+        let recent = lock(&shared.recent);
+        crate::sidecars::judge(side, &recent, settler.is_open(side), std::time::SystemTime::now())
+    };
+    if let crate::sidecars::Verdict::Out(why) = verdict {
+        match crate::sidecars::move_out(&cfg.drop_root.join(&producer), &producer, side, &why) {
+            Ok(report) => {
+                warn!(producer = %producer, path = %side.display(), report = %report.display(), "sidecar without its archive moved out: {why}")
+            }
+            Err(e) => warn!(path = %side.display(), error = %e, "cannot move out a sidecar without its archive"),
+        }
+    }
+}
+
 fn handle_hint(shared: &Shared, settler: &mut Settler, h: Hint, rescan: &mut bool) {
     match h {
-        Hint::Rescan => *rescan = true,
-        Hint::Path { path: p, created } => {
+        Hint::Rescan => {
+            // Events were lost: who holds what open is no longer known.
+            settler.lost_events();
+            *rescan = true;
+        }
+        Hint::Path { path: p, created, touch } => {
             let cfg = shared.config();
             let is_p = |x: &str| cfg.is_producer(x);
             if let Some((_, name)) = watcher::classify(&cfg.drop_root, &p, &is_p) {
+                let now = Instant::now();
+                let inotify = cfg.watch.poll_ms == 0;
+                match touch {
+                    watcher::Touch::Write if inotify => settler.written(&p, now),
+                    watcher::Touch::Close if inotify => settler.closed(&p, now),
+                    _ => {}
+                }
                 let sidecar_of = name.strip_suffix(".md5");
                 let target = sidecar_of.map_or_else(|| p.clone(), |base| p.with_file_name(base));
                 let tname = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 if !watcher::ignored(&tname) {
                     if sidecar_of.is_some() {
                         // The sidecar may mark its archive done before settle_ms.
-                        settler.poke(&target, Instant::now());
+                        settler.poke(&target, now);
+                        if std::fs::symlink_metadata(&target).is_err() {
+                            // Late (its archive already taken) or early:
+                            // the next scan tells.
+                            settler.sidecar_alone(&p);
+                        }
                     } else {
-                        settler.note(&target, Instant::now());
+                        settler.note(&target, now);
                     }
                 }
             } else if created && p.strip_prefix(&cfg.drop_root).is_ok_and(|r| r.components().count() <= 2) {
@@ -536,7 +587,10 @@ fn claim_batch(
                 budget -= 1;
                 settler.forget(&path);
                 match shared.spool.claim(p, &path) {
-                    Ok(e) => claimed.push(e),
+                    Ok(e) => {
+                        lock(&shared.recent).claimed(&path, &e.id);
+                        claimed.push(e);
+                    }
                     // Once per file, not at every pass (a file swapped or
                     // changed under the claim is looked at again anyway).
                     Err(err) => settler.refuse(&path, &format!("cannot claim: {err}")),

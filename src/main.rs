@@ -11,6 +11,7 @@ mod poll;
 mod progress;
 mod selfcheck;
 mod service;
+mod sidecars;
 mod spool;
 mod state;
 mod status;

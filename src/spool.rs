@@ -62,6 +62,11 @@ pub struct Entry {
     pub ino: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtime_ns: Option<i64>,
+    /// Inode change time just after the claim's rename: a writer that kept
+    /// its descriptor across the rename (a stalled sftp session) changes it
+    /// (see [`Spool::changed_since_claim`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctime_ns: Option<i64>,
     /// The name as dropped could not be stored (not UTF-8, control
     /// characters, too long for its sidecar's name): the message the
     /// deposit fails with, NAME_INVALID, without running the pipeline.
@@ -162,6 +167,10 @@ fn plain(name: &str) -> bool {
 }
 
 /// Is `path` (never followed) the inode that `m` describes?
+fn ns(s: i64, nsec: i64) -> i64 {
+    s.saturating_mul(1_000_000_000).saturating_add(nsec)
+}
+
 fn same_file(path: &Path, m: &fs::Metadata) -> bool {
     fs::symlink_metadata(path).is_ok_and(|d| d.dev() == m.dev() && d.ino() == m.ino())
 }
@@ -351,6 +360,7 @@ impl Spool {
             dev: Some(meta.dev()),
             ino: Some(meta.ino()),
             mtime_ns: Some(meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec())),
+            ctime_ns: None,
             invalid_name,
         };
         // Written in place, not through a temporary file: a record cut
@@ -391,7 +401,33 @@ impl Spool {
             let _ = fs::remove_file(self.entry_path(&entry.id));
             return Err(e);
         }
+        // The rename changed the inode's ctime: what it is now is what an
+        // unchanged file keeps. Written with the entry (rewritten whole: it
+        // is still the record's only line).
+        if let Ok(m) = fs::symlink_metadata(&dst) {
+            entry.ctime_ns = Some(ns(m.ctime(), m.ctime_nsec()));
+            self.write_entry(&entry)?;
+        }
         Ok(entry)
+    }
+
+    /// Did the archive change since it was claimed (size, mtime or ctime)?
+    /// A writer that kept its descriptor across the claim's rename goes on
+    /// writing into the spool: such a file is never judged; it goes back
+    /// to `new/` to wait (see [`Spool::give_back_changed`]). Records of
+    /// older versions (no times) never count as changed.
+    pub fn changed_since_claim(&self, e: &Entry) -> io::Result<bool> {
+        let m = fs::symlink_metadata(self.archive(e))?;
+        let mtime = ns(m.mtime(), m.mtime_nsec());
+        let ctime = ns(m.ctime(), m.ctime_nsec());
+        Ok(m.len() != e.size || e.mtime_ns.is_some_and(|t| t != mtime) || e.ctime_ns.is_some_and(|t| t != ctime))
+    }
+
+    /// The archive (and sidecar) of a deposit that changed after its claim,
+    /// back into `new/` under its name (never over a newer file there),
+    /// and the entry forgotten: it is claimed again once its writer is done.
+    pub fn give_back_changed(&self, e: &Entry) -> io::Result<()> {
+        self.give_back(e)
     }
 
     fn write_entry(&self, e: &Entry) -> io::Result<()> {
@@ -617,6 +653,7 @@ impl Spool {
             dev: None,
             ino: None,
             mtime_ns: None,
+            ctime_ns: None,
             invalid_name: None,
         })
     }
@@ -849,6 +886,7 @@ mod tests {
             dev: None,
             ino: None,
             mtime_ns: None,
+            ctime_ns: None,
             invalid_name: None,
         };
         fs::write(dir.join("deposit.json"), serde_json::to_vec(&e).unwrap()).unwrap();

@@ -49,6 +49,8 @@ pub struct Shared {
     /// Deposit → the apalis task id it was last queued under, and when:
     /// checked against Redis (see `daemon::reconcile`).
     pub tasks: Mutex<HashMap<String, (String, Instant)>>,
+    /// Archives claimed lately, to tell a late sidecar (see `sidecars`).
+    pub recent: Mutex<crate::sidecars::Recent>,
     /// Disk space promised to the deposits running in this process.
     pub space: Space,
     /// Deposits whose job runs in this process now.
@@ -90,6 +92,7 @@ impl Shared {
             tasks: Mutex::default(),
             active: Mutex::default(),
             space: Space::default(),
+            recent: Mutex::default(),
             wake: Notify::new(),
             pushed: Arc::default(),
             stopping: AtomicBool::new(false),

@@ -215,6 +215,20 @@ impl Status {
         Ok(first == 1)
     }
 
+    /// A claim taken back (the file was still being written): it never
+    /// became a deposit. Its hash and place in the deposits index go; the
+    /// file is claimed again, under a new id, once its writer is done.
+    pub async fn forget(&self, e: &Entry) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .del(self.deposit_key(&e.id))
+            .ignore()
+            .zrem(self.deposits_key(), &e.id)
+            .ignore()
+            .query_async(&mut conn)
+            .await
+    }
+
     pub async fn get(&self, key: &str) -> redis::RedisResult<HashMap<String, String>> {
         let mut conn = self.conn.clone();
         conn.hgetall(key).await

@@ -46,6 +46,11 @@ struct Seen {
     since: Instant,
 }
 
+/// Files being written, as inotify tells: more than this many at once (a
+/// producer creating files without end) and the oldest marks are dropped,
+/// those files falling back to the settle rule.
+const MAX_WRITING: usize = 65_536;
+
 /// The settle rule, kept apart from the I/O so it reads like the SPEC.
 /// What it has seen is kept per folder (a producer's `new/`), so that the
 /// claim pass asks one producer's files in upload order without a stat of
@@ -66,6 +71,24 @@ pub struct Settler {
     /// Per `new/`: when it was listed, and the candidates not taken yet,
     /// oldest first (see [`Settler::ordered`]).
     listing: HashMap<PathBuf, (Instant, VecDeque<PathBuf>)>,
+    /// Files a writer has open (created or written since their last
+    /// close-after-write): never settled, however long the writer pauses.
+    /// Only inotify fills it; a rescan after a lost event empties it (the
+    /// settle rule then applies).
+    writing: HashMap<PathBuf, Writer>,
+    /// Sidecars seen without their archive, for the next scan.
+    lone_sidecars: HashSet<PathBuf>,
+}
+
+/// What inotify said of a file's writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    /// Created or written, not closed since.
+    Open(Instant),
+    /// Closed after writing at this instant: done once quiet for settle_ms
+    /// from here (an mtime set back by `sftp -p` does not shorten it, so a
+    /// sidecar sent right after still pairs).
+    Closed(Instant),
 }
 
 /// How long a listing of a busy `new/` serves claim batches.
@@ -132,11 +155,27 @@ impl Settler {
         }
         let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
         let seen = Seen { size: meta.len(), mtime, since: now };
+        let mut side = path.as_os_str().to_owned();
+        side.push(".md5");
+        let side = PathBuf::from(side);
+        let open = |w: Option<&Writer>| matches!(w, Some(Writer::Open(_)));
+        // A writer has it open (a stalled sftp session), or its sidecar is
+        // on its way: not done, whatever its mtime or a sidecar says.
+        if open(self.writing.get(path)) || open(self.writing.get(&side)) {
+            match self.get_mut(path) {
+                Some(s) => *s = Seen { since: s.since, ..seen },
+                None => self.insert(path, seen),
+            }
+            return Some((false, seen));
+        }
+        let closed_at = match self.writing.get(path) {
+            Some(Writer::Closed(t)) => Some(*t),
+            _ => None,
+        };
         if self.sidecar_marks_done {
-            let mut side = path.as_os_str().to_owned();
-            side.push(".md5");
-            if let Ok(sm) = fs::symlink_metadata(PathBuf::from(side))
+            if let Ok(sm) = fs::symlink_metadata(&side)
                 && sm.file_type().is_file()
+                && sm.len() > 0
                 && sm.modified().is_ok_and(|t| t >= mtime)
             {
                 self.forget(path);
@@ -146,7 +185,14 @@ impl Settler {
         // Not written for settle_ms already (noticed late, or an rsync
         // rename that kept the source's mtime): settled, since the size
         // cannot change without the mtime changing.
-        if SystemTime::now().duration_since(mtime).is_ok_and(|age| age >= self.settle) {
+        if let Some(t) = closed_at {
+            if now.duration_since(t) >= self.settle
+                && self.get_mut(path).is_some_and(|s| s.size == seen.size && s.mtime == mtime)
+            {
+                self.forget(path);
+                return Some((true, seen));
+            }
+        } else if SystemTime::now().duration_since(mtime).is_ok_and(|age| age >= self.settle) {
             self.forget(path);
             return Some((true, seen));
         }
@@ -208,7 +254,61 @@ impl Settler {
         self.seen.iter().filter(|(_, files)| !files.is_empty()).map(|(d, _)| d.clone()).collect()
     }
 
+    /// A writer created or wrote `path` (inotify): it is not done until
+    /// closed. A sidecar's mark keeps its archive waiting too.
+    pub fn written(&mut self, path: &Path, now: Instant) {
+        if self.writing.len() >= MAX_WRITING && !self.writing.contains_key(path) {
+            let oldest = self
+                .writing
+                .iter()
+                .min_by_key(|(_, w)| match w {
+                    Writer::Open(t) | Writer::Closed(t) => *t,
+                })
+                .map(|(p, _)| p.clone());
+            if let Some(p) = oldest {
+                self.writing.remove(&p);
+            }
+        }
+        self.writing.insert(path.to_path_buf(), Writer::Open(now));
+    }
+
+    /// Closed after writing (IN_CLOSE_WRITE): the quiet period starts now.
+    pub fn closed(&mut self, path: &Path, now: Instant) {
+        self.writing.insert(path.to_path_buf(), Writer::Closed(now));
+        if let Some(s) = self.get_mut(path) {
+            s.since = now;
+        }
+    }
+
+    /// Is a writer known to hold `path` open?
+    pub fn is_open(&self, path: &Path) -> bool {
+        matches!(self.writing.get(path), Some(Writer::Open(_)))
+    }
+
+    /// A sidecar whose archive is not in `new/` was touched: the next scan
+    /// looks at it (late, or an orphan).
+    pub fn sidecar_alone(&mut self, side: &Path) {
+        if self.lone_sidecars.len() < MAX_WARNED {
+            self.lone_sidecars.insert(side.to_path_buf());
+        }
+    }
+
+    /// The sidecars [`Settler::sidecar_alone`] collected.
+    pub fn take_lone_sidecars(&mut self) -> HashSet<PathBuf> {
+        std::mem::take(&mut self.lone_sidecars)
+    }
+
+    /// Events were lost (inotify overflow, a watcher restart): what was
+    /// known of writers is no longer known; the settle rule applies.
+    pub fn lost_events(&mut self) {
+        self.writing.clear();
+    }
+
     pub fn forget(&mut self, path: &Path) {
+        self.writing.remove(path);
+        let mut side = path.as_os_str().to_owned();
+        side.push(".md5");
+        self.writing.remove(Path::new(&side));
         if let Some((dir, name)) = split(path)
             && let Some(files) = self.seen.get_mut(dir)
         {
@@ -298,11 +398,39 @@ pub fn scan(drop_root: &Path, is_producer: &dyn Fn(&str) -> bool) -> Vec<(String
     out
 }
 
+/// Every `.md5` file in every producer's `new/` (for the sidecar sweep).
+pub fn sidecars(drop_root: &Path, is_producer: &dyn Fn(&str) -> bool) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for p in walkdir::WalkDir::new(drop_root).min_depth(1).max_depth(1).into_iter().flatten() {
+        if !p.file_type().is_dir() || !is_producer(&p.file_name().to_string_lossy()) {
+            continue;
+        }
+        for f in walkdir::WalkDir::new(p.path().join("new")).min_depth(1).max_depth(1).into_iter().flatten() {
+            let n = f.file_name().to_string_lossy();
+            if f.file_type().is_file() && !n.starts_with('.') && n.to_ascii_lowercase().ends_with(".md5") {
+                out.push(f.into_path());
+            }
+        }
+    }
+    out
+}
+
 /// Filesystem events, reduced to "look at this path" or "rescan".
 #[derive(Debug)]
 pub enum Hint {
-    Path { path: PathBuf, created: bool },
+    Path { path: PathBuf, created: bool, touch: Touch },
     Rescan,
+}
+
+/// What an event says about a writer (inotify only; polling says nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Touch {
+    /// Created or written: a writer has it open.
+    Write,
+    /// Closed after writing (IN_CLOSE_WRITE).
+    Close,
+    /// Anything else (a rename in, metadata).
+    Other,
 }
 
 /// Start the notify watcher (inotify, or polling every `poll_ms` for
@@ -317,13 +445,21 @@ pub fn start(
             if ev.need_rescan() {
                 let _ = tx.send(Hint::Rescan);
             }
-            // Reads (our own scans open these folders) say nothing new.
-            if matches!(ev.kind, notify::EventKind::Access(_)) {
-                return;
-            }
-            let created = matches!(ev.kind, notify::EventKind::Create(_));
+            use notify::EventKind as K;
+            use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+            let touch = match ev.kind {
+                K::Create(CreateKind::File | CreateKind::Any) | K::Modify(ModifyKind::Data(_) | ModifyKind::Any) => {
+                    Touch::Write
+                }
+                K::Access(AccessKind::Close(AccessMode::Write)) => Touch::Close,
+                // Opens and reads (our own scans open these folders) say
+                // nothing new; the writes that follow a reopen do.
+                K::Access(_) => return,
+                _ => Touch::Other,
+            };
+            let created = matches!(ev.kind, K::Create(_));
             for p in ev.paths {
-                let _ = tx.send(Hint::Path { path: p, created });
+                let _ = tx.send(Hint::Path { path: p, created, touch });
             }
         }
         Err(e) => {
@@ -479,6 +615,55 @@ mod tests {
         s.note(&dir.join("d.zip"), t0);
         assert!(!s.due(t0));
         assert!(s.due(t0 + Duration::from_secs(11)));
+    }
+
+    #[test]
+    fn a_file_held_open_for_writing_never_settles_until_closed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("a.zip");
+        fs::write(&f, b"half").unwrap();
+        // Not written for a minute: by the settle rule alone, done.
+        let old = SystemTime::now() - Duration::from_secs(60);
+        fs::File::options().write(true).open(&f).unwrap().set_modified(old).unwrap();
+        let mut s = Settler::new(Duration::from_millis(100), true);
+        let t0 = Instant::now();
+        s.written(&f, t0);
+        assert!(!s.observe(&f, t0 + Duration::from_secs(3600)), "a stalled writer keeps it, however long");
+        // A sidecar does not mark it done while the writer holds it.
+        fs::write(tmp.path().join("a.zip.md5"), b"d41d8cd98f00b204e9800998ecf8427e").unwrap();
+        assert!(!s.observe(&f, t0 + Duration::from_secs(3601)));
+        fs::remove_file(tmp.path().join("a.zip.md5")).unwrap();
+        // Closed: quiet for settle_ms from the close, even with an old mtime
+        // (a sidecar sent right after the close still pairs).
+        let t1 = t0 + Duration::from_secs(3602);
+        s.closed(&f, t1);
+        assert!(!s.observe(&f, t1 + Duration::from_millis(50)));
+        assert!(s.observe(&f, t1 + Duration::from_millis(150)));
+        // Events lost: the settle rule again.
+        let g = tmp.path().join("b.zip");
+        fs::write(&g, b"x").unwrap();
+        fs::File::options().write(true).open(&g).unwrap().set_modified(old).unwrap();
+        s.written(&g, t0);
+        s.lost_events();
+        assert!(s.observe(&g, t0));
+    }
+
+    #[test]
+    fn a_sidecar_being_written_holds_its_archive() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("a.zip");
+        fs::write(&f, b"zip").unwrap();
+        let old = SystemTime::now() - Duration::from_secs(60);
+        fs::File::options().write(true).open(&f).unwrap().set_modified(old).unwrap();
+        let side = tmp.path().join("a.zip.md5");
+        fs::write(&side, b"").unwrap();
+        let mut s = Settler::new(Duration::from_millis(100), true);
+        let t0 = Instant::now();
+        s.written(&side, t0);
+        assert!(!s.observe(&f, t0), "claimed now, the sidecar would be taken half written");
+        fs::write(&side, b"d41d8cd98f00b204e9800998ecf8427e  a.zip\n").unwrap();
+        s.closed(&side, t0);
+        assert!(s.observe(&f, t0), "the sidecar came after the archive: done at once");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! entry says how far it got.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,10 @@ struct Live {
     /// Bytes written so far; shared with the space reservations.
     bytes: Arc<AtomicU64>,
     id: String,
+    /// The deposit as claimed: a file that still changes is never judged.
+    entry: Entry,
+    changed: AtomicBool,
+    last_look: Mutex<Instant>,
     total: AtomicU64,
     files: AtomicU64,
     shared: Arc<Shared>,
@@ -52,7 +56,7 @@ impl Progress for Live {
         self.files.fetch_add(files, Ordering::Relaxed);
     }
     fn cancelled(&self) -> bool {
-        self.shared.abort.load(Ordering::Relaxed)
+        self.shared.abort.load(Ordering::Relaxed) || self.changed()
     }
     fn warn(&self, msg: &str) {
         warn!(deposit = %self.id, "{msg}");
@@ -77,7 +81,29 @@ impl Progress for Live {
     }
 }
 
+/// How often a running deposit's archive is looked at for changes.
+const LOOK_EVERY: Duration = Duration::from_millis(250);
+
 impl Live {
+    /// Has the archive changed since its claim? Looked at no more than
+    /// every [`LOOK_EVERY`] (this is asked between buffers).
+    fn changed(&self) -> bool {
+        if self.changed.load(Ordering::Relaxed) {
+            return true;
+        }
+        let mut last = self.last_look.lock().unwrap_or_else(|p| p.into_inner());
+        if last.elapsed() < LOOK_EVERY {
+            return false;
+        }
+        *last = Instant::now();
+        drop(last);
+        let changed = self.shared.spool.changed_since_claim(&self.entry).unwrap_or(false);
+        if changed {
+            self.changed.store(true, Ordering::Relaxed);
+        }
+        changed
+    }
+
     /// Account the time since the last lap to stage `i`.
     fn lap(&self, i: u8) {
         let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
@@ -217,6 +243,9 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
         stage: AtomicU8::new(0),
         bytes: Arc::default(),
         id: entry.id.clone(),
+        entry: entry.clone(),
+        changed: AtomicBool::new(false),
+        last_look: Mutex::new(Instant::now()),
         total: AtomicU64::new(0),
         files: AtomicU64::new(0),
         shared: shared.clone(),
@@ -252,12 +281,24 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
             sidecar: sidecar.as_deref(),
             settings: &settings,
         };
+        if sh.spool.changed_since_claim(&e).unwrap_or(false) {
+            return End::Changed;
+        }
         // custody: a name the claim could not store fails at once (NAME_INVALID), unrun.
         let result = match &e.invalid_name {
             Some(why) => Err(Error::reject(jobs::Code::NameInvalid, Stage::Unpack, None, why.clone())),
             None => pipeline::preflight(&job, &publish_root)
                 .and_then(|()| pipeline::ingest(&job, &publish_root, IngestOptions::default(), &*l)),
         };
+        // Still written after the claim (the writer kept its descriptor
+        // across our rename): what was read is not the upload. A success
+        // stands (every byte published was verified as read); anything
+        // else is not a verdict on the upload.
+        let changed =
+            l.changed.load(Ordering::Relaxed) || (result.is_err() && sh.spool.changed_since_claim(&e).unwrap_or(false));
+        if changed && result.is_err() {
+            return End::Changed;
+        }
         let outcome = match result {
             Err(Error::Cancelled) => return End::Cancelled,
             Err(err) if err.is_transient() && retry => return End::Retry(err),
@@ -288,6 +329,28 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
     }
 
     match end {
+        End::Changed => {
+            let (sh, en) = (shared.clone(), entry.clone());
+            match off_runtime(move || sh.spool.give_back_changed(&en)).await.and_then(|r| r) {
+                Ok(()) => {
+                    info!(deposit = %entry.id, producer = %entry.producer, file = %entry.name,
+                        "still being written after its claim: not judged, given back to new/ to wait for its writer");
+                    let _ = shared.status.forget(&entry).await;
+                    shared.done(&entry, true);
+                }
+                Err(err) => {
+                    warn!(deposit = %entry.id, error = %err, "cannot give back a deposit that changed after its claim; will retry");
+                    shared.later(&entry, backoff(attempts)).await;
+                }
+            }
+        }
+        End::Cancelled if live.changed.load(Ordering::Relaxed) => {
+            // Stopped because it changed (not by a shutdown): as above,
+            // on the next run, which finds it changed before judging.
+            let (sh, mut en) = (shared.clone(), entry.clone());
+            let _ = off_runtime(move || sh.spool.interrupted(&mut en)).await;
+            shared.done(&entry, false);
+        }
         End::Cancelled => {
             // Shutdown interrupted it; staging is gone, the deposit stays
             // in the spool and runs again at the next start.
@@ -340,6 +403,9 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
 enum End {
     /// Shutdown: nothing recorded, the deposit runs again at the next start.
     Cancelled,
+    /// The archive was still being written after its claim: not judged,
+    /// given back to `new/`.
+    Changed,
     /// A transient failure with attempts left, or a pipeline thread that
     /// panicked: nothing recorded.
     Retry(Error),

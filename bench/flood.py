@@ -38,6 +38,9 @@ def main():
     ap.add_argument("--files", type=int, default=100_000)
     ap.add_argument("--binary", default="")
     ap.add_argument("--all", action="store_true", help="also wait until every deposit ended")
+    ap.add_argument("--others", type=int, default=20,
+                    help="deposits another producer drops right after the flood starts: how long until they are "
+                         "all SUCCESS tells whether one producer's flood slows the others")
     a = ap.parse_args()
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     binary = a.binary or os.path.join(repo, "target/release/depot")
@@ -51,7 +54,7 @@ def main():
     try:
         time.sleep(0.5)
         cfg = os.path.join(work, "config.toml")
-        for d in ("drop/FLOD/new", "publish", "stage"):
+        for d in ("drop/FLOD/new", "drop/OTHR/new", "publish", "stage"):
             os.makedirs(os.path.join(work, d))
         with open(cfg, "w") as f:
             f.write(f'drop_root = "drop"\npublish_root = "publish"\n[redis]\nurl = "redis://127.0.0.1:{port}"\n'
@@ -71,8 +74,18 @@ def main():
         for i in range(a.files):
             os.rename(os.path.join(stage, f"f{i:06}.zip"), os.path.join(new, f"f{i:06}.zip"))
         t_dropped = time.time()
+        from daemon import theia, drop
+        for i in range(a.others):
+            drop(work, "OTHR", f"OTHR_{i:03}.zip", theia("OTHR", "o", 2000))
+        t_others = time.time()
+        others_done = None
         peak = 0.0
         while True:
+            if others_done is None and a.others:
+                states = [r.cmd("HGET", f"depot:deposit:{x}", "state")
+                          for x in (r.cmd("ZRANGE", "depot:deposits", 0, -1) or []) if "-OTHR-" in x]
+                if len(states) == a.others and all(s == "SUCCESS" for s in states):
+                    others_done = time.time() - t_others
             left = len(os.listdir(new))
             peak = max(peak, vmhwm(daemon.pid))
             if left == 0:
@@ -85,6 +98,9 @@ def main():
         print(f"{a.files} files dropped in {t_dropped - t0:.1f} s; all claimed after {t1 - t0:.1f} s "
               f"= {a.files / (t1 - t0):.0f} claims/s (settle 200 ms included); {ended} ended by then")
         print(f"daemon peak RSS (VmHWM) while claiming: {peak:.1f} MiB")
+        if a.others:
+            print(f"{a.others} deposits of another producer dropped during the flood: all SUCCESS after "
+                  + (f"{others_done:.1f} s" if others_done is not None else "more than the flood's claiming"))
         if a.all:
             while terminal_count(r) < a.files:
                 if time.time() - t0 > 3600:

@@ -254,7 +254,7 @@ async fn scheduler(
         // new folder before its watch is in place (measured: the first
         // deposits of new producers waited up to a second).
         if redis_ok && !rescan && last_ping.elapsed() < Duration::from_secs(1) {
-            claim_settled(&shared, &cfg, &mut settler).await;
+            claim_settled(&shared, &storage, &cfg, &mut settler).await;
             schedule(&shared, &storage, false).await;
             continue;
         }
@@ -325,7 +325,7 @@ async fn scheduler(
             settler.reconfigure(Duration::from_millis(cfg.watch.settle_ms), cfg.watch.sidecar_marks_done);
         }
         shared.redis_up.store(redis_ok, Ordering::Relaxed);
-        claim_settled(&shared, &cfg, &mut settler).await;
+        claim_settled(&shared, &storage, &cfg, &mut settler).await;
         if redis_ok {
             schedule(&shared, &storage, true).await;
             // Redis answered, the spool was recovered and queued, the
@@ -451,7 +451,7 @@ const MIN_CLAIMS: usize = 32;
 /// producers puts them all to work at once, where taking the first
 /// producer's whole backlog first kept the others (and all but one
 /// worker) waiting for several ticks.
-async fn claim_settled(shared: &Arc<Shared>, cfg: &Arc<Config>, settler: &mut Settler) {
+async fn claim_settled(shared: &Arc<Shared>, storage: &Queue, cfg: &Arc<Config>, settler: &mut Settler) {
     let now = Instant::now();
     if !settler.due(now) {
         return;
@@ -472,9 +472,18 @@ async fn claim_settled(shared: &Arc<Shared>, cfg: &Arc<Config>, settler: &mut Se
     let (sh, c) = (shared.clone(), cfg.clone());
     // A batch of claims takes tens of milliseconds (measured: in
     // block_in_place, no job started while a burst was being claimed).
-    let Some(claimed) =
-        lend(&shared.beat, settler, move |settler| claim_batch(&sh, &c, settler, producers, now, budget)).await
-    else {
+    let batch = lend(&shared.beat, settler, move |settler| claim_batch(&sh, &c, settler, producers, now, budget));
+    tokio::pin!(batch);
+    // While a batch is claimed (a flood: hundreds of fsyncs), jobs that end
+    // still get their producer's next deposit queued: one producer's flood
+    // must not slow every other producer to one deposit per batch.
+    let claimed = loop {
+        tokio::select! {
+            r = &mut batch => break r,
+            _ = shared.wake.notified() => schedule(shared, storage, false).await,
+        }
+    };
+    let Some(claimed) = claimed else {
         return;
     };
     for e in &claimed {

@@ -8,6 +8,7 @@ mod hook;
 mod metrics;
 mod ops;
 mod poll;
+mod producer;
 mod progress;
 mod selfcheck;
 mod service;
@@ -106,6 +107,36 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Producers: onboard one (account, folders, key, sshd block), list them.
+    Producer {
+        #[command(subcommand)]
+        command: ProducerCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProducerCommand {
+    /// The producer's system account, its folders with the README's owners
+    /// and modes, its authorized key; prints the sshd block. Idempotent.
+    Add {
+        producer: String,
+        /// The account (default: p-<producer in lower case>).
+        #[arg(long)]
+        user: Option<String>,
+        /// A public key file: its keys are added to the account's.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// The sshd port of rsync sessions, in the printed block.
+        #[arg(long, default_value_t = producer::RSYNC_PORT)]
+        rsync_port: u16,
+        #[arg(long, default_value = "config.toml", env = "DEPOT_CONFIG")]
+        config: PathBuf,
+    },
+    /// Every producer folder: its account, folders' health, last state.
+    List {
+        #[arg(long, default_value = "config.toml", env = "DEPOT_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -147,6 +178,13 @@ fn main() -> ExitCode {
         }
         Command::Retry { deposit_id, config } => runtime().and_then(|rt| rt.block_on(ops::retry(&config, &deposit_id))),
         Command::Config { command: ConfigCommand::Check { config } } => cmd_config_check(&config),
+        Command::Producer { command: ProducerCommand::Add { producer, user, key, rsync_port, config } } => {
+            Config::load(&config)
+                .and_then(|c| producer::add(&c, &producer, user.as_deref(), key.as_deref(), rsync_port))
+        }
+        Command::Producer { command: ProducerCommand::List { config } } => {
+            Config::load(&config).and_then(|c| producer::list(&c))
+        }
     };
     match r {
         Ok(code) => ExitCode::from(code),

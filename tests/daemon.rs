@@ -286,15 +286,6 @@ fn a_watcher_and_a_worker_in_two_processes() {
     assert_eq!(stop(watcher), Some(0), "{}", logs());
 }
 
-/// A Theia deposit with one big stored file: slow enough to catch mid-job.
-fn big_deposit(p: &str, mib: usize) -> Vec<u8> {
-    let inner = RawZip::new().stored("big.bin", vec![7u8; mib << 20]).build();
-    RawZip::new()
-        .file(format!("{p}_en.json"), pivot(p, &[(&format!("{p}_DAT_1"), &["big.bin"])]))
-        .stored(format!("{p}_DAT_1.zip"), inner)
-        .build()
-}
-
 fn state_of(redis: &Redis) -> Option<String> {
     redis.deposits().first().and_then(|d| d.get("state").cloned())
 }

@@ -22,15 +22,6 @@ fn by_file(redis: &Redis, file: &str) -> Option<std::collections::HashMap<String
     redis.deposits().into_iter().find(|d| d.get("file").map(String::as_str) == Some(file))
 }
 
-/// A Theia deposit with one big stored file: slow enough to catch mid-job.
-fn big_deposit(p: &str, mib: usize) -> Vec<u8> {
-    let inner = RawZip::new().stored("big.bin", vec![7u8; mib << 20]).build();
-    RawZip::new()
-        .file(format!("{p}_en.json"), pivot(p, &[(&format!("{p}_DAT_1"), &["big.bin"])]))
-        .stored(format!("{p}_DAT_1.zip"), inner)
-        .build()
-}
-
 fn kill9(d: &mut Daemon) {
     if let Some(mut c) = d.0.take() {
         let _ = c.kill();

@@ -500,3 +500,13 @@ impl Env {
         Outcome { result, report, id }
     }
 }
+
+/// A Theia deposit with one big stored file (`mib` MiB in `<P>_DAT_1.zip`):
+/// slow enough for the daemon's tests to catch it mid-job.
+pub fn big_deposit(p: &str, mib: usize) -> Vec<u8> {
+    let inner = RawZip::new().stored("big.bin", vec![7u8; mib << 20]).build();
+    RawZip::new()
+        .file(format!("{p}_en.json"), pivot(p, &[(&format!("{p}_DAT_1"), &["big.bin"])]))
+        .stored(format!("{p}_DAT_1.zip"), inner)
+        .build()
+}

@@ -99,15 +99,32 @@ impl Site {
         Self::with_redis_keys(redis_url, "", extra)
     }
     pub fn with_redis_keys(redis_url: &str, redis_keys: &str, extra: &str) -> Site {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("config.toml");
-        fs::write(
-            &config,
+        Self::make(
+            tempfile::tempdir().unwrap(),
             format!(
                 "drop_root = \"drop\"\npublish_root = \"publish\"\n[redis]\nurl = \"{redis_url}\"\n{redis_keys}\n[watch]\nsettle_ms = 300\n[publish]\nfsync = false\nkeep_releases = 10\n{extra}"
             ),
         )
-        .unwrap();
+    }
+    /// A site in a fresh folder under `parent` (mode 0755, so that accounts
+    /// other than root reach the folders below), for tests that need the
+    /// whole path to be root's and not writable by others (sshd's
+    /// ChrootDirectory rule; `/tmp` is 1777). No `[watch]` table of its own:
+    /// `extra` gives one.
+    pub fn at(parent: &Path, redis_url: &str, extra: &str) -> Site {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new().prefix("depot-test-").tempdir_in(parent).unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        Self::make(
+            dir,
+            format!(
+                "drop_root = \"drop\"\npublish_root = \"publish\"\n[redis]\nurl = \"{redis_url}\"\n[publish]\nfsync = false\nkeep_releases = 10\n{extra}"
+            ),
+        )
+    }
+    fn make(dir: tempfile::TempDir, text: String) -> Site {
+        let config = dir.path().join("config.toml");
+        fs::write(&config, text).unwrap();
         // `depot run` refuses roots that do not exist (as on a real host,
         // where tmpfiles makes them).
         fs::create_dir_all(dir.path().join("drop")).unwrap();

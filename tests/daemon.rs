@@ -817,6 +817,10 @@ fn readme_commands_run() {
         ("systemctl", "host only: systemd as PID 1"),
         ("journalctl", "host only: systemd as PID 1"),
         ("sshd -t", "host only: OpenSSH server"),
+        ("depot producer add", "tests/transport.rs onboards its producers with it (it makes system accounts)"),
+        ("sftp ", "tests/transport.rs, against an sshd of its own"),
+        ("scp ", "tests/transport.rs, against an sshd of its own"),
+        ("rsync ", "tests/transport.rs, through rrsync on an sshd of its own"),
         ("#!/bin/sh", "example notify script: needs mail(1) and a contacts folder"),
         ("bench/ingest.sh", "benchmark, run by hand"),
         ("python3 bench/daemon.py", "benchmark, run by hand"),
@@ -853,7 +857,8 @@ fn readme_commands_run() {
     let mut ran = 0;
     for c in &commands {
         let c = c.replace("20261122T101500Z-MSEC-1a2b3c4d", &id);
-        let script = if c.starts_with("depot ") {
+        let elsewhere = ELSEWHERE.iter().any(|(prefix, _)| c.starts_with(prefix));
+        let script = if c.starts_with("depot ") && !elsewhere {
             let c = c.replace("/etc/depot/config.toml", cfg);
             let c = format!("{bin}{}", &c["depot".len()..]);
             if c.contains("--config") { c } else { format!("{c} --config {cfg}") }

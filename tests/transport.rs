@@ -217,7 +217,7 @@ fn sftp_paused_longer_than_settle_is_published_once_whole() {
     let name = "SFTP_THEIA.zip";
     let (zip, big) = deposit("SFTP", 8, 11);
     let src = rig.source(name, &zip);
-    let client = rig.sftp(&format!("put {} /new/{name}\n", src.display()), Some(SFTP_KBITS));
+    let client = rig.sftp(&format!("put {} new/\n", src.display()), Some(SFTP_KBITS));
     rig.wait_uploaded(name, zip.len() as u64 / 3);
     client.signal("STOP");
     sleep(Duration::from_secs(3));
@@ -235,11 +235,11 @@ fn sftp_killed_then_reput_is_published_once_whole() {
     let name = "REPU_THEIA.zip";
     let (zip, big) = deposit("REPU", 8, 23);
     let src = rig.source(name, &zip);
-    let mut client = rig.sftp(&format!("put {} /new/{name}\n", src.display()), Some(SFTP_KBITS));
+    let mut client = rig.sftp(&format!("put {} new/\n", src.display()), Some(SFTP_KBITS));
     rig.wait_uploaded(name, zip.len() as u64 * 2 / 5);
     client.kill();
     let killed = Instant::now();
-    let resumed = rig.sftp(&format!("reput {} /new/{name}\n", src.display()), None);
+    let resumed = rig.sftp(&format!("reput {} new/{name}\n", src.display()), None);
     resumed.finish(60);
     eprintln!("reput done {:?} after the kill", killed.elapsed());
     rig.published_once_whole(name, &zip, &big);
@@ -259,7 +259,7 @@ fn scp_upload_is_published_once_whole() {
     scp.args(rig.producer.ssh_options())
         .args(["-P", &rig.sshd.sftp_port.to_string(), "-l", &SFTP_KBITS.to_string()])
         .arg(&src)
-        .arg(format!("{}:/new/", rig.producer.login()));
+        .arg(format!("{}:new/", rig.producer.login()));
     Client::spawn(scp, "scp", rig.site.root()).finish(60);
     rig.published_once_whole(name, &zip, &big);
 
@@ -285,7 +285,7 @@ fn winscp_upload(p: &str, rename: &str, seed: u64) {
     let name = format!("{p}_THEIA.zip");
     let (zip, big) = deposit(p, 4, seed);
     let src = rig.source(&name, &zip);
-    let batch = format!("put {} /new/{name}.filepart\n{rename} /new/{name}.filepart /new/{name}\n", src.display());
+    let batch = format!("put {} new/{name}.filepart\n{rename} new/{name}.filepart new/{name}\n", src.display());
     rig.sftp(&batch, Some(SFTP_KBITS)).finish(60);
     rig.published_once_whole(&name, &zip, &big);
     rig.stop();
@@ -328,7 +328,7 @@ fn a_cut_short_upload_is_rejected_as_cut_short() {
     let name = "CUTS_THEIA.zip";
     let (zip, _) = deposit("CUTS", 8, 67);
     let src = rig.source(name, &zip);
-    let mut client = rig.sftp(&format!("put {} /new/{name}\n", src.display()), Some(SFTP_KBITS));
+    let mut client = rig.sftp(&format!("put {} new/\n", src.display()), Some(SFTP_KBITS));
     rig.wait_uploaded(name, zip.len() as u64 / 2);
     client.kill();
     rig.wait(&format!("{name} ended"), 60, || rig.by_file(name).iter().any(terminal));
@@ -383,6 +383,11 @@ fn a_producer_reaches_only_its_folder() {
         let (ok, out) = Client::spawn(rsync, "rsync out of new/", rig.site.root()).wait(30);
         assert!(!ok, "rsync into {dest} should fail: {out}");
     }
+    // rrsync's folder is new/ itself: a `new/` target is new/new/.
+    let mut rsync = Command::new("rsync");
+    rsync.args(["-t", "-e", &ssh]).arg(&src).arg(format!("{login}:new/"));
+    Client::spawn(rsync, "rsync to new/", rig.site.root()).finish(30);
+    assert!(rig.site.root().join("drop/JAIL/new/new/x.zip").is_file());
     assert!(!rig.site.root().join("drop/JAIL/x.zip").exists());
     assert!(!rig.site.root().join("drop/x.zip").exists());
     assert_eq!(fs::read(rig.site.root().join("drop/JAIL/previous/JAIL_OLD.zip")).unwrap(), b"old");
@@ -450,7 +455,7 @@ fn producer_add_twice_changes_nothing_and_list_tells_what_is_wrong() {
     // After a deposit, list shows its last state.
     let (zip, big) = deposit("ONBD", 1, 5);
     let src = rig.source("ONBD_1.zip", &zip);
-    rig.sftp(&format!("put {} /new/ONBD_1.zip\n", src.display()), None).finish(30);
+    rig.sftp(&format!("put {} new/\n", src.display()), None).finish(30);
     rig.published_once_whole("ONBD_1.zip", &zip, &big);
     let out = list();
     assert!(out.lines().any(|l| l.starts_with("ONBD ") && l.contains("SUCCESS")), "{out}");

@@ -84,53 +84,97 @@ impl Code {
         }
     }
 
-    /// What a producer should do about it, in plain words (report.txt).
-    pub fn advice(self) -> &'static str {
+    /// What was wrong, in plain words, for people who never read a zip
+    /// specification (report.txt, `depot check`). The report's message
+    /// then names the file and the detail.
+    pub fn summary(self) -> &'static str {
         match self {
-            Code::NotAZip => "The file is not a zip archive. Upload the deposit as a .zip file.",
+            Code::NotAZip => "The file is not a zip archive (or it is empty).",
             Code::ZipCorrupt => {
-                "The archive is damaged (an upload cut short, bytes added before or after the zip, or a corrupted entry). Upload it again; check it with `unzip -t` first."
+                "The zip archive is damaged: the upload was cut short, bytes were added before or after it, or an entry does not read back as it was stored."
             }
             Code::UnsafePath => {
-                "An entry name would escape the deposit (absolute path, `..`, backslash or drive letter). Rebuild the archive with relative paths only."
+                "A name in the archive would place a file outside the deposit (an absolute path, `..`, a backslash or a drive letter)."
             }
-            Code::Symlink => "The archive contains a symbolic link. Replace links by the files themselves.",
-            Code::Encrypted => "The archive is password-protected. Upload it without encryption.",
-            Code::UnsupportedMethod => {
-                "An entry uses a compression method the archive does not accept. Use plain Deflate (the default of zip tools) or store."
-            }
+            Code::Symlink => "The archive contains a symbolic link instead of a file.",
+            Code::Encrypted => "The archive (or an entry in it) is protected by a password.",
+            Code::UnsupportedMethod => "An entry is compressed with a method this archive does not accept.",
             Code::LimitExceeded => {
-                "The deposit is larger than this archive accepts (size, unpacked size, number of files, size of its metadata and checksum files, or path length). Split it or contact the archive."
+                "The deposit is larger than this archive accepts: its size, unpacked size, number of files, size of its metadata and checksum files, or the length of a path."
             }
             Code::NameConflict => {
-                "Two files would be published under the same name (names equal except for case or Unicode form, a file and a folder with one name, or a repeated name). Rename one of them."
+                "Two files would be published under the same name: names that differ only in case or Unicode form, a file and a folder of one name, or a name given twice."
             }
             Code::NameInvalid => {
-                "A file name is not acceptable (control or invisible characters, a name Windows reserves such as NUL or one ending in a dot or a space, over-long, or not expected at this place). Rename the file."
+                "A file name is not acceptable: control or invisible characters, a name Windows reserves (such as NUL or COM1) or one ending in a dot or a space, a name that is too long, or a file not expected at this place."
             }
             Code::Md5Mismatch => {
-                "A file does not match the MD5 checksum given for it. Upload it again, or regenerate the checksum."
+                "A file does not match the MD5 checksum given for it, or a checksum file is not in md5sum format."
             }
             Code::Md5Missing => {
-                "A checksum manifest names a file that is not in the deposit, or checksums are required and none was given. Fix the manifest or add the file."
+                "A checksum file lists a file that is not in the deposit, or checksums are required here and none were given."
             }
-            Code::Md5Unlisted => {
-                "A checksum manifest does not list every file of its folder. Regenerate it with `md5sum` over all files."
+            Code::Md5Unlisted => "A checksum file does not list every file of its folder.",
+            Code::PivotMissing => "The deposit has no pivot metadata file <P>_en.json at its top level.",
+            Code::PivotInvalid => {
+                "The pivot metadata file is not valid JSON, or lacks producer.producerId, datasets or an observation's result.dataFile.name."
             }
-            Code::PivotMissing => "The deposit has no pivot metadata file <P>_en.json at its top level. Add it.",
-            Code::PivotInvalid => "The pivot metadata file is not valid JSON of the expected form. Fix it.",
-            Code::ProducerMismatch => {
-                "The deposit names another producer than the folder it was uploaded to. Upload it into your own folder, or fix producer.producerId."
-            }
+            Code::ProducerMismatch => "The deposit belongs to another producer than the folder it was uploaded to.",
             Code::DatasetMismatch => {
-                "A dataset zip and the pivot metadata disagree (dataset not in the pivot, of another producer, missing, or a data file the pivot names is missing). Make them agree."
+                "A dataset zip and the pivot metadata disagree: a dataset zip not listed in the pivot, a dataset of the pivot without its zip, or a data file named by the pivot missing from its zip."
             }
             Code::IoError => {
-                "The archive host had an internal problem. Nothing is needed from you; the archive team is told."
+                "The archive host could not read or write a file (a fault of the host, not of the deposit)."
             }
-            Code::NoSpace => {
-                "The archive host is out of disk space. Nothing is needed from you; the archive team is told."
+            Code::NoSpace => "The archive host is out of disk space (a fault of the host, not of the deposit).",
+        }
+    }
+
+    /// What to do about it, in plain words (report.txt, `depot check`).
+    pub fn advice(self) -> &'static str {
+        match self {
+            Code::NotAZip => {
+                "Pack the deposit as a .zip file (zip, 7-Zip or your system's \"compress\") and upload that."
             }
+            Code::ZipCorrupt => {
+                "Upload the archive again, whole. Test it first with `unzip -t` (or `depot check`) on your side."
+            }
+            Code::UnsafePath => {
+                "Rebuild the archive from inside the deposit's folder, so that every name is a relative path."
+            }
+            Code::Symlink => "Replace each link by the file it points to, then rebuild the archive.",
+            Code::Encrypted => "Rebuild the archive without a password.",
+            Code::UnsupportedMethod => {
+                "Rebuild the archive with plain Deflate (the default of zip tools) or without compression."
+            }
+            Code::LimitExceeded => {
+                "Split the deposit into smaller ones, shorten the paths, or ask the archive team for a higher limit."
+            }
+            Code::NameConflict => "Rename one of the two files (the message names both) and rebuild the archive.",
+            Code::NameInvalid => "Rename the file the message names (or remove it) and rebuild the archive.",
+            Code::Md5Mismatch => {
+                "If the file is right, regenerate its checksum (`md5sum FILE`); otherwise upload it again: it was damaged on its way."
+            }
+            Code::Md5Missing => {
+                "Fix the checksum file so that it lists only files in the deposit, or add the missing file; where checksums are required, add an MD5SUMS file (`md5sum * > MD5SUMS`)."
+            }
+            Code::Md5Unlisted => "Regenerate the checksum file over all files of its folder (`md5sum * > MD5SUMS`).",
+            Code::PivotMissing => {
+                "Add the pivot file, named after your producer id (for example MSEC_en.json), at the top of the archive."
+            }
+            Code::PivotInvalid => {
+                "Fix the pivot file at the line and column the message gives, then rebuild the archive."
+            }
+            Code::ProducerMismatch => {
+                "Upload into your own folder, or correct producer.producerId and the file names to your producer id."
+            }
+            Code::DatasetMismatch => {
+                "Make the dataset zips and the pivot agree: one <P>_DAT_<id>.zip per dataset of the pivot, holding every data file its observations name."
+            }
+            Code::IoError => {
+                "Nothing is needed from you: the deposit is kept and tried again, and the archive team is told."
+            }
+            Code::NoSpace => "Nothing is needed from you: the deposit is kept and tried again once there is room.",
         }
     }
 }
@@ -269,5 +313,27 @@ pub trait IoContext<T> {
 impl<T> IoContext<T> for io::Result<T> {
     fn ctx(self, stage: Stage, context: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|e| Error::io(stage, context(), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every code tells a scientist what was wrong and what to do, in
+    /// sentences, and never with jargon a producer cannot act on.
+    #[test]
+    fn every_code_says_what_was_wrong_and_what_to_do() {
+        for c in Code::ALL {
+            let (what, todo) = (c.summary(), c.advice());
+            for t in [what, todo] {
+                assert!(t.len() > 30 && t.ends_with('.') && t.starts_with(char::is_uppercase), "{c}: {t:?}");
+                for jargon in ["EOCD", "central directory", "errno", "os error", "Received"] {
+                    assert!(!t.contains(jargon), "{c}: {t:?}");
+                }
+            }
+            assert_ne!(what, todo, "{c}");
+            assert_eq!(Code::parse(c.as_str()), Some(c));
+        }
     }
 }

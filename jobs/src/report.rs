@@ -67,35 +67,68 @@ impl Report {
         serde_json::to_string_pretty(self).unwrap_or_else(|_| "{}".into())
     }
 
-    /// Plain words for the producer.
+    /// Plain words for the producer (`rejected/<deposit-id>/report.txt`):
+    /// what was wrong, the detail, what to do, and the deposit's id for the
+    /// archive team.
     pub fn to_text(&self, advice: Option<&str>) -> String {
         let mut t = String::new();
         if self.accepted {
-            t.push_str(&format!("Deposit {} (id {}) was ACCEPTED.\n\n", self.archive, self.deposit));
+            t.push_str(&format!("Deposit {} was ACCEPTED and published.\n\n", self.archive));
             if let (Some(n), Some(b)) = (self.file_count, self.total_bytes) {
                 t.push_str(&format!("Files: {n}, {b} bytes.\n"));
             }
         } else {
-            t.push_str(&format!("Deposit {} (id {}) was REJECTED.\n\n", self.archive, self.deposit));
-            t.push_str(&format!("What was wrong: {}\n", self.message.as_deref().unwrap_or("-")));
-            if let Some(e) = &self.entry {
-                t.push_str(&format!("File concerned: {e}\n"));
-            }
-            t.push_str(&format!(
-                "Error code:     {} (during {})\n\n",
-                self.code.unwrap_or("-"),
-                self.stage.map_or("-", Stage::as_str)
-            ));
-            if let Some(a) = advice {
-                t.push_str(&format!("What to do: {a}\n\n"));
-            }
+            t.push_str(&format!("Deposit {} was REJECTED.\n\n", self.archive));
+            self.verdict(&mut t, advice);
             t.push_str("Nothing from this deposit was published; the archive still serves your previous release.\n");
         }
         t.push_str(&format!(
-            "\nProducer: {}\nReceived: {}\nFinished: {}\n",
-            self.producer, self.started, self.finished
+            "\nDeposit id: {}\nProducer:   {}\nReceived:   {}\nFinished:   {}\n",
+            self.deposit, self.producer, self.started, self.finished
         ));
         t
+    }
+
+    /// `depot check` on the producer's own computer: the same verdict in
+    /// words for a scientist before any upload, so no deposit id, no
+    /// reception time and no mention of releases.
+    pub fn to_text_check(&self) -> String {
+        let mut t = String::new();
+        if self.accepted {
+            t.push_str(&format!("{} would be ACCEPTED", self.archive));
+            if let (Some(n), Some(b)) = (self.file_count, self.total_bytes) {
+                t.push_str(&format!(": {n} files, {b} bytes"));
+            }
+            t.push_str(".\n");
+        } else {
+            t.push_str(&format!("{} would be REJECTED.\n\n", self.archive));
+            let advice = self.code.and_then(crate::Code::parse).map(crate::Code::advice);
+            self.verdict(&mut t, advice);
+        }
+        t.push_str(&format!(
+            "\nChecked on this computer as a deposit of producer {}; nothing was uploaded or changed.\n",
+            self.producer
+        ));
+        t
+    }
+
+    fn verdict(&self, t: &mut String, advice: Option<&str>) {
+        let code = self.code.and_then(crate::Code::parse);
+        if let Some(c) = code {
+            t.push_str(&format!("What was wrong: {}\n", c.summary()));
+        }
+        t.push_str(&format!("Details:        {}\n", self.message.as_deref().unwrap_or("-")));
+        if let Some(e) = &self.entry {
+            t.push_str(&format!("File concerned: {e}\n"));
+        }
+        t.push_str(&format!(
+            "Error code:     {} (during {})\n\n",
+            self.code.unwrap_or("-"),
+            self.stage.map_or("-", Stage::as_str)
+        ));
+        if let Some(a) = advice {
+            t.push_str(&format!("What to do: {a}\n\n"));
+        }
     }
 }
 
@@ -106,4 +139,50 @@ pub struct ReportBase {
     pub producer: String,
     pub archive: String,
     pub started: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Code;
+
+    fn rejected() -> Report {
+        let base = ReportBase {
+            deposit: "20261122T101500Z-MSEC-1a2b3c4d".into(),
+            producer: "MSEC".into(),
+            archive: "MSEC_THEIA.zip".into(),
+            started: "2026-11-22T10:15:00Z".into(),
+        };
+        Report::failure(
+            base,
+            &Error::reject(
+                Code::PivotInvalid,
+                Stage::Unpack,
+                Some("MSEC_en.json"),
+                "MSEC_en.json: expected value at line 3 column 5",
+            ),
+        )
+    }
+
+    #[test]
+    fn the_check_text_speaks_to_a_scientist() {
+        let t = rejected().to_text_check();
+        for word in ["REJECTED", "What was wrong: The pivot", "line 3 column 5", "What to do: Fix", "PIVOT_INVALID"] {
+            assert!(t.contains(word), "{word}: {t}");
+        }
+        for word in ["Received", "20261122T101500Z", "release", " id "] {
+            assert!(!t.contains(word), "{word}: {t}");
+        }
+    }
+
+    #[test]
+    fn the_report_file_keeps_the_id_for_the_archive_team() {
+        let r = rejected();
+        let t = r.to_text(Some(Code::PivotInvalid.advice()));
+        for word in
+            ["REJECTED", "What was wrong:", "What to do:", "Deposit id: 20261122T101500Z-MSEC-1a2b3c4d", "Received:"]
+        {
+            assert!(t.contains(word), "{word}: {t}");
+        }
+    }
 }

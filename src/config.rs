@@ -76,11 +76,28 @@ pub struct Notify {
     /// argv, no shell; empty = off.
     pub command: Vec<String>,
     pub timeout_s: u64,
+    /// Hooks running at once; the others wait their turn (a burst of
+    /// deposits must not fork a thousand mail processes).
+    pub max_running: usize,
 }
 
 impl Default for Notify {
     fn default() -> Self {
-        Notify { command: Vec::new(), timeout_s: 30 }
+        Notify { command: Vec::new(), timeout_s: 30, max_running: 4 }
+    }
+}
+
+/// `[retention]`: how long what depot keeps on disk for people stays.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Retention {
+    /// Days a `rejected/<deposit-id>/` folder is kept (0: forever).
+    pub rejected_days: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention { rejected_days: 30 }
     }
 }
 
@@ -104,6 +121,7 @@ pub struct Config {
     pub producers: Producers,
     pub notify: Notify,
     pub metrics: Metrics,
+    pub retention: Retention,
     /// The untyped global tables, kept to merge per-producer overrides in.
     base: BTreeMap<&'static str, Table>,
 }
@@ -158,6 +176,7 @@ impl Config {
         let producers = parse_producers(take_table(&mut root, "producers")?)?;
         let notify: Notify = typed(take_table(&mut root, "notify")?, "notify")?;
         let metrics: Metrics = typed(take_table(&mut root, "metrics")?, "metrics")?;
+        let retention: Retention = typed(take_table(&mut root, "retention")?, "retention")?;
         let mut base = BTreeMap::new();
         for key in MERGED {
             base.insert(key, take_table(&mut root, key)?);
@@ -186,6 +205,9 @@ impl Config {
         if notify.timeout_s == 0 {
             bail!("notify.timeout_s must be at least 1");
         }
+        if notify.max_running == 0 {
+            bail!("notify.max_running must be at least 1");
+        }
         if !metrics.listen.is_empty() && metrics.listen.parse::<std::net::SocketAddr>().is_err() {
             bail!("metrics.listen must be host:port with a numeric host (e.g. 127.0.0.1:9187), or empty for off");
         }
@@ -199,6 +221,7 @@ impl Config {
             producers,
             notify,
             metrics,
+            retention,
             base,
         };
         cfg.settings_for_inner(None)?;
@@ -262,6 +285,7 @@ impl Config {
             producers: ProducersView<'a>,
             notify: &'a Notify,
             metrics: &'a Metrics,
+            retention: &'a Retention,
             checks: Checks,
             limits: Limits,
             publish: Publish,
@@ -291,6 +315,7 @@ impl Config {
             },
             notify: &self.notify,
             metrics: &self.metrics,
+            retention: &self.retention,
             checks: global.checks,
             limits: global.limits,
             publish: global.publish,
@@ -304,6 +329,65 @@ impl Config {
     pub fn is_producer(&self, name: &str) -> bool {
         self.producers.pattern.is_match(name)
             && self.producers.allow.as_ref().is_none_or(|a| a.iter().any(|x| x == name))
+    }
+}
+
+/// Where the system-wide config lives (the packaged one).
+pub const SYSTEM_CONFIG: &str = "/etc/depot/config.toml";
+
+/// How a command found its config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `-c/--config FILE`
+    Flag,
+    /// `$DEPOT_CONFIG`
+    Env,
+    /// `./config.toml`
+    Cwd,
+    /// `/etc/depot/config.toml`
+    System,
+}
+
+impl Source {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Source::Flag => "--config",
+            Source::Env => "$DEPOT_CONFIG",
+            Source::Cwd => "./config.toml",
+            Source::System => SYSTEM_CONFIG,
+        }
+    }
+}
+
+/// The lookup every command makes (SPEC "Configuration"): `-c/--config
+/// FILE`, else `$DEPOT_CONFIG`, else `./config.toml` if it exists, else
+/// `/etc/depot/config.toml`. None when the last one does not exist either
+/// (`depot check` then runs on built-in defaults; every other command
+/// fails to load it and says where it looked).
+pub fn locate(flag: Option<&Path>) -> Option<(PathBuf, Source)> {
+    if let Some(f) = flag {
+        return Some((f.to_path_buf(), Source::Flag));
+    }
+    if let Some(e) = std::env::var_os("DEPOT_CONFIG").filter(|e| !e.is_empty()) {
+        return Some((PathBuf::from(e), Source::Env));
+    }
+    let cwd = Path::new("config.toml");
+    if cwd.is_file() {
+        return Some((cwd.to_path_buf(), Source::Cwd));
+    }
+    let system = Path::new(SYSTEM_CONFIG);
+    system.exists().then(|| (system.to_path_buf(), Source::System))
+}
+
+/// The lookup, then the load; an error says where the file came from, or
+/// every place that was looked at.
+pub fn find_and_load(flag: Option<&Path>) -> Result<Config> {
+    match locate(flag) {
+        Some((path, Source::Flag | Source::System)) => Config::load(&path),
+        Some((path, src)) => Config::load(&path).with_context(|| format!("config from {}", src.describe())),
+        None => bail!(
+            "no config found: pass -c/--config FILE, set DEPOT_CONFIG, or put config.toml in the current folder or at {SYSTEM_CONFIG}"
+        ),
     }
 }
 
@@ -442,6 +526,23 @@ mod tests {
             let err = format!("{:#}", parse(&format!("{MIN}{extra}")).unwrap_err());
             assert!(err.contains(key), "{extra}: {err}");
         }
+    }
+
+    #[test]
+    fn notify_max_running_and_retention() {
+        let c = parse(MIN).unwrap();
+        assert_eq!((c.notify.max_running, c.retention.rejected_days), (4, 30));
+        let c = parse(&format!("{MIN}[notify]\nmax_running = 2\n[retention]\nrejected_days = 0\n")).unwrap();
+        assert_eq!((c.notify.max_running, c.retention.rejected_days), (2, 0));
+        for (extra, key) in [
+            ("[notify]\nmax_running = 0\n", "notify.max_running"),
+            ("[retention]\nrejected = 1\n", "rejected"),
+            ("[retention]\nrejected_days = -1\n", "retention"),
+        ] {
+            let err = format!("{:#}", parse(&format!("{MIN}{extra}")).unwrap_err());
+            assert!(err.contains(key), "{extra}: {err}");
+        }
+        assert!(c.effective().contains("[retention]"));
     }
 
     #[test]

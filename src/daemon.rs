@@ -85,38 +85,94 @@ pub async fn run(config_path: PathBuf, role: Role) -> Result<()> {
     info!(role = ?role, drop_root = %cfg.drop_root.display(), publish_root = %cfg.publish_root.display(), "depot running");
 
     if role != Role::Watcher {
-        let sh = shared.clone();
         let concurrency = cfg.workers.concurrency;
         let shutdown = Duration::from_secs(cfg.workers.shutdown_timeout_s);
-        let mut rx = stop_rx.clone();
         // Woken by this process's scheduler when it queues; the timer is
         // for jobs queued elsewhere: a worker-only process has no other
         // way to learn of them (see `poll`).
         let every = Duration::from_millis(if role == Role::Worker { 10 } else { 500 });
-        let monitor = Monitor::new()
-            .register(move |restarts| {
-                // A fresh name per start: a restarted worker under its old
-                // name is refused while the old one still looks alive.
-                let name = format!("depot-{}-{}-{restarts}", std::process::id(), jobs::deposit::new_id("w"));
-                WorkerBuilder::new(name)
-                    .backend(storage.clone().poll_with_strategy(poll::Wake::new(every, sh.pushed.clone())))
-                    .concurrency(concurrency)
-                    .data(sh.clone())
-                    .build(worker::handle)
-            })
-            .should_restart(|_ctx, e| {
-                warn!(error = %e, "queue worker stopped; restarting it");
-                true
-            })
-            .shutdown_timeout(shutdown);
-        let r = monitor
-            .run_with_signal(async move {
-                let _ = rx.wait_for(|s| *s).await;
-                Ok(())
-            })
-            .await;
-        if let Err(e) = r {
-            warn!(error = %e, "workers stopped with an error");
+        // apalis restarts a failed worker at once, and a worker fails at its
+        // first fetch while Redis is away: two restarts a second, each
+        // logged (a 10 s outage made 132 lines). It is restarted here
+        // instead, once Redis answers again, and after a backoff if it keeps
+        // failing with Redis up. One line per outage: the scheduler's, or
+        // this loop's with --role worker (no scheduler there).
+        let failed: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+        let mut runs = 0u64;
+        let mut quick_failures = 0u32;
+        'runs: loop {
+            let (st, sh, why) = (storage.clone(), shared.clone(), failed.clone());
+            let run = runs;
+            runs += 1;
+            let monitor = Monitor::new()
+                .register(move |restarts| {
+                    // A fresh name per start: a restarted worker under its old
+                    // name is refused while the old one still looks alive.
+                    let name = format!("depot-{}-{}-{run}-{restarts}", std::process::id(), jobs::deposit::new_id("w"));
+                    WorkerBuilder::new(name)
+                        .backend(st.clone().poll_with_strategy(poll::Wake::new(every, sh.pushed.clone())))
+                        .concurrency(concurrency)
+                        .data(sh.clone())
+                        .build(worker::handle)
+                })
+                .should_restart(move |_ctx, e| {
+                    *lock(&why) = Some(e.to_string());
+                    false
+                })
+                .shutdown_timeout(shutdown);
+            let mut rx = stop_rx.clone();
+            let started = Instant::now();
+            let r = monitor
+                .run_with_signal(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                    Ok(())
+                })
+                .await;
+            if *stop_rx.borrow() {
+                if let Err(e) = r {
+                    warn!(error = %e, "workers stopped with an error");
+                }
+                break;
+            }
+            let why = lock(&failed).take().or_else(|| r.err().map(|e| e.to_string())).unwrap_or_default();
+            let mut wait = Duration::from_millis(250);
+            let mut outage = false;
+            loop {
+                // The queue's own connection: it is the one the worker uses,
+                // and it reconnects when a command goes through it.
+                let mut conn = storage.clone().get_connection().clone();
+                match redis_within(redis::cmd("PING").query_async::<String>(&mut conn)).await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        if !outage && role == Role::Worker {
+                            warn!(error = %e, "Redis unreachable; the workers wait for it");
+                        }
+                        outage = true;
+                    }
+                }
+                let mut rx = stop_rx.clone();
+                tokio::select! {
+                    _ = rx.wait_for(|s| *s) => break 'runs,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            if outage {
+                quick_failures = 0;
+                if role == Role::Worker {
+                    info!("Redis is back; the workers take jobs again");
+                }
+                continue;
+            }
+            // Redis answers: the worker failed for another reason.
+            quick_failures = if started.elapsed() < Duration::from_secs(60) { quick_failures + 1 } else { 1 };
+            let pause = worker::backoff(quick_failures).min(Duration::from_secs(60));
+            warn!(error = %why, restart_in_ms = pause.as_millis() as u64, "queue worker stopped; restarting it");
+            let mut rx = stop_rx.clone();
+            tokio::select! {
+                _ = rx.wait_for(|s| *s) => break,
+                _ = tokio::time::sleep(pause) => {}
+            }
         }
     } else {
         let mut rx = stop_rx.clone();
@@ -259,11 +315,15 @@ async fn scheduler(
             continue;
         }
         last_ping = Instant::now();
+        // The first pass finds no instance of ours: a start, not a return.
+        let had_instance = instance.is_some();
         let alive = redis_within(check_instance(&shared.status, &mut instance)).await;
         match (alive, redis_ok) {
             (Ok(reset), _) => {
                 if !redis_ok || reset {
-                    info!(reset, "Redis is back; resynchronising from the spool");
+                    if !redis_ok || had_instance {
+                        info!(reset, "Redis is back; resynchronising from the spool");
+                    }
                     lock(&shared.queued).clear();
                     let sh = shared.clone();
                     if let Some(Err(e)) = lend(&shared.beat, &mut (), move |()| sh.index_reload()).await {
@@ -346,6 +406,9 @@ async fn scheduler(
                 .await;
                 let _ =
                     tokio::time::timeout(REDIS_WAIT, trim_deposits(&shared.status, cfg.redis.keep_deposits_days)).await;
+                // retention.rejected_days (logs what it removed).
+                let c = cfg.clone();
+                let _ = tokio::task::spawn_blocking(move || crate::ops::prune_rejected(&c)).await;
             }
         }
     }
@@ -579,22 +642,14 @@ fn claim_batch(
             // first file not settled yet (it keeps its place).
             let mut took = false;
             let mut stop = false;
-            // Files a writer holds open are not dropped yet (their place in
-            // the order is their close): passed over, kept in the listing.
-            let mut open = Vec::new();
             while budget > 0 {
                 let Some(path) = files.pop_front() else {
                     stop = true;
                     break;
                 };
                 if !settler.observe(&path, now) {
-                    if settler.is_open(&path) {
-                        open.push(path);
-                        continue;
-                    }
                     if settler.knows(&path) {
-                        // Not settled yet by the quiet rule: the walk stops
-                        // here, so a file noticed late is not overtaken.
+                        // Still being written: the walk stops here.
                         files.push_front(path);
                         stop = true;
                         break;
@@ -614,9 +669,6 @@ fn claim_batch(
                 }
                 took = true;
                 break;
-            }
-            for p in open.into_iter().rev() {
-                files.push_front(p);
             }
             if stop || !took {
                 let (_, dir, files) = turns.swap_remove(i);

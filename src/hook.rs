@@ -2,9 +2,17 @@
 //! webhook) without depot knowing about mail or HTTP. Run once per terminal
 //! state, after the state is recorded; whatever it does (fails, hangs,
 //! prints) is logged and never changes the deposit's outcome.
+//!
+//! At most `notify.max_running` run at once; the others wait their turn in
+//! the order their deposits ended (a burst of a thousand failures must not
+//! fork a thousand mailers). The file name and the error message come from
+//! the producer: control characters (a newline would start a new mail
+//! header in a careless script) and bidi overrides are removed from every
+//! `DEPOT_*` value.
 
 use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
@@ -27,23 +35,72 @@ pub struct Event {
 }
 
 impl Event {
-    fn env(&self) -> [(&'static str, &str); 8] {
+    /// The environment the program gets: every value made safe to paste
+    /// into a mail or a log line.
+    pub fn env(&self) -> [(&'static str, String); 8] {
         [
-            ("DEPOT_DEPOSIT", &self.deposit),
-            ("DEPOT_PRODUCER", &self.producer),
-            ("DEPOT_STATE", &self.state),
-            ("DEPOT_FILE", &self.file),
-            ("DEPOT_ERROR_CODE", &self.error_code),
-            ("DEPOT_ERROR", &self.error),
-            ("DEPOT_REPORT", &self.report),
-            ("DEPOT_RELEASE", &self.release),
+            ("DEPOT_DEPOSIT", clean(&self.deposit)),
+            ("DEPOT_PRODUCER", clean(&self.producer)),
+            ("DEPOT_STATE", clean(&self.state)),
+            ("DEPOT_FILE", clean(&self.file)),
+            ("DEPOT_ERROR_CODE", clean(&self.error_code)),
+            ("DEPOT_ERROR", clean(&self.error)),
+            ("DEPOT_REPORT", clean(&self.report)),
+            ("DEPOT_RELEASE", clean(&self.release)),
         ]
     }
 }
 
-/// Start the program in the background; the caller does not wait.
+/// Without control characters (C0, DEL, C1: newlines, escapes) and the
+/// bidi controls that make text display in another order than it is.
+pub fn clean(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control() && !matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')).collect()
+}
+
+/// Hooks running now, across every deposit of this process.
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+static FREED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// One of `notify.max_running` places, given back when dropped.
+struct Place;
+
+impl Place {
+    async fn take(max: usize) -> Place {
+        loop {
+            let freed = FREED.notified();
+            tokio::pin!(freed);
+            // Registered before looking, so a place freed in between wakes us.
+            freed.as_mut().enable();
+            let n = RUNNING.load(Ordering::SeqCst);
+            if n < max && RUNNING.compare_exchange(n, n + 1, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                return Place;
+            }
+            if n < max {
+                continue; // lost a race: look again
+            }
+            freed.await;
+        }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, Ordering::SeqCst);
+        FREED.notify_waiters();
+    }
+}
+
+/// Hooks running now.
+#[cfg(test)]
+fn running() -> usize {
+    RUNNING.load(Ordering::SeqCst)
+}
+
+/// Start the program in the background, once a place is free; the caller
+/// does not wait.
 pub fn spawn(cfg: &Notify, ev: Event, metrics: Arc<Metrics>) {
     let Some((program, args)) = cfg.command.split_first() else { return };
+    let max = cfg.max_running.max(1);
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .envs(ev.env())
@@ -58,6 +115,7 @@ pub fn spawn(cfg: &Notify, ev: Event, metrics: Arc<Metrics>) {
     let timeout = Duration::from_secs(cfg.timeout_s);
     let program = program.clone();
     tokio::spawn(async move {
+        let _place = Place::take(max).await;
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -100,4 +158,48 @@ pub fn spawn(cfg: &Notify, ev: Event, metrics: Arc<Metrics>) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn producer_text_loses_control_and_bidi_characters() {
+        assert_eq!(clean("a.zip\nBcc: x@example.org\r\n"), "a.zipBcc: x@example.org");
+        assert_eq!(clean("evil\u{202e}piz.exe\u{1b}[31m\u{85}"), "evilpiz.exe[31m");
+        assert_eq!(clean("MSEC_THEIA.zip: données été"), "MSEC_THEIA.zip: données été");
+        let ev = Event {
+            deposit: "d".into(),
+            producer: "MSEC".into(),
+            state: "FAILURE".into(),
+            file: "x\ny.zip".into(),
+            error_code: "NOT_A_ZIP".into(),
+            error: "line1\nline2\ttab".into(),
+            report: String::new(),
+            release: String::new(),
+        };
+        for (k, v) in ev.env() {
+            assert!(!v.chars().any(char::is_control), "{k}={v:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn places_are_bounded() {
+        let peak = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..12 {
+            let peak = peak.clone();
+            tasks.push(tokio::spawn(async move {
+                let _p = Place::take(3).await;
+                peak.fetch_max(running(), Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert!(peak.load(Ordering::SeqCst) <= 3 && peak.load(Ordering::SeqCst) >= 2, "{peak:?}");
+        assert_eq!(running(), 0);
+    }
 }

@@ -1,22 +1,102 @@
-//! Operator commands that read and write the daemon's Redis keys:
-//! `depot status` and `depot retry`.
+//! Operator commands that read and write the daemon's Redis keys and its
+//! folders: `depot status`, `depot history`, `depot retry`; what `depot
+//! ingest` records in Redis; and the pruning of old `rejected/` folders
+//! (`retention.rejected_days`), run by the daemon once a minute.
 
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use redis::AsyncCommands;
 
 use crate::config::Config;
-use crate::status::Status;
+use crate::spool::{Entry, Outcome};
+use crate::status::{self, Status};
 
-async fn status_handle(config: &Path) -> Result<(Config, Status)> {
-    let cfg = Config::load(config)?;
+async fn status_handle(config: Option<&Path>) -> Result<(Config, Status)> {
+    let cfg = crate::config::find_and_load(config)?;
     let conn = crate::state::connect(&cfg).await?;
     let st = Status { conn, prefix: cfg.redis.prefix.clone() };
     Ok((cfg, st))
 }
 
-fn print_hash(title: &str, h: &std::collections::HashMap<String, String>) {
+/// Exit code of a lookup that found nothing (an unknown producer or id).
+pub const NOT_FOUND: u8 = 2;
+
+/// Fields of a deposit's hash that are numbers (`--json` prints them so).
+const NUMERIC: [&str; 5] = ["size", "attempts", "bytes_total", "bytes_done", "files"];
+
+/// A deposit's hash as JSON: numbers as numbers, the rest as strings.
+fn typed(h: &HashMap<String, String>) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    let mut keys: Vec<&String> = h.keys().collect();
+    keys.sort();
+    for k in keys {
+        let v = &h[k];
+        let val = match v.parse::<u64>() {
+            Ok(n) if NUMERIC.contains(&k.as_str()) => serde_json::Value::from(n),
+            _ => serde_json::Value::from(v.clone()),
+        };
+        m.insert(k.clone(), val);
+    }
+    serde_json::Value::Object(m)
+}
+
+/// One deposit as a row: what `status` and `history` print.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Row {
+    pub id: String,
+    pub producer: String,
+    pub file: String,
+    pub state: String,
+    pub code: String,
+    /// Finished, else started, else created.
+    pub time: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub release: String,
+    /// "redis", or the folder it was read from when Redis had no record.
+    pub source: String,
+}
+
+impl Row {
+    fn from_hash(h: &HashMap<String, String>) -> Row {
+        let g = |k: &str| h.get(k).cloned().unwrap_or_default();
+        let time = [g("finished"), g("started"), g("created")].into_iter().find(|t| !t.is_empty()).unwrap_or_default();
+        let num = |k: &str| h.get(k).and_then(|v| v.parse().ok());
+        Row {
+            id: g("id"),
+            producer: g("producer"),
+            file: g("file"),
+            state: g("state"),
+            code: g("error_code"),
+            time,
+            error: g("error"),
+            files: num("files"),
+            bytes: if g("state") == status::SUCCESS { num("bytes_done") } else { None },
+            release: g("release"),
+            source: "redis".into(),
+        }
+    }
+}
+
+fn print_rows(rows: &[Row]) {
+    let w = |f: fn(&Row) -> &str, min: usize| rows.iter().map(|r| f(r).chars().count()).max().unwrap_or(0).max(min);
+    let (wid, wfile, wstate, wcode) = (w(|r| &r.id, 2), w(|r| &r.file, 4), w(|r| &r.state, 5), w(|r| &r.code, 4));
+    println!("{:<wid$}  {:<wfile$}  {:<wstate$}  {:<wcode$}  TIME", "ID", "FILE", "STATE", "CODE");
+    for r in rows {
+        let from = if r.source == "redis" { String::new() } else { format!("  (from {})", r.source) };
+        println!("{:<wid$}  {:<wfile$}  {:<wstate$}  {:<wcode$}  {}{from}", r.id, r.file, r.state, r.code, r.time);
+    }
+}
+
+fn print_hash(title: &str, h: &HashMap<String, String>) {
     println!("{title}");
     let mut keys: Vec<_> = h.keys().collect();
     keys.sort();
@@ -25,62 +105,301 @@ fn print_hash(title: &str, h: &std::collections::HashMap<String, String>) {
     }
 }
 
-pub async fn status(config: &Path, what: Option<&str>, json: bool) -> Result<u8> {
-    let (_cfg, st) = status_handle(config).await?;
+fn producer_of(id: &str) -> &str {
+    id.split('-').nth(1).unwrap_or_default()
+}
+
+/// The newest deposits (newest first) for which `keep` holds, reading the
+/// deposits index back from its newest end, at most `scan` of them.
+async fn recent(st: &Status, keep: impl Fn(&str, &HashMap<String, String>) -> bool, limit: usize) -> Result<Vec<Row>> {
+    const BATCH: isize = 500;
+    const SCAN: isize = 100_000;
+    let mut conn = st.conn.clone();
+    let mut out = Vec::new();
+    let mut start = 0isize;
+    while out.len() < limit && start < SCAN {
+        let ids: Vec<String> = conn.zrevrange(st.deposits_key(), start, start + BATCH - 1).await?;
+        if ids.is_empty() {
+            break;
+        }
+        start += BATCH;
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.hgetall(st.deposit_key(id));
+        }
+        let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+        for (id, h) in ids.iter().zip(hashes) {
+            if !h.is_empty() && keep(id, &h) {
+                out.push(Row::from_hash(&h));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Is `p` a producer depot knows of: a name this config serves, with a
+/// folder, a release or a record in Redis.
+fn known_on_disk(cfg: &Config, p: &str) -> bool {
+    cfg.drop_root.join(p).is_dir() || cfg.publish_root.join(p).is_dir()
+}
+
+/// `depot status [P | DEPOSIT_ID] [--failed] [--json]`.
+pub async fn status(config: Option<&Path>, what: Option<&str>, failed: bool, json: bool) -> Result<u8> {
+    let (cfg, st) = status_handle(config).await?;
     let mut conn = st.conn.clone();
     match what {
         Some(id) if jobs::deposit::is_id(id) => {
             let h = st.get(&st.deposit_key(id)).await?;
             if h.is_empty() {
-                bail!("no deposit {id} in Redis");
+                // Redis may have been emptied, or the hash trimmed: the
+                // folders still know a finished deposit.
+                if let Some(r) = from_disk(&cfg, producer_of(id)).into_iter().find(|r| r.id == id) {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&r)?);
+                    } else {
+                        println!("deposit {id} (no record in Redis; from {})", r.source);
+                        print_rows(&[r]);
+                    }
+                    return Ok(0);
+                }
+                eprintln!("depot: no deposit {id}: not in Redis, nor in rejected/ or releases/");
+                return Ok(NOT_FOUND);
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&h)?);
+                println!("{}", serde_json::to_string_pretty(&typed(&h))?);
             } else {
                 print_hash(&format!("deposit {id}"), &h);
             }
         }
         Some(p) => {
+            if !cfg.is_producer(p) {
+                eprintln!(
+                    "depot: {p:?} is neither a deposit id nor a producer of this config (producers.pattern {}{})",
+                    cfg.producers.pattern.as_str(),
+                    if cfg.producers.allow.is_some() { ", producers.allow" } else { "" }
+                );
+                return Ok(NOT_FOUND);
+            }
             let h = st.get(&st.producer_key(p)).await?;
-            let ids: Vec<String> = conn.zrevrange(st.deposits_key(), 0, 499).await?;
-            let mut recent = Vec::new();
-            for id in ids.iter().filter(|i| i.contains(&format!("-{p}-"))).take(20) {
-                recent.push(st.get(&st.deposit_key(id)).await?);
+            let rows = recent(
+                &st,
+                |id, d| {
+                    producer_of(id) == p && (!failed || d.get("state").map(String::as_str) == Some(status::FAILURE))
+                },
+                20,
+            )
+            .await?;
+            if h.is_empty() && rows.is_empty() && !known_on_disk(&cfg, p) {
+                eprintln!("depot: no producer {p}: no folder under drop_root or publish_root, and nothing in Redis");
+                return Ok(NOT_FOUND);
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"producer": h, "recent": recent}))?);
+                let mut v = serde_json::Map::new();
+                v.insert("producer".into(), p.into());
+                for (k, val) in &h {
+                    v.insert(k.clone(), val.clone().into());
+                }
+                v.insert("deposits".into(), serde_json::to_value(&rows)?);
+                println!("{}", serde_json::to_string_pretty(&serde_json::Value::Object(v))?);
             } else {
                 print_hash(&format!("producer {p}"), &h);
-                println!("recent deposits:");
-                for d in recent {
-                    let g = |k: &str| d.get(k).cloned().unwrap_or_default();
-                    println!("  {}  {:<8} {:<10} {}", g("id"), g("state"), g("stage"), g("error_code"));
+                if rows.is_empty() {
+                    println!(
+                        "{} (depot history {p} also reads rejected/ and releases/ on disk)",
+                        if failed { "no failed deposit in Redis" } else { "no deposit in Redis" }
+                    );
+                } else {
+                    println!("{}:", if failed { "recent failures" } else { "recent deposits" });
+                    print_rows(&rows);
                 }
+            }
+        }
+        None if failed => {
+            let rows = recent(&st, |_, d| d.get("state").map(String::as_str) == Some(status::FAILURE), 50).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else if rows.is_empty() {
+                println!("no failed deposit in Redis");
+            } else {
+                print_rows(&rows);
             }
         }
         None => {
             let mut producers: Vec<String> = conn.smembers(st.producers_key()).await?;
             producers.sort();
             let mut all = serde_json::Map::new();
+            let mut rows = Vec::new();
             for p in &producers {
                 let h = st.get(&st.producer_key(p)).await?;
-                if !json {
-                    let g = |k: &str| h.get(k).cloned().unwrap_or_default();
-                    println!(
-                        "{p}  {:<8} last {}  current {}",
-                        g("last_state"),
-                        g("last_deposit"),
-                        g("current_release")
-                    );
+                let g = |k: &str| h.get(k).cloned().unwrap_or_default();
+                let last = st.get(&st.deposit_key(&g("last_deposit"))).await?;
+                let mut row = Row::from_hash(&last);
+                row.producer = p.clone();
+                if row.state.is_empty() {
+                    row.state = g("last_state");
+                    row.id = g("last_deposit");
                 }
-                all.insert(p.clone(), serde_json::to_value(h)?);
+                let mut v = serde_json::Map::new();
+                for (k, val) in &h {
+                    v.insert(k.clone(), val.clone().into());
+                }
+                v.insert("last".into(), typed(&last));
+                all.insert(p.clone(), serde_json::Value::Object(v));
+                rows.push((row, g("current_release")));
             }
             if json {
                 println!("{}", serde_json::Value::Object(all));
             } else if producers.is_empty() {
                 println!("no deposits yet");
+            } else {
+                let wp = rows.iter().map(|(r, _)| r.producer.len()).max().unwrap_or(0).max(8);
+                let wf = rows.iter().map(|(r, _)| r.file.chars().count()).max().unwrap_or(0).max(9);
+                println!(
+                    "{:<wp$}  {:<7}  {:<wf$}  {:<18}  {:<20}  CURRENT RELEASE",
+                    "PRODUCER", "LAST", "LAST FILE", "CODE", "TIME"
+                );
+                for (r, cur) in rows {
+                    println!(
+                        "{:<wp$}  {:<7}  {:<wf$}  {:<18}  {:<20}  {cur}",
+                        r.producer, r.state, r.file, r.code, r.time
+                    );
+                }
             }
         }
+    }
+    Ok(0)
+}
+
+/// What the folders know of producer `p`'s finished deposits: each
+/// `rejected/<id>/report.json`, each release's `manifest.json`, and the
+/// archive name in `previous/` (the current release's deposit).
+pub fn from_disk(cfg: &Config, p: &str) -> Vec<Row> {
+    #[derive(serde::Deserialize)]
+    struct Report {
+        #[serde(default)]
+        archive: String,
+        #[serde(default)]
+        state: String,
+        #[serde(default)]
+        code: Option<String>,
+        #[serde(default)]
+        message: Option<String>,
+        #[serde(default)]
+        finished: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Manifest {
+        deposit: String,
+        created: String,
+        file_count: u64,
+        total_bytes: u64,
+    }
+    let mut rows = Vec::new();
+    if !cfg.is_producer(p) {
+        return rows;
+    }
+    let pdir = cfg.drop_root.join(p);
+    let rejected = pdir.join(jobs::rotate::REJECTED);
+    for e in std::fs::read_dir(&rejected).into_iter().flatten().flatten() {
+        let id = e.file_name().to_string_lossy().into_owned();
+        if !jobs::deposit::is_id(&id) || !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let r: Option<Report> =
+            std::fs::read(e.path().join(jobs::rotate::REPORT_JSON)).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let Some(r) = r else { continue };
+        rows.push(Row {
+            producer: p.to_owned(),
+            file: r.archive,
+            state: if r.state.is_empty() { status::FAILURE.into() } else { r.state },
+            code: r.code.unwrap_or_default(),
+            time: r.finished,
+            error: r.message.unwrap_or_default(),
+            source: format!("rejected/{id}"),
+            id,
+            ..Row::default()
+        });
+    }
+    let releases = jobs::publish::releases_dir(&cfg.publish_root, p);
+    let current = jobs::publish::current_dir(&cfg.publish_root, p);
+    let previous: Option<String> = std::fs::read_dir(pdir.join(jobs::rotate::PREVIOUS))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| !n.ends_with(".md5"));
+    for e in std::fs::read_dir(&releases).into_iter().flatten().flatten() {
+        let m: Option<Manifest> =
+            std::fs::read(e.path().join("manifest.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let Some(m) = m else { continue };
+        let is_current = current.as_deref().and_then(|c| c.file_name()) == Some(e.file_name().as_os_str());
+        rows.push(Row {
+            producer: p.to_owned(),
+            file: if is_current { previous.clone().unwrap_or_default() } else { String::new() },
+            state: status::SUCCESS.into(),
+            time: m.created,
+            files: Some(m.file_count),
+            bytes: Some(m.total_bytes),
+            release: e.path().display().to_string(),
+            source: format!("releases/{}", m.deposit),
+            id: m.deposit,
+            ..Row::default()
+        });
+    }
+    rows.sort_by(|a, b| b.id.cmp(&a.id));
+    rows
+}
+
+/// `depot history P [--json] [--limit N]`: the producer's deposits, newest
+/// first, from Redis; whatever Redis does not know (it was emptied, or the
+/// hashes were trimmed after `redis.keep_deposits_days`) from the folders.
+pub async fn history(config: Option<&Path>, p: &str, limit: usize, json: bool) -> Result<u8> {
+    let cfg = crate::config::find_and_load(config)?;
+    if !cfg.is_producer(p) {
+        eprintln!(
+            "depot: {p:?} is not a producer of this config (producers.pattern {})",
+            cfg.producers.pattern.as_str()
+        );
+        return Ok(NOT_FOUND);
+    }
+    let redis_rows = match crate::state::connect(&cfg).await {
+        Ok(conn) => {
+            let st = Status { conn, prefix: cfg.redis.prefix.clone() };
+            recent(&st, |id, _| producer_of(id) == p, limit).await.unwrap_or_else(|e| {
+                eprintln!("depot: warning: cannot read Redis ({e}); showing what the folders keep");
+                Vec::new()
+            })
+        }
+        Err(e) => {
+            eprintln!("depot: warning: {e:#}; showing what the folders keep");
+            Vec::new()
+        }
+    };
+    let mut by_id: BTreeMap<String, Row> = redis_rows.into_iter().map(|r| (r.id.clone(), r)).collect();
+    let from_redis = by_id.len();
+    let disk = from_disk(&cfg, p);
+    for r in disk {
+        by_id.entry(r.id.clone()).or_insert(r);
+    }
+    if by_id.is_empty() && !known_on_disk(&cfg, p) {
+        eprintln!("depot: no producer {p}: no folder under drop_root or publish_root, and nothing in Redis");
+        return Ok(NOT_FOUND);
+    }
+    let rows: Vec<Row> = by_id.into_values().rev().take(limit).collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(0);
+    }
+    if rows.is_empty() {
+        println!("no deposit of {p} recorded (Redis, rejected/, releases/)");
+    } else {
+        if from_redis == 0 {
+            println!("Redis has no record of {p}'s deposits: from rejected/ and releases/ on disk");
+        }
+        print_rows(&rows);
     }
     Ok(0)
 }
@@ -93,7 +412,7 @@ pub async fn status(config: &Path, what: Option<&str>, json: bool) -> Result<u8>
 /// so that neither an emptied Redis nor a lost folder lets one deposit go
 /// back twice), or when `new/` holds a newer upload of the same name: the
 /// moves never replace a file (renameat2 RENAME_NOREPLACE).
-pub async fn retry(config: &Path, id: &str) -> Result<u8> {
+pub async fn retry(config: Option<&Path>, id: &str) -> Result<u8> {
     if !jobs::deposit::is_id(id) {
         bail!("{id:?} is not a deposit id");
     }
@@ -101,7 +420,7 @@ pub async fn retry(config: &Path, id: &str) -> Result<u8> {
     let h = st.get(&st.deposit_key(id)).await?;
     let get = |k: &str| h.get(k).cloned().unwrap_or_default();
     // Without a hash (Redis was emptied), the folder's own report speaks.
-    let p = if h.is_empty() { id.split('-').nth(1).unwrap_or_default().to_owned() } else { get("producer") };
+    let p = if h.is_empty() { producer_of(id).to_owned() } else { get("producer") };
     if !cfg.is_producer(&p) {
         bail!("deposit {id} has no producer of this config ({p:?})");
     }
@@ -191,5 +510,192 @@ fn write_mark(mark: &Path) -> std::io::Result<()> {
     match mark.parent() {
         Some(d) => std::fs::File::open(d)?.sync_all(),
         None => Ok(()),
+    }
+}
+
+/// `depot ingest`'s deposit in Redis, under the daemon's keys (hash,
+/// events, producer hash), so that `depot status` never shows an older
+/// release or state than what was published.
+pub struct Recorder {
+    st: Status,
+    entry: Entry,
+}
+
+impl Recorder {
+    /// CREATED then PROGRESS; Err (with why) when Redis cannot be reached
+    /// within a few seconds: the ingest goes on unrecorded.
+    pub async fn begin(cfg: &Config, id: &str, producer: &str, name: &str, size: u64) -> Result<Recorder> {
+        let conn = crate::state::connect(cfg).await?;
+        let st = Status { conn, prefix: cfg.redis.prefix.clone() };
+        let claimed_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let entry = Entry {
+            id: id.to_owned(),
+            producer: producer.to_owned(),
+            name: name.to_owned(),
+            claimed_ns,
+            size,
+            sidecar: false,
+            created: jobs::deposit::now_rfc3339(),
+            attempts: 1,
+            not_before_ms: 0,
+            parked: false,
+            dev: None,
+            ino: None,
+            mtime_ns: None,
+            ctime_ns: None,
+            invalid_name: None,
+        };
+        let r = Recorder { st, entry };
+        let fields = [
+            ("started", r.entry.created.clone()),
+            ("stage", "unpack".to_owned()),
+            ("attempts", "1".to_owned()),
+            ("via", "depot ingest".to_owned()),
+        ];
+        tokio::time::timeout(Duration::from_secs(10), async {
+            r.st.created(std::slice::from_ref(&r.entry)).await?;
+            r.st.start(&r.entry, &fields).await
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from Redis within 10 s"))??;
+        Ok(r)
+    }
+
+    /// SUCCESS or FAILURE, with the report's figures.
+    pub async fn end(&self, report: &jobs::report::Report) -> Result<()> {
+        let o = Outcome {
+            state: report.state.to_owned(),
+            report: serde_json::to_value(report).unwrap_or_default(),
+            error_code: report.code.map(str::to_owned),
+            error: report.message.clone(),
+            release: report.release.clone(),
+            files: report.file_count,
+            bytes: report.total_bytes,
+            finished: report.finished.clone(),
+        };
+        let stage = report.stage.map_or("rotate", |s| s.as_str()).to_owned();
+        tokio::time::timeout(Duration::from_secs(10), self.st.terminal(&self.entry, &o, &[("stage", stage)]))
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer from Redis within 10 s"))??;
+        Ok(())
+    }
+}
+
+/// The time a rejected folder counts from: its report's `finished`, else
+/// the time in its deposit id (its claim).
+fn rejected_at(dir: &Path, id: &str) -> Option<f64> {
+    let finished = std::fs::read(dir.join(jobs::rotate::REPORT_JSON))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.get("finished").and_then(|f| f.as_str()).and_then(crate::metrics::rfc3339_s));
+    finished.or_else(|| {
+        // 20261122T101500Z → 2026-11-22T10:15:00Z
+        let t = id.get(..16)?;
+        let iso = format!("{}-{}-{}T{}:{}:{}Z", &t[0..4], &t[4..6], &t[6..8], &t[9..11], &t[11..13], &t[13..15]);
+        crate::metrics::rfc3339_s(&iso)
+    })
+}
+
+/// `retention.rejected_days`: remove every producer's `rejected/<id>/`
+/// folder older than that (0: keep them forever). Only folders named as
+/// deposit ids, never through a link; a folder that cannot be removed is
+/// logged and tried again next time. Blocking; returns the folders removed.
+pub fn prune_rejected(cfg: &Config) -> Vec<PathBuf> {
+    let days = cfg.retention.rejected_days;
+    let mut removed = Vec::new();
+    if days == 0 {
+        return removed;
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let cutoff = now - days as f64 * 86_400.0;
+    for p in std::fs::read_dir(&cfg.drop_root).into_iter().flatten().flatten() {
+        let name = p.file_name().to_string_lossy().into_owned();
+        if !cfg.is_producer(&name) || !p.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let rej = p.path().join(jobs::rotate::REJECTED);
+        if jobs::rotate::check_real_dir(&rej).is_err() {
+            continue;
+        }
+        for e in std::fs::read_dir(&rej).into_iter().flatten().flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            // file_type() is the entry's own (lstat): a link is never followed.
+            if !jobs::deposit::is_id(&id) || !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let dir = e.path();
+            if rejected_at(&dir, &id).is_some_and(|t| t < cutoff) {
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => removed.push(dir),
+                    Err(err) => {
+                        tracing::warn!(path = %dir.display(), error = %err, "cannot remove an old rejected deposit")
+                    }
+                }
+            }
+        }
+    }
+    if !removed.is_empty() {
+        tracing::info!(removed = removed.len(), days, "removed rejected deposits older than retention.rejected_days");
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_numbers_are_numbers() {
+        let h: HashMap<String, String> =
+            [("size", "12"), ("attempts", "1"), ("id", "0042"), ("error_code", "NOT_A_ZIP")]
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect();
+        let v = typed(&h);
+        assert_eq!(v["size"], 12);
+        assert_eq!(v["attempts"], 1);
+        assert_eq!(v["id"], "0042");
+        assert_eq!(v["error_code"], "NOT_A_ZIP");
+    }
+
+    #[test]
+    fn old_rejected_folders_are_pruned_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = Config::parse(
+            "drop_root = \"drop\"\npublish_root = \"pub\"\n[retention]\nrejected_days = 30\n",
+            &tmp.path().join("c.toml"),
+        )
+        .unwrap();
+        let rej = tmp.path().join("drop/MSEC/rejected");
+        let old = "20200101T000000Z-MSEC-0000abcd";
+        let young = jobs::deposit::new_id("MSEC");
+        // An old id, but it failed yesterday (a retry of an old upload):
+        // the report's time counts.
+        let old_id_recent_report = "20200102T000000Z-MSEC-0000abce";
+        for id in [old, young.as_str(), old_id_recent_report] {
+            std::fs::create_dir_all(rej.join(id)).unwrap();
+            std::fs::write(rej.join(id).join("a.zip"), b"x").unwrap();
+        }
+        std::fs::write(
+            rej.join(old_id_recent_report).join("report.json"),
+            format!("{{\"finished\": \"{}\"}}", jobs::deposit::now_rfc3339()),
+        )
+        .unwrap();
+        // Not depot's: left alone.
+        std::fs::create_dir_all(rej.join("20200101T000000Z-notes")).unwrap();
+        let elsewhere = tmp.path().join("elsewhere/20200101T000000Z-MSEC-0000abcf");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, rej.join("20200101T000000Z-MSEC-0000abcf")).unwrap();
+        let removed = prune_rejected(&cfg);
+        assert_eq!(removed, vec![rej.join(old)]);
+        assert!(rej.join(&young).is_dir() && rej.join(old_id_recent_report).is_dir());
+        assert!(rej.join("20200101T000000Z-notes").is_dir() && elsewhere.is_dir());
+        let keep_all = Config::parse(
+            "drop_root = \"drop\"\npublish_root = \"pub\"\n[retention]\nrejected_days = 0\n",
+            &tmp.path().join("c.toml"),
+        )
+        .unwrap();
+        std::fs::create_dir_all(rej.join(old)).unwrap();
+        assert!(prune_rejected(&keep_all).is_empty());
     }
 }

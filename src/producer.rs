@@ -189,7 +189,7 @@ Match Group {PRODUCERS_GROUP}
 /// What sshd's `ChrootDirectory` demands of every folder from `/` down to
 /// `dir`: root's, not writable by group or others (checked through links,
 /// as sshd does). The first offender, if any.
-fn chroot_path_problem(dir: &Path) -> Option<String> {
+pub fn chroot_path_problem(dir: &Path) -> Option<String> {
     let mut prefix = PathBuf::new();
     for c in dir.components() {
         prefix.push(c);
@@ -617,6 +617,14 @@ fn last_states(cfg: &Config, producers: &[String]) -> Option<Vec<String>> {
         }
         Some(out)
     })
+}
+
+/// For `depot config check`: what `list` flags in producer `p`'s account
+/// and folders (owners, modes, the README's table), None when all is well.
+pub fn folder_problems(drop_root: &Path, p: &str) -> Option<String> {
+    let daemon = account(DAEMON).ok().flatten();
+    let r = inspect(drop_root, p, daemon.as_ref());
+    (r.health != "ok").then_some(r.health)
 }
 
 /// `depot producer list`.

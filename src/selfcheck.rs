@@ -13,15 +13,20 @@ use crate::spool;
 
 pub struct Finding {
     pub ok: bool,
+    /// Worth a look, but depot works (`# warning:`; the exit code stays 0).
+    pub warning: bool,
     pub what: String,
 }
 
 impl Finding {
     fn ok(what: impl Into<String>) -> Finding {
-        Finding { ok: true, what: what.into() }
+        Finding { ok: true, warning: false, what: what.into() }
     }
     fn fail(what: impl Into<String>) -> Finding {
-        Finding { ok: false, what: what.into() }
+        Finding { ok: false, warning: false, what: what.into() }
+    }
+    fn warn(what: impl Into<String>) -> Finding {
+        Finding { ok: true, warning: true, what: what.into() }
     }
 }
 
@@ -102,9 +107,61 @@ fn real_folders(cfg: &Config) -> Finding {
     }
 }
 
+/// The path as the system resolves it, as far as it exists.
+fn resolved(p: &Path) -> PathBuf {
+    fs::canonicalize(p).unwrap_or_else(|_| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
+}
+
+/// drop_root and publish_root apart: one inside the other (or both one
+/// folder) mixes producers' uploads with releases (a release folder looks
+/// like a producer, staging like an upload).
+fn roots_apart(cfg: &Config) -> Finding {
+    let (d, p) = (resolved(&cfg.drop_root), resolved(&cfg.publish_root));
+    if d == p {
+        Finding::fail(format!("drop_root and publish_root are one folder ({}): give each its own", d.display()))
+    } else if p.starts_with(&d) || d.starts_with(&p) {
+        let (outer, inner) =
+            if p.starts_with(&d) { ("drop_root", "publish_root") } else { ("publish_root", "drop_root") };
+        Finding::fail(format!(
+            "{inner} ({}) is inside {outer} ({}): put them side by side (e.g. /srv/depot/drop and /srv/depot/publish)",
+            if inner == "drop_root" { d.display() } else { p.display() },
+            if outer == "drop_root" { d.display() } else { p.display() },
+        ))
+    } else {
+        Finding::ok("drop_root and publish_root are apart")
+    }
+}
+
+/// `notify.command`'s program exists and can be run: a hook that cannot
+/// start fails for every deposit, silently for the producers.
+fn notify_command(cfg: &Config) -> Option<Finding> {
+    use std::os::unix::fs::PermissionsExt;
+    let program = cfg.notify.command.first()?;
+    let found: Option<PathBuf> = if program.contains('/') {
+        Some(PathBuf::from(program))
+    } else {
+        std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .map(|d| d.join(program))
+            .find(|c| c.is_file())
+    };
+    Some(match found.as_deref().map(|p| (p, fs::metadata(p))) {
+        None => Finding::fail(format!("notify.command: {program} is not in PATH")),
+        Some((p, Err(e))) => Finding::fail(format!("notify.command: {}: {e}", p.display())),
+        Some((p, Ok(m))) if !m.is_file() => Finding::fail(format!("notify.command: {} is not a file", p.display())),
+        Some((p, Ok(m))) if m.permissions().mode() & 0o111 == 0 => {
+            Finding::fail(format!("notify.command: {} is not executable (chmod 755 {0})", p.display()))
+        }
+        Some((p, Ok(_))) => Finding::ok(format!("notify.command {} is an executable file", p.display())),
+    })
+}
+
 /// The filesystem checks; the Redis one is [`redis`].
 pub fn filesystem(cfg: &Config) -> Vec<Finding> {
     let mut out = vec![writable_dir("drop_root", &cfg.drop_root), writable_dir("publish_root", &cfg.publish_root)];
+    out.push(roots_apart(cfg));
+    out.extend(notify_command(cfg));
     if !out.iter().all(|f| f.ok) {
         return out;
     }
@@ -131,12 +188,82 @@ pub async fn redis(cfg: &Config) -> Finding {
     }
 }
 
-/// `# ok: …` / `# FAILED: …` lines: comments, so that `depot config check`
-/// output stays a valid TOML file.
+/// What an operator may have got wrong that does not stop depot (warned):
+/// folders under drop_root that no producer pattern takes (uploads there
+/// are never picked up: `Msec/` for `MSEC/`), and each producer's account
+/// and folders against the README's owners and modes (what `depot producer
+/// list` shows). `depot config check` only.
+pub fn operator(cfg: &Config) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let drop_root = resolved(&cfg.drop_root);
+    let Ok(rd) = fs::read_dir(&drop_root) else { return out };
+    let mut names: Vec<(String, bool)> = rd
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.file_type().is_ok_and(|t| t.is_dir())))
+        .collect();
+    names.sort();
+    let mut producers = Vec::new();
+    for (name, is_dir) in names {
+        // depot's own (.depot, .locks) and a filesystem's lost+found.
+        if name.starts_with('.') || name == "lost+found" {
+            continue;
+        }
+        let path = drop_root.join(&name);
+        if !is_dir {
+            out.push(Finding::warn(format!(
+                "{} is not a folder: only producer folders belong in drop_root",
+                path.display()
+            )));
+        } else if !cfg.producers.pattern.is_match(&name) {
+            out.push(Finding::warn(format!(
+                "{} does not match producers.pattern ({}): uploads there are never picked up{}",
+                path.display(),
+                cfg.producers.pattern.as_str(),
+                suggestion(cfg, &name)
+            )));
+        } else if !cfg.is_producer(&name) {
+            out.push(Finding::warn(format!(
+                "{} is not in producers.allow: uploads there are never picked up",
+                path.display()
+            )));
+        } else {
+            producers.push(name);
+        }
+    }
+    if !producers.is_empty()
+        && let Some(why) = crate::producer::chroot_path_problem(&drop_root)
+    {
+        out.push(Finding::warn(format!("drop_root: {why}")));
+    }
+    for p in producers {
+        match crate::producer::folder_problems(&drop_root, &p) {
+            Some(why) => out.push(Finding::warn(format!(
+                "producer {p}: {why} (README, \"The producer side\"; `depot producer add {p}` sets them)"
+            ))),
+            None => out.push(Finding::ok(format!("producer {p}: account and folders as the README gives them"))),
+        }
+    }
+    out
+}
+
+/// ` (did you mean MSEC/?)` when the name in upper case is a producer.
+fn suggestion(cfg: &Config, name: &str) -> String {
+    let up = name.to_uppercase();
+    if up != name && cfg.is_producer(&up) { format!(" (did you mean {up}/?)") } else { String::new() }
+}
+
+/// `# ok: …` / `# warning: …` / `# FAILED: …` lines: comments, so that
+/// `depot config check` output stays a valid TOML file.
 pub fn render(findings: &[Finding]) -> String {
     let mut s = String::from("\n# checks\n");
     for f in findings {
-        s.push_str(if f.ok { "# ok: " } else { "# FAILED: " });
+        s.push_str(if !f.ok {
+            "# FAILED: "
+        } else if f.warning {
+            "# warning: "
+        } else {
+            "# ok: "
+        });
         s.push_str(&f.what);
         s.push('\n');
     }

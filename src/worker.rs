@@ -376,7 +376,7 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
         End::Retry(e) => {
             // Not the producer's fault: back off, keep the deposit, try again.
             let wait = backoff(attempts);
-            warn!(deposit = %entry.id, producer = %entry.producer, error = %e, attempt = attempts, retry_in_ms = wait.as_millis() as u64, "transient failure");
+            error!(deposit = %entry.id, producer = %entry.producer, error = %e, attempt = attempts, retry_in_ms = wait.as_millis() as u64, "transient failure");
             let _ = shared
                 .status
                 .set(&entry, status::WAITING, &[("error_code", e.code().as_str().into()), ("error", e.message())])
@@ -510,7 +510,19 @@ async fn record(shared: &Arc<Shared>, entry: &Entry, o: &Outcome, last: &[(&str,
             if first {
                 tell(shared, &shared.config(), entry, o);
             }
-            info!(deposit = %entry.id, producer = %entry.producer, state = %o.state, error_code = o.error_code.as_deref().unwrap_or(""), "finished");
+            // A rejection is worth a look (WARN); a host fault that used up
+            // its attempts needs the operator (ERROR).
+            match (o.state.as_str(), o.error_code.as_deref().unwrap_or("")) {
+                (FAILURE, c @ ("IO_ERROR" | "NO_SPACE")) => {
+                    error!(deposit = %entry.id, producer = %entry.producer, state = %o.state, error_code = %c, "finished")
+                }
+                (FAILURE, c) => {
+                    warn!(deposit = %entry.id, producer = %entry.producer, state = %o.state, error_code = %c, "finished")
+                }
+                (_, c) => {
+                    info!(deposit = %entry.id, producer = %entry.producer, state = %o.state, error_code = %c, "finished")
+                }
+            }
             let (sh, e) = (shared.clone(), entry.clone());
             let removed = off_runtime(move || sh.spool.remove(&e)).await.and_then(|r| r);
             if let Err(e) = &removed {
@@ -552,6 +564,7 @@ async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) 
 
 /// Count the outcome and run `notify.command`, once per terminal state.
 fn tell(shared: &Shared, cfg: &crate::config::Config, entry: &Entry, o: &Outcome) {
+    shared.metrics.deposit_took(entry.claimed_ns);
     shared.metrics.finished(
         &entry.producer,
         &o.state,

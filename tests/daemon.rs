@@ -800,6 +800,8 @@ fn readme_commands() -> Vec<String> {
 fn readme_commands_run() {
     const ELSEWHERE: &[(&str, &str)] = &[
         ("cargo run --release -- run --config config.toml", "this test runs the repository's config.toml"),
+        ("cargo run --release -- sample MSEC var/drop/MSEC/new/", "this test: the quick start's sample, into its new/"),
+        ("cargo run --release -- status MSEC", "this test runs `depot status MSEC` (Operating)"),
         ("cargo test --workspace", ".ci/run"),
         ("cargo install --path . --locked", ".ci/run, into a temporary root"),
         ("systemd-sysusers depot.conf", "tests/systemd.rs applies depot.sysusers to a private root"),
@@ -821,7 +823,10 @@ fn readme_commands_run() {
         ("sftp ", "tests/transport.rs, against an sshd of its own"),
         ("scp ", "tests/transport.rs, against an sshd of its own"),
         ("rsync ", "tests/transport.rs, through rrsync on an sshd of its own"),
-        ("#!/bin/sh", "example notify script: needs mail(1) and a contacts folder"),
+        (
+            "#!/bin/sh",
+            "example notify scripts: need an SMTP server, jq and a webhook (tests/operate.rs runs a webhook hook)",
+        ),
         ("bench/ingest.sh", "benchmark, run by hand"),
         ("python3 bench/daemon.py", "benchmark, run by hand"),
         ("PROPTEST_CASES=", "long fuzzing run, by hand"),
@@ -845,8 +850,15 @@ fn readme_commands_run() {
     let d = site.root().join("var/drop/MSEC/new");
     fs::create_dir_all(&d).unwrap();
     let old = std::time::SystemTime::now() - Duration::from_secs(60);
-    for (name, bytes) in [("MSEC_THEIA.zip", good_theia("MSEC", "1")), ("MSEC_BAD.zip", b"not a zip".to_vec())] {
-        fs::write(d.join(name), bytes).unwrap();
+    // The quick start's deposit: `depot sample` into new/.
+    let out = Command::new(env!("CARGO_BIN_EXE_depot"))
+        .args(["sample", "MSEC", "var/drop/MSEC/new/MSEC_THEIA.zip"])
+        .current_dir(site.root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    fs::write(d.join("MSEC_BAD.zip"), b"not a zip").unwrap();
+    for name in ["MSEC_THEIA.zip", "MSEC_BAD.zip"] {
         fs::File::options().write(true).open(d.join(name)).unwrap().set_modified(old).unwrap();
     }
     wait_for(&site, "both deposits", 60, || redis.deposits().iter().filter(|d| terminal(d)).count() == 2);
@@ -869,7 +881,8 @@ fn readme_commands_run() {
             assert!(home.is_some(), "README command run nowhere (run it here or list it in ELSEWHERE): {c}");
             continue;
         };
-        let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+        // In the site's folder: files the README's commands write stay there.
+        let out = Command::new("sh").args(["-c", &script]).current_dir(site.root()).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && !stdout.trim().is_empty(),

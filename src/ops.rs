@@ -109,9 +109,15 @@ fn producer_of(id: &str) -> &str {
     id.split('-').nth(1).unwrap_or_default()
 }
 
-/// The newest deposits (newest first) for which `keep` holds, reading the
-/// deposits index back from its newest end, at most `scan` of them.
-async fn recent(st: &Status, keep: impl Fn(&str, &HashMap<String, String>) -> bool, limit: usize) -> Result<Vec<Row>> {
+/// The newest deposits (newest first) whose id passes `by_id` (a cheap
+/// test: ids hold their producer) and whose hash passes `keep`, reading
+/// the deposits index back from its newest end, at most 100,000 ids.
+async fn recent(
+    st: &Status,
+    by_id: impl Fn(&str) -> bool,
+    keep: impl Fn(&HashMap<String, String>) -> bool,
+    limit: usize,
+) -> Result<Vec<Row>> {
     const BATCH: isize = 500;
     const SCAN: isize = 100_000;
     let mut conn = st.conn.clone();
@@ -123,13 +129,17 @@ async fn recent(st: &Status, keep: impl Fn(&str, &HashMap<String, String>) -> bo
             break;
         }
         start += BATCH;
+        let ids: Vec<String> = ids.into_iter().filter(|id| by_id(id)).collect();
+        if ids.is_empty() {
+            continue;
+        }
         let mut pipe = redis::pipe();
         for id in &ids {
             pipe.hgetall(st.deposit_key(id));
         }
         let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
-        for (id, h) in ids.iter().zip(hashes) {
-            if !h.is_empty() && keep(id, &h) {
+        for h in hashes {
+            if !h.is_empty() && keep(&h) {
                 out.push(Row::from_hash(&h));
                 if out.len() >= limit {
                     break;
@@ -186,9 +196,8 @@ pub async fn status(config: Option<&Path>, what: Option<&str>, failed: bool, jso
             let h = st.get(&st.producer_key(p)).await?;
             let rows = recent(
                 &st,
-                |id, d| {
-                    producer_of(id) == p && (!failed || d.get("state").map(String::as_str) == Some(status::FAILURE))
-                },
+                |id| producer_of(id) == p,
+                |d| !failed || d.get("state").map(String::as_str) == Some(status::FAILURE),
                 20,
             )
             .await?;
@@ -218,7 +227,8 @@ pub async fn status(config: Option<&Path>, what: Option<&str>, failed: bool, jso
             }
         }
         None if failed => {
-            let rows = recent(&st, |_, d| d.get("state").map(String::as_str) == Some(status::FAILURE), 50).await?;
+            let rows =
+                recent(&st, |_| true, |d| d.get("state").map(String::as_str) == Some(status::FAILURE), 50).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else if rows.is_empty() {
@@ -368,7 +378,7 @@ pub async fn history(config: Option<&Path>, p: &str, limit: usize, json: bool) -
     let redis_rows = match crate::state::connect(&cfg).await {
         Ok(conn) => {
             let st = Status { conn, prefix: cfg.redis.prefix.clone() };
-            recent(&st, |id, _| producer_of(id) == p, limit).await.unwrap_or_else(|e| {
+            recent(&st, |id| producer_of(id) == p, |_| true, limit).await.unwrap_or_else(|e| {
                 eprintln!("depot: warning: cannot read Redis ({e}); showing what the folders keep");
                 Vec::new()
             })

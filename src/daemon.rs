@@ -642,14 +642,22 @@ fn claim_batch(
             // first file not settled yet (it keeps its place).
             let mut took = false;
             let mut stop = false;
+            // Files a writer holds open are not dropped yet (their place in
+            // the order is their close): passed over, kept in the listing.
+            let mut open = Vec::new();
             while budget > 0 {
                 let Some(path) = files.pop_front() else {
                     stop = true;
                     break;
                 };
                 if !settler.observe(&path, now) {
+                    if settler.is_open(&path) {
+                        open.push(path);
+                        continue;
+                    }
                     if settler.knows(&path) {
-                        // Still being written: the walk stops here.
+                        // Not settled yet by the quiet rule: the walk stops
+                        // here, so a file noticed late is not overtaken.
                         files.push_front(path);
                         stop = true;
                         break;
@@ -669,6 +677,9 @@ fn claim_batch(
                 }
                 took = true;
                 break;
+            }
+            for p in open.into_iter().rev() {
+                files.push_front(p);
             }
             if stop || !took {
                 let (_, dir, files) = turns.swap_remove(i);

@@ -446,11 +446,13 @@ pub fn start(
                 let _ = tx.send(Hint::Rescan);
             }
             use notify::EventKind as K;
-            use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+            use notify::event::{AccessKind, AccessMode, ModifyKind};
+            // A write marks a writer; a create alone does not: a name made
+            // by link() (OpenSSH's plain SSH_FXP_RENAME, WinSCP's default
+            // after its .filepart) is never written nor closed, and would
+            // wait for a close that never comes.
             let touch = match ev.kind {
-                K::Create(CreateKind::File | CreateKind::Any) | K::Modify(ModifyKind::Data(_) | ModifyKind::Any) => {
-                    Touch::Write
-                }
+                K::Modify(ModifyKind::Data(_) | ModifyKind::Any) => Touch::Write,
                 K::Access(AccessKind::Close(AccessMode::Write)) => Touch::Close,
                 // Opens and reads (our own scans open these folders) say
                 // nothing new; the writes that follow a reopen do.

@@ -373,8 +373,12 @@ async fn scheduler(
                 if sweep {
                     lone.extend(watcher::sidecars(&c.drop_root, &is_p));
                 }
-                for side in lone {
-                    sweep_sidecar(&sh, &c, settler, &side);
+                // Bounded per pass, each folder listed at most once: a
+                // producer keeping thousands of lone sidecars must not hold
+                // the scheduler (the rest wait for the next sweep).
+                let mut busy = crate::sidecars::Busy::default();
+                for side in lone.into_iter().take(SIDECARS_PER_PASS) {
+                    sweep_sidecar(&sh, &c, settler, &side, &mut busy);
                 }
             })
             .await;
@@ -417,14 +421,22 @@ async fn scheduler(
 
 /// How often every `new/` is looked through for sidecars without archive.
 const SIDECAR_SWEEP: Duration = Duration::from_secs(60);
+/// Sidecars judged per scan pass, at most.
+const SIDECARS_PER_PASS: usize = 256;
 
 /// A sidecar whose archive is not in `new/`: moved out when late (its
 /// archive was taken already) or orphaned (see `sidecars`).
-fn sweep_sidecar(shared: &Shared, cfg: &Config, settler: &Settler, side: &std::path::Path) {
+fn sweep_sidecar(
+    shared: &Shared,
+    cfg: &Config,
+    settler: &Settler,
+    side: &std::path::Path,
+    busy: &mut crate::sidecars::Busy,
+) {
     let Some((producer, _)) = watcher::classify(&cfg.drop_root, side, &|p| cfg.is_producer(p)) else { return };
     let verdict = {
         let recent = lock(&shared.recent);
-        crate::sidecars::judge(side, &recent, settler.is_open(side), std::time::SystemTime::now())
+        crate::sidecars::judge(side, &recent, settler.is_open(side), std::time::SystemTime::now(), busy)
     };
     if let crate::sidecars::Verdict::Out(why) = verdict {
         match crate::sidecars::move_out(&cfg.drop_root.join(&producer), &producer, side, &why) {
@@ -449,14 +461,19 @@ fn handle_hint(shared: &Shared, settler: &mut Settler, h: Hint, rescan: &mut boo
             if let Some((_, name)) = watcher::classify(&cfg.drop_root, &p, &is_p) {
                 let now = Instant::now();
                 let inotify = cfg.watch.poll_ms == 0;
-                match touch {
-                    watcher::Touch::Write if inotify => settler.written(&p, now),
-                    watcher::Touch::Close if inotify => settler.closed(&p, now),
-                    _ => {}
-                }
                 let sidecar_of = name.strip_suffix(".md5");
                 let target = sidecar_of.map_or_else(|| p.clone(), |base| p.with_file_name(base));
                 let tname = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                // Marks only for names that can be deposits or their
+                // sidecars: ignored names (hidden, .part) never leave one.
+                let claimable = !watcher::ignored(&tname) && !name.starts_with('.');
+                match touch {
+                    _ if !claimable => {}
+                    watcher::Touch::Write if inotify => settler.written(&p, now),
+                    watcher::Touch::Close if inotify => settler.closed(&p, now),
+                    watcher::Touch::Gone => settler.gone(&p),
+                    _ => {}
+                }
                 if !watcher::ignored(&tname) {
                     if sidecar_of.is_some() {
                         // The sidecar may mark its archive done before settle_ms.

@@ -579,6 +579,7 @@ impl Recorder {
             error_code: report.code.map(str::to_owned),
             error: report.message.clone(),
             release: report.release.clone(),
+            current: None,
             files: report.file_count,
             bytes: report.total_bytes,
             finished: report.finished.clone(),

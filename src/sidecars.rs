@@ -22,8 +22,9 @@ use jobs::{Code, Error, Stage};
 /// coming.
 pub const ORPHAN_AFTER: Duration = Duration::from_secs(3600);
 
-/// How many recent claims are remembered to recognise a late sidecar.
-const RECENT: usize = 4096;
+/// How many recent claims are remembered per `new/` to recognise a late
+/// sidecar (per folder: another producer's flood must not push them out).
+const RECENT: usize = 256;
 
 /// A sidecar this long after its archive's claim is late for it; one that
 /// comes later is taken as the first half of the next upload (a producer
@@ -34,28 +35,31 @@ pub const LATE_WITHIN: Duration = Duration::from_secs(600);
 #[derive(Default)]
 pub struct Recent {
     by_path: HashMap<PathBuf, (String, SystemTime)>,
-    order: VecDeque<PathBuf>,
+    /// Per `new/`, oldest first.
+    order: HashMap<PathBuf, VecDeque<PathBuf>>,
 }
 
 impl Recent {
     pub fn claimed(&mut self, path: &Path, id: &str) {
+        let dir = path.parent().unwrap_or(path).to_path_buf();
         if self.by_path.insert(path.to_path_buf(), (id.to_owned(), SystemTime::now())).is_none() {
-            self.order.push_back(path.to_path_buf());
-        }
-        while self.order.len() > RECENT {
-            if let Some(old) = self.order.pop_front() {
-                self.by_path.remove(&old);
+            let order = self.order.entry(dir).or_default();
+            order.push_back(path.to_path_buf());
+            while order.len() > RECENT {
+                if let Some(old) = order.pop_front() {
+                    self.by_path.remove(&old);
+                }
             }
         }
     }
 
-    /// The deposit `archive` was claimed as, if the sidecar `side_mtime`
-    /// came after that claim (within a second: clocks and mtimes are not
-    /// finer than that).
-    fn late_for(&self, archive: &Path, side_mtime: SystemTime) -> Option<&str> {
+    /// The deposit `archive` was claimed as, if the sidecar that arrived
+    /// at `arrived` (its ctime: a rename in keeps the source's mtime) came
+    /// after that claim (within a second: clocks are not finer).
+    fn late_for(&self, archive: &Path, arrived: SystemTime) -> Option<&str> {
         let (id, at) = self.by_path.get(archive)?;
-        let after = side_mtime + Duration::from_secs(1) >= *at;
-        let soon = side_mtime.duration_since(*at).map_or(true, |d| d <= LATE_WITHIN);
+        let after = arrived + Duration::from_secs(1) >= *at;
+        let soon = arrived.duration_since(*at).map_or(true, |d| d <= LATE_WITHIN);
         (after && soon).then_some(id.as_str())
     }
 }
@@ -68,27 +72,38 @@ pub enum Verdict {
     Out(String),
 }
 
-/// Judge a sidecar of `new/`. `busy`: a writer holds it open.
-pub fn judge(side: &Path, recent: &Recent, busy: bool, now: SystemTime) -> Verdict {
+/// Whether each `new/` had anything written lately, asked once per folder
+/// per sweep (a folder of thousands of files is listed once, not once per
+/// sidecar).
+#[derive(Default)]
+pub struct Busy(HashMap<PathBuf, bool>);
+
+impl Busy {
+    fn of(&mut self, dir: &Path, now: SystemTime) -> bool {
+        *self.0.entry(dir.to_path_buf()).or_insert_with(|| folder_busy(Some(dir), now))
+    }
+}
+
+/// Judge a sidecar of `new/`. `open`: a writer holds it open.
+pub fn judge(side: &Path, recent: &Recent, open: bool, now: SystemTime, busy: &mut Busy) -> Verdict {
     let Some(name) = side.file_name().and_then(|n| n.to_str()) else { return Verdict::Keep };
     let Some(base) = name.strip_suffix(".md5") else { return Verdict::Keep };
     let archive = side.with_file_name(base);
-    if busy || fs::symlink_metadata(&archive).is_ok() {
+    if open || fs::symlink_metadata(&archive).is_ok() {
         return Verdict::Keep;
     }
+    // A link or a FIFO is judged by lstat alone and moved as it is (a
+    // rename), never read nor followed.
     let Ok(meta) = fs::symlink_metadata(side) else { return Verdict::Keep };
-    if !meta.is_file() {
-        return Verdict::Keep; // the watcher warns about links and FIFOs; never read
-    }
-    let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-    if let Some(id) = recent.late_for(&archive, mtime) {
+    let arrived = crate::watcher::changed_at(&meta);
+    if let Some(id) = recent.late_for(&archive, arrived) {
         return Verdict::Out(format!(
             "{name} arrived after {base} had already been taken in (as deposit {id}), so it was not used to check it; \
              {base} was judged without it. Upload a sidecar before its archive is complete, or together with it"
         ));
     }
-    let quiet = now.duration_since(mtime).is_ok_and(|age| age >= ORPHAN_AFTER);
-    if quiet && !folder_busy(side.parent(), now) {
+    let quiet = now.duration_since(arrived).is_ok_and(|age| age >= ORPHAN_AFTER);
+    if quiet && !side.parent().is_none_or(|d| busy.of(d, now)) {
         return Verdict::Out(format!(
             "{name} waited {} minutes in new/ without its archive {base}; it was not used. Upload the archive and its \
              checksum again",
@@ -140,23 +155,23 @@ mod tests {
         let mut recent = Recent::default();
         let now = SystemTime::now();
         // No archive, not claimed lately, fresh: it may still come.
-        assert!(matches!(judge(&side, &recent, false, now), Verdict::Keep));
+        assert!(matches!(judge(&side, &recent, false, now, &mut Busy::default()), Verdict::Keep));
         // Its archive is there: it pairs.
         fs::write(new.join("a.zip"), b"zip").unwrap();
-        assert!(matches!(judge(&side, &recent, false, now), Verdict::Keep));
+        assert!(matches!(judge(&side, &recent, false, now, &mut Busy::default()), Verdict::Keep));
         fs::remove_file(new.join("a.zip")).unwrap();
         // Its archive was claimed a moment ago: late.
         recent.claimed(&new.join("a.zip"), "20261201T000000Z-MSEC-00000001");
         assert!(
-            matches!(judge(&side, &recent, false, now), Verdict::Out(w) if w.contains("20261201T000000Z-MSEC-00000001"))
+            matches!(judge(&side, &recent, false, now, &mut Busy::default()), Verdict::Out(w) if w.contains("20261201T000000Z-MSEC-00000001"))
         );
         // Still being written: left alone.
-        assert!(matches!(judge(&side, &recent, true, now), Verdict::Keep));
+        assert!(matches!(judge(&side, &recent, true, now, &mut Busy::default()), Verdict::Keep));
         // Alone for over an hour, nothing else written: an orphan.
         let b = new.join("b.zip.md5");
         fs::write(&b, b"x").unwrap();
         let later = now + ORPHAN_AFTER + Duration::from_secs(60);
-        assert!(matches!(judge(&b, &Recent::default(), false, later), Verdict::Out(_)));
+        assert!(matches!(judge(&b, &Recent::default(), false, later, &mut Busy::default()), Verdict::Out(_)));
         // Moved out with a report the producer can read.
         let report = move_out(&tmp.path().join("MSEC"), "MSEC", &b, "why").unwrap();
         let dir = report.parent().unwrap();

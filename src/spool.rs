@@ -97,6 +97,11 @@ pub struct Outcome {
     pub error_code: Option<String>,
     pub error: Option<String>,
     pub release: Option<String>,
+    /// The release `current` points at after this deposit, when it is not
+    /// the deposit's own (an older deposit published after a newer one:
+    /// see `jobs::publish::publish`); the producer's `current_release`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<String>,
     pub files: Option<u64>,
     pub bytes: Option<u64>,
     pub finished: String,
@@ -813,6 +818,7 @@ mod tests {
             error_code: None,
             error: None,
             release: Some("r".into()),
+            current: None,
             files: Some(1),
             bytes: Some(1),
             finished: "2026-01-01T00:00:00Z".into(),
@@ -842,6 +848,7 @@ mod tests {
             error_code: Some("NOT_A_ZIP".into()),
             error: Some("not a zip".into()),
             release: None,
+            current: None,
             files: None,
             bytes: None,
             finished: "2026-01-01T00:00:00Z".into(),

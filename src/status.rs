@@ -201,7 +201,7 @@ impl Status {
         }
         let mut p: Vec<(&str, String)> = vec![("last_deposit", e.id.clone()), ("last_state", o.state.clone())];
         if o.state == SUCCESS {
-            if let Some(r) = &o.release {
+            if let Some(r) = o.current.as_ref().or(o.release.as_ref()) {
                 p.push(("current_release", r.clone()));
             }
             p.push(("last_success", o.finished.clone()));

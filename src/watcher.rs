@@ -46,6 +46,14 @@ struct Seen {
     since: Instant,
 }
 
+/// The inode's change time (a rename, a write, a chmod).
+pub fn changed_at(m: &fs::Metadata) -> SystemTime {
+    use std::os::unix::fs::MetadataExt;
+    let secs = u64::try_from(m.ctime()).unwrap_or(0);
+    let nanos = u32::try_from(m.ctime_nsec()).unwrap_or(0);
+    SystemTime::UNIX_EPOCH + Duration::new(secs, nanos)
+}
+
 /// Files being written, as inotify tells: more than this many at once (a
 /// producer creating files without end) and the oldest marks are dropped,
 /// those files falling back to the settle rule.
@@ -78,7 +86,14 @@ pub struct Settler {
     writing: HashMap<PathBuf, Writer>,
     /// Sidecars seen without their archive, for the next scan.
     lone_sidecars: HashSet<PathBuf>,
+    /// When events were last lost: an open mark older than that may have
+    /// missed its close.
+    lost_at: Option<Instant>,
 }
+
+/// An open mark that may have missed its close (events were lost) holds its
+/// file until the file has been unchanged this long.
+const SUSPECT_QUIET: Duration = Duration::from_secs(3600);
 
 /// What inotify said of a file's writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,16 +169,32 @@ impl Settler {
             return None;
         }
         let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        // When it was last written or renamed in: a file rsync -t renamed
+        // in a moment ago carries its source's old mtime, and must still
+        // wait settle_ms (its sidecar may follow).
+        let arrived = mtime.max(changed_at(&meta));
         let seen = Seen { size: meta.len(), mtime, since: now };
         let mut side = path.as_os_str().to_owned();
         side.push(".md5");
         let side = PathBuf::from(side);
+        // A mark from before lost events, on a file unchanged for
+        // SUSPECT_QUIET: its close was probably lost; the mark goes.
+        if let (Some(Writer::Open(t)), Some(lost)) = (self.writing.get(path).copied(), self.lost_at)
+            && t <= lost
+            && self.get_mut(path).is_some_and(|s| {
+                s.size == seen.size && s.mtime == mtime && now.duration_since(s.since) >= SUSPECT_QUIET
+            })
+        {
+            warn!(path = %path.display(), "no close seen for an hour after lost events: judged by the settle rule");
+            self.writing.remove(path);
+        }
         let open = |w: Option<&Writer>| matches!(w, Some(Writer::Open(_)));
         // A writer has it open (a stalled sftp session), or its sidecar is
         // on its way: not done, whatever its mtime or a sidecar says.
         if open(self.writing.get(path)) || open(self.writing.get(&side)) {
             match self.get_mut(path) {
-                Some(s) => *s = Seen { since: s.since, ..seen },
+                Some(s) if s.size == seen.size && s.mtime == mtime => {}
+                Some(s) => *s = seen,
                 None => self.insert(path, seen),
             }
             return Some((false, seen));
@@ -173,10 +204,12 @@ impl Settler {
             _ => None,
         };
         if self.sidecar_marks_done {
+            // Arrived (its ctime: a rename in keeps the source's mtime)
+            // after the archive was last written or renamed in.
             if let Ok(sm) = fs::symlink_metadata(&side)
                 && sm.file_type().is_file()
                 && sm.len() > 0
-                && sm.modified().is_ok_and(|t| t >= mtime)
+                && changed_at(&sm) >= arrived
             {
                 self.forget(path);
                 return Some((true, seen));
@@ -192,7 +225,7 @@ impl Settler {
                 self.forget(path);
                 return Some((true, seen));
             }
-        } else if SystemTime::now().duration_since(mtime).is_ok_and(|age| age >= self.settle) {
+        } else if SystemTime::now().duration_since(arrived).is_ok_and(|age| age >= self.settle) {
             self.forget(path);
             return Some((true, seen));
         }
@@ -257,23 +290,36 @@ impl Settler {
     /// A writer created or wrote `path` (inotify): it is not done until
     /// closed. A sidecar's mark keeps its archive waiting too.
     pub fn written(&mut self, path: &Path, now: Instant) {
-        if self.writing.len() >= MAX_WRITING && !self.writing.contains_key(path) {
-            let oldest = self
-                .writing
-                .iter()
-                .min_by_key(|(_, w)| match w {
-                    Writer::Open(t) | Writer::Closed(t) => *t,
-                })
-                .map(|(p, _)| p.clone());
-            if let Some(p) = oldest {
-                self.writing.remove(&p);
-            }
+        if self.room_for(path, now) {
+            self.writing.insert(path.to_path_buf(), Writer::Open(now));
         }
-        self.writing.insert(path.to_path_buf(), Writer::Open(now));
+    }
+
+    /// A new mark fits: at the bound, closed marks past their quiet time
+    /// (they no longer change anything) go, in one sweep; an open mark,
+    /// whoever's, is never dropped for another (a producer making files
+    /// without end must not get another's stalled upload claimed). When
+    /// every mark is open, the new file has the settle rule alone.
+    fn room_for(&mut self, path: &Path, now: Instant) -> bool {
+        if self.writing.len() < MAX_WRITING || self.writing.contains_key(path) {
+            return true;
+        }
+        let settle = self.settle;
+        self.writing.retain(|_, w| !matches!(w, Writer::Closed(t) if now.duration_since(*t) >= settle));
+        self.writing.len() < MAX_WRITING
+    }
+
+    /// Removed or renamed away: its marks go (a sidecar renamed while open
+    /// would otherwise hold its archive for good).
+    pub fn gone(&mut self, path: &Path) {
+        self.writing.remove(path);
     }
 
     /// Closed after writing (IN_CLOSE_WRITE): the quiet period starts now.
     pub fn closed(&mut self, path: &Path, now: Instant) {
+        if !self.room_for(path, now) {
+            return;
+        }
         self.writing.insert(path.to_path_buf(), Writer::Closed(now));
         if let Some(s) = self.get_mut(path) {
             s.since = now;
@@ -301,7 +347,10 @@ impl Settler {
     /// Events were lost (inotify overflow, a watcher restart): what was
     /// known of writers is no longer known; the settle rule applies.
     pub fn lost_events(&mut self) {
-        self.writing.clear();
+        // A close may have been lost: closed marks are moot (the settle
+        // rule applies), open ones are kept but suspect (see `judge`).
+        self.writing.retain(|_, w| matches!(w, Writer::Open(_)));
+        self.lost_at = Some(Instant::now());
     }
 
     pub fn forget(&mut self, path: &Path) {
@@ -429,6 +478,8 @@ pub enum Touch {
     Write,
     /// Closed after writing (IN_CLOSE_WRITE).
     Close,
+    /// Removed or renamed away: whatever was known of its writer goes.
+    Gone,
     /// Anything else (a rename in, metadata).
     Other,
 }
@@ -446,7 +497,7 @@ pub fn start(
                 let _ = tx.send(Hint::Rescan);
             }
             use notify::EventKind as K;
-            use notify::event::{AccessKind, AccessMode, ModifyKind};
+            use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
             // A write marks a writer; a create alone does not: a name made
             // by link() (OpenSSH's plain SSH_FXP_RENAME, WinSCP's default
             // after its .filepart) is never written nor closed, and would
@@ -457,6 +508,7 @@ pub fn start(
                 // Opens and reads (our own scans open these folders) say
                 // nothing new; the writes that follow a reopen do.
                 K::Access(_) => return,
+                K::Remove(_) | K::Modify(ModifyKind::Name(RenameMode::From)) => Touch::Gone,
                 _ => Touch::Other,
             };
             let created = matches!(ev.kind, K::Create(_));
@@ -641,13 +693,17 @@ mod tests {
         s.closed(&f, t1);
         assert!(!s.observe(&f, t1 + Duration::from_millis(50)));
         assert!(s.observe(&f, t1 + Duration::from_millis(150)));
-        // Events lost: the settle rule again.
+        // Events lost: an open mark is kept (its close may have been lost,
+        // or the writer is still stalled) until the file has been quiet
+        // for an hour; then the settle rule.
         let g = tmp.path().join("b.zip");
         fs::write(&g, b"x").unwrap();
         fs::File::options().write(true).open(&g).unwrap().set_modified(old).unwrap();
         s.written(&g, t0);
         s.lost_events();
-        assert!(s.observe(&g, t0));
+        assert!(!s.observe(&g, t0));
+        assert!(!s.observe(&g, t0 + Duration::from_secs(60)));
+        assert!(s.observe(&g, t0 + SUSPECT_QUIET + Duration::from_secs(1)));
     }
 
     #[test]
@@ -671,12 +727,8 @@ mod tests {
     #[test]
     fn settles_after_quiet_period_or_sidecar() {
         let tmp = tempfile::tempdir().unwrap();
-        let f = tmp.path().join("a.zip");
-        fs::write(&f, b"1").unwrap();
-        let mut s = Settler::new(Duration::from_millis(100), true);
-        let t0 = Instant::now();
-        assert!(!s.observe(&f, t0));
-        // Noticed late: not written for longer than the settle time.
+        // Noticed late: not written, nor renamed in, for longer than the
+        // settle time (its ctime is the time it came: wait it out).
         let old = tmp.path().join("old.zip");
         fs::write(&old, b"1").unwrap();
         fs::File::options()
@@ -685,9 +737,15 @@ mod tests {
             .unwrap()
             .set_modified(SystemTime::now() - Duration::from_secs(5))
             .unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        let f = tmp.path().join("a.zip");
+        fs::write(&f, b"1").unwrap();
+        let mut s = Settler::new(Duration::from_secs(1), true);
+        let t0 = Instant::now();
         assert!(s.observe(&old, t0));
-        assert!(!s.observe(&f, t0 + Duration::from_millis(50)));
-        assert!(s.observe(&f, t0 + Duration::from_millis(150)));
+        assert!(!s.observe(&f, t0));
+        assert!(!s.observe(&f, t0 + Duration::from_millis(500)));
+        assert!(s.observe(&f, t0 + Duration::from_millis(1500)));
         let g = tmp.path().join("b.zip");
         fs::write(&g, b"1").unwrap();
         assert!(!s.observe(&g, t0));

@@ -426,6 +426,8 @@ fn report_base(entry: &Entry, started: &str) -> ReportBase {
 
 fn success(base: ReportBase, p: &jobs::publish::Published) -> Outcome {
     let release = p.release.display().to_string();
+    let current =
+        p.superseded_by.as_ref().and_then(|newer| p.release.parent().map(|r| r.join(newer).display().to_string()));
     let report = Report::success(base, p.file_count, p.total_bytes, Some(release.clone()));
     Outcome {
         state: SUCCESS.into(),
@@ -433,6 +435,7 @@ fn success(base: ReportBase, p: &jobs::publish::Published) -> Outcome {
         error_code: None,
         error: None,
         release: Some(release),
+        current,
         files: Some(p.file_count),
         bytes: Some(p.total_bytes),
         finished: report.finished.clone(),
@@ -447,6 +450,7 @@ fn failure(base: ReportBase, e: &Error) -> Outcome {
         error_code: Some(e.code().as_str().into()),
         error: Some(e.message()),
         release: None,
+        current: None,
         files: None,
         bytes: None,
         finished: report.finished.clone(),
@@ -542,12 +546,25 @@ async fn record(shared: &Arc<Shared>, entry: &Entry, o: &Outcome, last: &[(&str,
 /// its reports. Nothing to do when an earlier run got that far.
 fn rotate_entry(shared: &Shared, cfg: &crate::config::Config, entry: &Entry, o: &Outcome) -> Result<(), Error> {
     let archive = shared.spool.archive(entry);
-    if !archive.exists() {
-        return Ok(());
-    }
-    let sidecar: Option<PathBuf> = shared.spool.sidecar(entry).filter(|p| p.exists());
-    let d = Deposited { archive: &archive, sidecar: sidecar.as_deref(), name: &entry.name };
     let pdir = cfg.drop_root.join(&entry.producer);
+    if !archive.exists() {
+        // Rotated, but a crash may have left the sidecar behind.
+        return match shared.spool.sidecar(entry).filter(|p| std::fs::symlink_metadata(p).is_ok()) {
+            Some(side) => {
+                let id = (o.state != SUCCESS).then_some(entry.id.as_str());
+                rotate::finish_sidecar(&pdir, &entry.name, &side, id)
+            }
+            None => Ok(()),
+        };
+    }
+    let sidecar: Option<PathBuf> = shared.spool.sidecar(entry).filter(|p| p.exists()).or_else(|| {
+        // Moved into previous/ by an attempt a crash cut short (the sidecar
+        // goes first): it stays, it is this deposit's.
+        let there = pdir.join(rotate::PREVIOUS).join(format!("{}.md5", entry.name));
+        (entry.sidecar && o.state == SUCCESS && std::fs::symlink_metadata(&there).is_ok_and(|m| m.is_file()))
+            .then_some(there)
+    });
+    let d = Deposited { archive: &archive, sidecar: sidecar.as_deref(), name: &entry.name };
     match serde_json::from_value::<ReportView>(o.report.clone()) {
         _ if o.state == SUCCESS => rotate::to_previous(&pdir, &d).map(|_| ()),
         Ok(v) => rotate::to_rejected(&pdir, &d, &v.into_report()).map(|_| ()),

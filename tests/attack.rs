@@ -54,7 +54,7 @@ fn halves(p: &str) -> Vec<u8> {
 /// inotify queue overflow, which the same churn can cause, clears every
 /// mark at once and does the same.)
 #[test]
-#[ignore = "reproduces: another producer's file churn evicts a stalled upload's open mark (claimed half written); fails until fixed"]
+
 fn another_producers_file_churn_never_gets_a_stalled_upload_claimed() {
     let redis = Redis::start();
     let site = Site::new(&redis.url(), "");
@@ -106,7 +106,7 @@ fn another_producers_file_churn_never_gets_a_stalled_upload_claimed() {
 /// deposit fails MD5_MISMATCH. And the first deposit was judged without
 /// the checksum its producer sent.
 #[test]
-#[ignore = "reproduces: an rsync -t sidecar never pairs, and fails the next upload of the name; fails until fixed"]
+
 fn rsync_t_archive_and_sidecar_pair_and_never_fail_the_next_upload() {
     let redis = Redis::start();
     let site = Site::new(&redis.url(), "");
@@ -149,7 +149,7 @@ fn rsync_t_archive_and_sidecar_pair_and_never_fail_the_next_upload() {
 /// that nothing is ever moved out), and touches its sidecars: every scan
 /// costs about 2,000 x 10,000 stats, and producer GOOD's deposits wait.
 #[test]
-#[ignore = "reproduces: lone sidecars make every scan list and stat a producer's whole new/ per sidecar, stalling all producers; fails until fixed"]
+
 fn lone_sidecars_never_stall_other_producers() {
     let redis = Redis::start();
     let site = Site::new(&redis.url(), "");
@@ -217,7 +217,7 @@ fn utc_stamp(t: SystemTime) -> String {
 /// is lost. This test lays out exactly what that kill leaves (the window
 /// is two renames wide) and starts the daemon on it.
 #[test]
-#[ignore = "reproduces: a kill between to_previous's two renames loses the sidecar and leaves the old one beside the new archive; fails until fixed"]
+
 fn a_kill_inside_rotation_never_pairs_the_new_archive_with_the_old_sidecar() {
     let redis = Redis::start();
     let site = Site::new(&redis.url(), "");
@@ -272,7 +272,7 @@ fn a_kill_inside_rotation_never_pairs_the_new_archive_with_the_old_sidecar() {
 /// out what a deposit published an hour "ahead" leaves (its release and
 /// `current` on it), then drops a new deposit.
 #[test]
-#[ignore = "reproduces: after a clock step back, new deposits are SUCCESS but current stays on the older release and Redis says otherwise; fails until fixed"]
+
 fn a_clock_stepped_back_never_leaves_current_behind_a_success() {
     let redis = Redis::start();
     let site = Site::new(&redis.url(), "");
@@ -311,7 +311,7 @@ fn a_clock_stepped_back_never_leaves_current_behind_a_success() {
 /// the producer's oldest upload it stops the producer's walk: every later
 /// upload waits, silently, until the daemon restarts.
 #[test]
-#[ignore = "reproduces: a sidecar renamed while open stalls its producer's queue for good; fails until fixed"]
+
 fn a_sidecar_renamed_while_open_never_stalls_its_producer_for_good() {
     let redis = Redis::start();
     let site = Site::new(&redis.url(), "");

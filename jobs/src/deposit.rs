@@ -10,6 +10,13 @@ pub fn now_rfc3339() -> String {
     now.format(&Rfc3339).unwrap_or_default()
 }
 
+/// Now as the time part of a deposit id (`yyyymmddThhmmssZ`, UTC).
+pub fn stamp_now() -> String {
+    OffsetDateTime::now_utc()
+        .format(format_description!("[year][month][day]T[hour][minute][second]Z"))
+        .unwrap_or_default()
+}
+
 /// `<UTC yyyymmddThhmmssZ>-<P>-<short random>`: sorts by time, and the
 /// random part keeps two deposits of one second apart.
 pub fn new_id(producer: &str) -> String {

@@ -328,9 +328,13 @@ pub fn publish(
     // `current` never moves back: a deposit dropped before one that was
     // published first (by `depot ingest`, or a retry) is kept as a release
     // but does not replace the newer state.
+    // An id dated in the future is not newer: the clock was stepped back
+    // since it was made, and every deposit until the clock caught up would
+    // otherwise leave `current` behind a SUCCESS.
+    let now = crate::deposit::stamp_now();
     let newer = current_dir(req.publish_root, req.producer)
         .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .filter(|cur| id_time(cur) > id_time(req.deposit_id));
+        .filter(|cur| id_time(cur) > id_time(req.deposit_id) && id_time(cur) <= now.as_str());
     if newer.is_none() {
         switch_current(req.publish_root, req.producer, req.deposit_id, req.fsync)?;
     }

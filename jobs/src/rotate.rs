@@ -189,17 +189,40 @@ pub fn to_previous(producer_dir: &Path, d: &Deposited<'_>) -> Result<PathBuf> {
             _ => {}
         }
     }
-    let dest = prev.join(d.name);
-    move_replacing(d.archive, &dest).ctx(Stage::Rotate, || format!("move deposit to {}", dest.display()))?;
+    // The sidecar first: the archive leaving the spool is what says the
+    // rotation is done, so a crash between the two must leave the archive
+    // behind (the rotation runs again), never the sidecar (it would be
+    // lost, and the new archive would sit beside the old deposit's .md5).
+    // A sidecar already in place (moved by an attempt a crash cut short)
+    // is passed as its own path: renaming it onto itself changes nothing.
     let side = prev.join(format!("{}.md5", d.name));
     match d.sidecar {
+        Some(s) if s == side => {}
         Some(s) => move_replacing(s, &side).ctx(Stage::Rotate, || format!("move sidecar to {}", side.display()))?,
         None => fs::remove_file(&side)
             .or_else(|e| if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
             .ctx(Stage::Rotate, || format!("remove {}", side.display()))?,
     }
+    let dest = prev.join(d.name);
+    move_replacing(d.archive, &dest).ctx(Stage::Rotate, || format!("move deposit to {}", dest.display()))?;
     sync_dir(&prev)?;
     Ok(dest)
+}
+
+/// The sidecar a rotation left in the spool when a crash came between its
+/// two renames (versions before the sidecar went first moved the archive
+/// first): into `previous/` beside the archive already there, replacing
+/// the older deposit's. A failed deposit's goes into its rejected folder.
+pub fn finish_sidecar(producer_dir: &Path, name: &str, sidecar: &Path, id: Option<&str>) -> Result<()> {
+    plain_name(name)?;
+    let dir = match id {
+        None => producer_dir.join(PREVIOUS),
+        Some(id) => rejected_dir(producer_dir, id),
+    };
+    check_real_dir(&dir).ctx(Stage::Rotate, || format!("refusing {}", dir.display()))?;
+    let side = dir.join(format!("{name}.md5"));
+    move_replacing(sidecar, &side).ctx(Stage::Rotate, || format!("move sidecar to {}", side.display()))?;
+    sync_dir(&dir)
 }
 
 /// `rejected/<deposit-id>/`: one folder per failed deposit, so that two

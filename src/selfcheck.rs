@@ -47,6 +47,30 @@ fn writable_dir(key: &str, dir: &Path) -> Finding {
     }
 }
 
+/// drop_root exists and depot can keep its spool there: `<drop_root>/.depot`
+/// writable (made if missing, which needs drop_root writable).
+fn spool_dir(drop_root: &Path) -> Finding {
+    match fs::metadata(drop_root) {
+        Err(e) => return Finding::fail(format!("drop_root {}: {e} (create it)", drop_root.display())),
+        Ok(m) if !m.is_dir() => return Finding::fail(format!("drop_root {} is not a folder", drop_root.display())),
+        Ok(_) => {}
+    }
+    let own = drop_root.join(".depot");
+    if let Err(e) = fs::create_dir_all(&own) {
+        return Finding::fail(format!(
+            "drop_root {}: cannot make {} ({e}); make it owned by depot's user, mode 0750",
+            drop_root.display(),
+            own.display()
+        ));
+    }
+    match writable_dir("drop_root's spool", &own) {
+        f if f.ok => {
+            Finding::ok(format!("drop_root {} exists and its spool {} is writable", drop_root.display(), own.display()))
+        }
+        f => f,
+    }
+}
+
 fn dev(p: &Path) -> Option<u64> {
     fs::symlink_metadata(p).ok().map(|m| m.dev())
 }
@@ -159,7 +183,9 @@ fn notify_command(cfg: &Config) -> Option<Finding> {
 
 /// The filesystem checks; the Redis one is [`redis`].
 pub fn filesystem(cfg: &Config) -> Vec<Finding> {
-    let mut out = vec![writable_dir("drop_root", &cfg.drop_root), writable_dir("publish_root", &cfg.publish_root)];
+    // drop_root itself is root's (OpenSSH's chroot rule: see the README's
+    // producer section); depot writes only in its spool there.
+    let mut out = vec![spool_dir(&cfg.drop_root), writable_dir("publish_root", &cfg.publish_root)];
     out.push(roots_apart(cfg));
     out.extend(notify_command(cfg));
     if !out.iter().all(|f| f.ok) {

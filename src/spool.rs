@@ -422,10 +422,23 @@ impl Spool {
     /// to `new/` to wait (see [`Spool::give_back_changed`]). Records of
     /// older versions (no times) never count as changed.
     pub fn changed_since_claim(&self, e: &Entry) -> io::Result<bool> {
+        Ok(self.change_since_claim(e)?.is_some())
+    }
+
+    /// What changed since the claim, in words for the log; None if nothing.
+    pub fn change_since_claim(&self, e: &Entry) -> io::Result<Option<String>> {
         let m = fs::symlink_metadata(self.archive(e))?;
         let mtime = ns(m.mtime(), m.mtime_nsec());
         let ctime = ns(m.ctime(), m.ctime_nsec());
-        Ok(m.len() != e.size || e.mtime_ns.is_some_and(|t| t != mtime) || e.ctime_ns.is_some_and(|t| t != ctime))
+        Ok(if m.len() != e.size {
+            Some(format!("size {} at the claim, {} now", e.size, m.len()))
+        } else if e.mtime_ns.is_some_and(|t| t != mtime) {
+            Some("written since the claim (mtime)".into())
+        } else if e.ctime_ns.is_some_and(|t| t != ctime) {
+            Some("changed since the claim (ctime)".into())
+        } else {
+            None
+        })
     }
 
     /// The archive (and sidecar) of a deposit that changed after its claim,

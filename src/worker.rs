@@ -331,9 +331,13 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
     match end {
         End::Changed => {
             let (sh, en) = (shared.clone(), entry.clone());
-            match off_runtime(move || sh.spool.give_back_changed(&en)).await.and_then(|r| r) {
-                Ok(()) => {
-                    info!(deposit = %entry.id, producer = %entry.producer, file = %entry.name,
+            let back = off_runtime(move || {
+                let what = sh.spool.change_since_claim(&en).ok().flatten().unwrap_or_default();
+                sh.spool.give_back_changed(&en).map(|()| what)
+            });
+            match back.await.and_then(|r| r) {
+                Ok(what) => {
+                    info!(deposit = %entry.id, producer = %entry.producer, file = %entry.name, change = %what,
                         "still being written after its claim: not judged, given back to new/ to wait for its writer");
                     let _ = shared.status.forget(&entry).await;
                     shared.done(&entry, true);

@@ -110,19 +110,21 @@ fn a_spool_entry_left_by_a_crash_is_finished_at_start() {
     let spool = site.root().join("drop/.depot/spool");
     fs::create_dir_all(&spool).unwrap();
     let bytes = good_theia("CRSH", "c");
-    let entry = |id: &str, name: &str, ns: u32| {
+    // The size a claim recorded is the file's (a file of another size is
+    // one still being written after its claim, given back, not judged).
+    let entry = |id: &str, name: &str, ns: u32, size: usize| {
         format!(
-            "{{\"id\":\"{id}\",\"producer\":\"CRSH\",\"name\":\"{name}\",\"claimed_ns\":{ns},\"size\":{},\"sidecar\":false,\"created\":\"2026-01-01T00:00:00Z\"}}",
-            bytes.len()
+            "{{\"id\":\"{id}\",\"producer\":\"CRSH\",\"name\":\"{name}\",\"claimed_ns\":{ns},\"size\":{size},\"sidecar\":false,\"created\":\"2026-01-01T00:00:00Z\"}}"
         )
     };
     fs::write(spool.join(format!("{id}=CRSH_1.zip")), &bytes).unwrap();
-    fs::write(spool.join(format!("{id}.json")), entry(id, "CRSH_1.zip", 1)).unwrap();
+    fs::write(spool.join(format!("{id}.json")), entry(id, "CRSH_1.zip", 1, bytes.len())).unwrap();
     // And one claimed by a version that kept a folder per deposit.
     let old = "20260101T000000Z-CRSH-0000abce";
     fs::create_dir_all(spool.join(old)).unwrap();
-    fs::write(spool.join(old).join("CRSH_2.zip"), good_theia("CRSH", "d")).unwrap();
-    fs::write(spool.join(old).join("deposit.json"), entry(old, "CRSH_2.zip", 2)).unwrap();
+    let d = good_theia("CRSH", "d");
+    fs::write(spool.join(old).join("CRSH_2.zip"), &d).unwrap();
+    fs::write(spool.join(old).join("deposit.json"), entry(old, "CRSH_2.zip", 2, d.len())).unwrap();
     // And stale staging from a crash mid-publish.
     fs::create_dir_all(site.root().join("publish/.staging/20250101T000000Z-CRSH-00000001/x")).unwrap();
     let daemon = site.start();
@@ -484,6 +486,9 @@ fn systemd_notify_ready_watchdog_stopping() {
     fs::write(&f, good_theia("SDNT", "1")).unwrap();
     let old = std::time::SystemTime::now() - Duration::from_secs(60);
     fs::File::options().write(true).open(&f).unwrap().set_modified(old).unwrap();
+    // Left there while depot was down: past settle_ms (300) since it came
+    // (its ctime, which a test cannot set back).
+    std::thread::sleep(Duration::from_millis(500));
     let sock_path = site.root().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();

@@ -74,7 +74,7 @@ fn a_file_still_written_after_its_claim_is_given_back_not_judged() {
     let mut f = fs::File::create(&path).unwrap();
     f.write_all(&bytes[..bytes.len() / 2]).unwrap();
     // Claimed (into the spool) while the descriptor is still open.
-    wait_for(&site, "claim", 30, || !path.exists());
+    wait_for(&site, "claim", 30, || !path.exists() && redis.deposits().len() == 1);
     let first = redis.deposits();
     assert_eq!(first.len(), 1);
     let first_id = first[0]["id"].clone();

@@ -538,23 +538,7 @@ impl Recorder {
         let conn = crate::state::connect(cfg).await?;
         let st = Status { conn, prefix: cfg.redis.prefix.clone() };
         let claimed_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let entry = Entry {
-            id: id.to_owned(),
-            producer: producer.to_owned(),
-            name: name.to_owned(),
-            claimed_ns,
-            size,
-            sidecar: false,
-            created: jobs::deposit::now_rfc3339(),
-            attempts: 1,
-            not_before_ms: 0,
-            parked: false,
-            dev: None,
-            ino: None,
-            mtime_ns: None,
-            ctime_ns: None,
-            invalid_name: None,
-        };
+        let entry = Entry { claimed_ns, attempts: 1, ..Entry::new(id, producer, name, size) };
         let r = Recorder { st, entry };
         let fields = [
             ("started", r.entry.created.clone()),

@@ -74,6 +74,30 @@ pub struct Entry {
     pub invalid_name: Option<String>,
 }
 
+impl Entry {
+    /// An entry with nothing known beyond its name and size: no sidecar,
+    /// no claim-time stat, no attempt yet. Claims fill in the rest.
+    pub fn new(id: &str, producer: &str, name: &str, size: u64) -> Entry {
+        Entry {
+            id: id.to_owned(),
+            producer: producer.to_owned(),
+            name: name.to_owned(),
+            claimed_ns: 0,
+            size,
+            sidecar: false,
+            created: jobs::deposit::now_rfc3339(),
+            attempts: 0,
+            not_before_ms: 0,
+            parked: false,
+            dev: None,
+            ino: None,
+            mtime_ns: None,
+            ctime_ns: None,
+            invalid_name: None,
+        }
+    }
+}
+
 /// Lines appended to a record after the entry, besides the outcome.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -352,21 +376,13 @@ impl Spool {
             }
         };
         let mut entry = Entry {
-            id,
-            producer: producer.to_owned(),
-            name,
             claimed_ns,
-            size: meta.len(),
             sidecar: side_meta.is_some(),
-            created: jobs::deposit::now_rfc3339(),
-            attempts: 0,
-            not_before_ms: 0,
-            parked: false,
             dev: Some(meta.dev()),
             ino: Some(meta.ino()),
-            mtime_ns: Some(meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec())),
-            ctime_ns: None,
+            mtime_ns: Some(ns(meta.mtime(), meta.mtime_nsec())),
             invalid_name,
+            ..Entry::new(&id, producer, &name, meta.len())
         };
         // Written in place, not through a temporary file: a record cut
         // short by a crash before the batch's sync reads as lost, and
@@ -658,21 +674,8 @@ impl Spool {
         let name = archive.and_then(|a| a.split_once('=')).map_or_else(|| format!("{id}.zip"), |(_, n)| n.to_owned());
         let size = archive.map_or(Ok(0), |a| fs::symlink_metadata(self.root.join(a)).map(|m| m.len()))?;
         Ok(Entry {
-            id: id.to_owned(),
-            producer: id.split('-').nth(1).unwrap_or_default().to_owned(),
-            name,
-            claimed_ns: 0,
-            size,
             sidecar: self.root.join(format!("{id}.md5")).exists(),
-            created: jobs::deposit::now_rfc3339(),
-            attempts: 0,
-            not_before_ms: 0,
-            parked: false,
-            dev: None,
-            ino: None,
-            mtime_ns: None,
-            ctime_ns: None,
-            invalid_name: None,
+            ..Entry::new(id, id.split('-').nth(1).unwrap_or_default(), &name, size)
         })
     }
 
@@ -893,21 +896,10 @@ mod tests {
         fs::write(dir.join("MSEC_1.zip"), b"data").unwrap();
         fs::write(dir.join("MSEC_1.zip.md5"), b"m").unwrap();
         let e = Entry {
-            id: id.into(),
-            producer: "MSEC".into(),
-            name: "MSEC_1.zip".into(),
             claimed_ns: 1,
-            size: 4,
             sidecar: true,
             created: "2026-01-01T00:00:00Z".into(),
-            attempts: 0,
-            not_before_ms: 0,
-            parked: false,
-            dev: None,
-            ino: None,
-            mtime_ns: None,
-            ctime_ns: None,
-            invalid_name: None,
+            ..Entry::new(id, "MSEC", "MSEC_1.zip", 4)
         };
         fs::write(dir.join("deposit.json"), serde_json::to_vec(&e).unwrap()).unwrap();
         assert_eq!(spool.list().unwrap(), vec![e.clone()]);

@@ -203,6 +203,18 @@ impl Rig {
         assert_eq!(self.uploaded(name), 0, "{name} is back in new/\n{}", self.diag());
     }
 
+    /// A stalled link: the client stopped for 3 s (three settle times) a
+    /// third of the way through the upload, never claimed meanwhile, then
+    /// continued to its end.
+    fn stall_midway(&self, name: &str, size: u64, client: Client) {
+        self.wait_uploaded(name, size / 3);
+        client.signal("STOP");
+        sleep(Duration::from_secs(3));
+        self.assert_unclaimed(name);
+        client.signal("CONT");
+        client.finish(60);
+    }
+
     fn stop(mut self) {
         let d = self.daemon.take().unwrap();
         assert_eq!(stop(d), Some(0), "{}", self.site.log());
@@ -218,12 +230,7 @@ fn sftp_paused_longer_than_settle_is_published_once_whole() {
     let (zip, big) = deposit("SFTP", 8, 11);
     let src = rig.source(name, &zip);
     let client = rig.sftp(&format!("put {} new/\n", src.display()), Some(SFTP_KBITS));
-    rig.wait_uploaded(name, zip.len() as u64 / 3);
-    client.signal("STOP");
-    sleep(Duration::from_secs(3));
-    rig.assert_unclaimed(name);
-    client.signal("CONT");
-    client.finish(60);
+    rig.stall_midway(name, zip.len() as u64, client);
     rig.published_once_whole(name, &zip, &big);
     rig.stop();
 }
@@ -310,12 +317,7 @@ fn rsync_through_rrsync_paused_is_published_once_whole() {
     let (zip, big) = deposit("RSYN", 8, 53);
     let src = rig.source(name, &zip);
     let client = rig.rsync(&src, RSYNC_KIBS);
-    rig.wait_uploaded(name, zip.len() as u64 / 3);
-    client.signal("STOP");
-    sleep(Duration::from_secs(3));
-    rig.assert_unclaimed(name);
-    client.signal("CONT");
-    client.finish(60);
+    rig.stall_midway(name, zip.len() as u64, client);
     rig.published_once_whole(name, &zip, &big);
     rig.stop();
 }

@@ -261,8 +261,8 @@ fn current_never_moves_back_to_an_older_deposit() {
             jobs::pipeline::Job { id, producer: "MSEC", archive: &archive, name: &name, sidecar: None, settings: &s };
         jobs::pipeline::ingest(&job, &env.publish_root, IngestOptions::default(), &jobs::unpack::Quiet).unwrap()
     };
-    let newer = "20261201T100000Z-MSEC-0000000b";
-    let older = "20261201T090000Z-MSEC-0000000a";
+    let newer = "20250101T100000Z-MSEC-0000000b";
+    let older = "20250101T090000Z-MSEC-0000000a";
     assert!(publish(newer, "new").superseded_by.is_none());
     let p = publish(older, "old");
     assert_eq!(p.superseded_by.as_deref(), Some(newer));

@@ -834,6 +834,8 @@ fn readme_commands_run() {
         ),
         ("bench/ingest.sh", "benchmark, run by hand"),
         ("python3 bench/daemon.py", "benchmark, run by hand"),
+        ("python3 bench/flood.py", "benchmark, run by hand"),
+        ("python3 bench/limits.py", "benchmark, run by hand"),
         ("PROPTEST_CASES=", "long fuzzing run, by hand"),
     ];
     let commands = readme_commands();

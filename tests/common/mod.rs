@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A Garage S3 server of a test's own (the S3 publish target).
+pub mod garage;
+
 /// A redis-server of our own, stopped (by pid) when dropped.
 pub struct Redis {
     pub child: Child,

@@ -239,6 +239,16 @@ impl Config {
         self.settings_for_inner(Some(p)).or_else(|_| self.settings_for_inner(None)).unwrap_or_default()
     }
 
+    /// The settings of a producer without a table of its own.
+    pub fn settings_for_default(&self) -> Settings {
+        self.settings_for_inner(None).unwrap_or_default()
+    }
+
+    /// Producers with a `[producers.<P>]` table.
+    pub fn overridden(&self) -> impl Iterator<Item = &str> {
+        self.producers.overrides.keys().map(String::as_str)
+    }
+
     fn settings_for_inner(&self, p: Option<&str>) -> Result<Settings> {
         let over = p.and_then(|p| self.producers.overrides.get(p));
         let mut merged = self.base.clone();
@@ -254,7 +264,16 @@ impl Config {
                     (k, toml::Value::Table(t)) if MERGED.contains(&k) => {
                         if let Some(m) = merged.get_mut(k) {
                             for (kk, vv) in t {
-                                m.insert(kk.clone(), vv.clone());
+                                // `[producers.P.publish.s3]` sets some keys
+                                // of `[publish.s3]`, not all of them.
+                                match (m.get_mut(kk), vv) {
+                                    (Some(toml::Value::Table(inner)), toml::Value::Table(over)) => {
+                                        inner.extend(over.iter().map(|(a, b)| (a.clone(), b.clone())));
+                                    }
+                                    _ => {
+                                        m.insert(kk.clone(), vv.clone());
+                                    }
+                                }
                             }
                         }
                     }

@@ -47,6 +47,11 @@ pub async fn run(config_path: PathBuf, role: Role) -> Result<()> {
     for r in removed {
         info!(path = %r.display(), "removed stale staging");
     }
+    if role != Role::Watcher {
+        // Not awaited: a slow or unreachable bucket must not hold up the start.
+        let c = cfg.clone();
+        tokio::task::spawn_blocking(move || crate::target::clean_s3_debris(&c));
+    }
     let spool = Spool::new(&cfg.drop_root).context("creating the spool")?;
     let status = Status { conn: conn.clone(), prefix: cfg.redis.prefix.clone() };
     let shared = Arc::new(Shared::new(cfg.clone(), spool, status));

@@ -5,6 +5,7 @@
 mod config;
 mod daemon;
 mod hook;
+mod lease;
 mod logging;
 mod metrics;
 mod ops;
@@ -18,6 +19,7 @@ mod sidecars;
 mod spool;
 mod state;
 mod status;
+mod target;
 mod watcher;
 mod worker;
 
@@ -28,7 +30,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use jobs::Settings;
-use jobs::pipeline::{self, IngestOptions, Job};
+use jobs::pipeline::{self, Job};
 use jobs::report::{Report, ReportBase};
 use jobs::unpack::Progress;
 
@@ -293,6 +295,7 @@ fn cmd_config_check(config: &ConfigArg) -> Result<u8> {
     print!("{}", cfg.effective());
     let mut findings = selfcheck::filesystem(&cfg);
     findings.push(runtime()?.block_on(selfcheck::redis(&cfg)));
+    findings.extend(selfcheck::buckets(&cfg));
     findings.extend(selfcheck::operator(&cfg));
     print!("{}", selfcheck::render(&findings));
     Ok(if findings.iter().all(|f| f.ok) { ACCEPTED } else { TROUBLE })
@@ -452,8 +455,7 @@ fn cmd_ingest(archive: &Path, producer: &str, config: &ConfigArg, json: bool, qu
     let term = progress(quiet);
     let prog = term.as_ref().map_or(&progress::Plain as &dyn Progress, |t| t as &dyn Progress);
     jobs::publish::clean_stale(&cfg.publish_root).context("cannot clean stale staging")?;
-    let outcome = pipeline::preflight(&job, &cfg.publish_root)
-        .and_then(|()| pipeline::ingest(&job, &cfg.publish_root, IngestOptions::default(), prog));
+    let outcome = target::publish(&job, &cfg, prog);
     if let Some(t) = &term {
         t.done();
     }

@@ -131,6 +131,14 @@ impl Metrics {
         for (p, n) in &c.files {
             let _ = writeln!(s, "depot_published_files_total{{producer=\"{}\"}} {n}", esc(p));
         }
+        head(
+            &mut s,
+            "depot_s3_bytes_sent_total",
+            "counter",
+            "Bytes of object data the S3 publish target sent and the server accepted (parts and objects).",
+        );
+        let sent = jobs::s3::BYTES_SENT.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(s, "depot_s3_bytes_sent_total {sent}");
         head(&mut s, "depot_stage_seconds", "summary", "Time spent in each pipeline stage.");
         for (st, (sum, n)) in &c.stages {
             let _ = writeln!(s, "depot_stage_seconds_sum{{stage=\"{st}\"}} {sum:.6}");

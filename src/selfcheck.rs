@@ -207,6 +207,32 @@ pub fn filesystem(cfg: &Config) -> Vec<Finding> {
     out
 }
 
+/// Every bucket the config publishes to: where, with which key (the
+/// secret shown as `***`), and whether it answers a listing with it.
+/// Blocking (a few HTTP requests).
+pub fn buckets(cfg: &Config) -> Vec<Finding> {
+    crate::target::s3_targets(cfg)
+        .into_iter()
+        .map(|s3| {
+            let place =
+                format!("s3://{}/{} at {} (region {})", s3.bucket, s3.prefix.trim_matches('/'), s3.endpoint, s3.region);
+            let creds = match jobs::s3::credentials(&s3) {
+                Ok(c) => c,
+                Err(e) => return Finding::fail(format!("publish.s3 {place}: {e}")),
+            };
+            let from = match &s3.credentials_file {
+                Some(f) => format!("{} [{}]", f.display(), s3.profile),
+                None => "the environment".into(),
+            };
+            let who = format!("key {} (secret ***, from {from})", creds.key_id);
+            match jobs::s3::Bucket::with_credentials(&s3, creds).and_then(|b| b.probe()) {
+                Ok(()) => Finding::ok(format!("publish.s3 {place} answers to {who}")),
+                Err(e) => Finding::fail(format!("publish.s3 {place} with {who}: {}", e.message())),
+            }
+        })
+        .collect()
+}
+
 pub async fn redis(cfg: &Config) -> Finding {
     match crate::state::connect(cfg).await {
         Ok(_) => Finding::ok(format!("Redis at {} answers", crate::config::redacted(&cfg.redis.url))),

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use apalis::prelude::*;
-use jobs::pipeline::{self, IngestOptions, Job};
+use jobs::pipeline::Job;
 use jobs::report::{Report, ReportBase};
 use jobs::rotate::{self, Deposited};
 use jobs::unpack::Progress;
@@ -261,7 +261,6 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
         })
     };
     let settings = cfg.settings_for(&entry.producer);
-    let publish_root = cfg.publish_root.clone();
     let archive = shared.spool.archive(&entry);
     let base = report_base(&entry, &started);
     let retry = attempts < cfg.workers.max_attempts;
@@ -287,8 +286,7 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
         // custody: a name the claim could not store fails at once (NAME_INVALID), unrun.
         let result = match &e.invalid_name {
             Some(why) => Err(Error::reject(jobs::Code::NameInvalid, Stage::Unpack, None, why.clone())),
-            None => pipeline::preflight(&job, &publish_root)
-                .and_then(|()| pipeline::ingest(&job, &publish_root, IngestOptions::default(), &*l)),
+            None => crate::target::publish(&job, &c, &*l),
         };
         // Still written after the claim (the writer kept its descriptor
         // across our rename): what was read is not the upload. A success

@@ -13,10 +13,11 @@ pub mod plan;
 pub mod publish;
 pub mod report;
 pub mod rotate;
+pub mod s3;
 pub mod settings;
 pub mod theia;
 pub mod unpack;
 pub mod verify;
 
 pub use error::{Code, Error, Rejection, Result, Stage};
-pub use settings::{Checks, Limits, Profile, Publish, PublishMode, Settings};
+pub use settings::{Checks, Limits, Profile, Publish, PublishMode, PublishTarget, S3Settings, Settings};

@@ -12,8 +12,9 @@ use crate::plan::{self, Plan};
 use crate::publish::{self, Published, Request, Staging, Step};
 use crate::report::{Report, ReportBase};
 use crate::rotate::{self, Deposited};
+use crate::s3::{self, Bucket, Locks};
 use crate::settings::Settings;
-use crate::unpack::{self, FileRecord, Progress, Target, Unpacked};
+use crate::unpack::{self, FileRecord, Progress, Store, Target, Unpacked};
 use crate::verify::{self, Sidecar};
 
 /// One deposit, as handed to a worker.
@@ -95,21 +96,24 @@ fn read_sidecar(path: &Path, max_metadata: u64, progress: &dyn Progress) -> Resu
 /// checked against it: when the archive does not match its sidecar, that
 /// is the verdict (it was damaged on its way), not what the damage made
 /// look wrong inside.
-fn examine(
-    job: &Job<'_>,
-    root: Option<&Path>,
-    base: Option<&Path>,
-    scratch: &Path,
-    kept: &[String],
-    progress: &dyn Progress,
-) -> Result<Summary> {
+/// Where the unpack pass writes: a staging folder (`root`, with the current
+/// release as `base` to link unchanged files to), an object store, or
+/// nothing.
+#[derive(Clone, Copy, Default)]
+struct Dest<'a> {
+    root: Option<&'a Path>,
+    base: Option<&'a Path>,
+    store: Option<&'a dyn Store>,
+}
+
+fn examine(job: &Job<'_>, dest: Dest<'_>, scratch: &Path, kept: &[String], progress: &dyn Progress) -> Result<Summary> {
     progress.stage(Stage::Unpack);
     // The sidecar is parsed first so a malformed one costs no unpacking.
     let sidecar = match job.sidecar {
         Some(p) => read_sidecar(p, job.settings.limits.max_metadata_bytes, progress)?,
         None => None,
     };
-    let result = examine_with(job, root, base, scratch, kept, sidecar.as_ref(), progress);
+    let result = examine_with(job, dest, scratch, kept, sidecar.as_ref(), progress);
     match (result, sidecar) {
         (Err(Error::Rejected(r)), Some(side))
             if !(r.code == Code::Md5Mismatch && r.entry.as_deref() == Some(job.name)) =>
@@ -140,8 +144,7 @@ fn sidecar_name(job: &Job<'_>) -> String {
 
 fn examine_with(
     job: &Job<'_>,
-    root: Option<&Path>,
-    base: Option<&Path>,
+    dest: Dest<'_>,
     scratch: &Path,
     kept: &[String],
     sidecar: Option<&SidecarMd5>,
@@ -160,10 +163,10 @@ fn examine_with(
     progress.totals(plan.total_bytes, plan.total_files);
     // Now the unpacked size is known from the central directories: refuse
     // before writing rather than fill the publish filesystem.
-    if let Some(root) = root {
+    if let Some(root) = dest.root {
         progress.reserve(root, plan.total_bytes, s.limits.min_free_bytes)?;
     }
-    let target = Target { root, fsync: s.publish.fsync, base };
+    let target = Target { root: dest.root, store: dest.store, fsync: s.publish.fsync, base: dest.base };
     let mut got: Unpacked = unpack::run(&plan, job.archive, sidecar.is_some(), target, s.threads(), progress)?;
     for c in &plan.containers {
         if let Some(copied) = c.copied {
@@ -193,7 +196,7 @@ fn examine_with(
 /// dataset zips have to be copied out to be read).
 pub fn check(job: &Job<'_>, progress: &dyn Progress) -> Result<Summary> {
     let scratch = tempfile_dir()?;
-    let r = examine(job, None, None, scratch.path(), &[], progress);
+    let r = examine(job, Dest::default(), scratch.path(), &[], progress);
     drop(scratch);
     r
 }
@@ -236,7 +239,8 @@ pub fn ingest(job: &Job<'_>, publish_root: &Path, opts: IngestOptions, progress:
     let staging = Staging::create(publish_root, job.id)?;
     let result = (|| {
         let base = publish::current_dir(publish_root, job.producer);
-        let summary = examine(job, Some(&staging.dir), base.as_deref(), &staging.scratch, &kept, progress)?;
+        let dest = Dest { root: Some(&staging.dir), base: base.as_deref(), store: None };
+        let summary = examine(job, dest, &staging.scratch, &kept, progress)?;
         Ok::<_, Error>(summary)
     })();
     let summary = match result {
@@ -257,6 +261,116 @@ pub fn ingest(job: &Job<'_>, publish_root: &Path, opts: IngestOptions, progress:
         fail_after: opts.fail_after,
     };
     publish::publish(&req, staging, &summary.files, s.checks.case_insensitive)
+}
+
+/// [`ingest`] to a bucket (`publish.target = "s3"`): the same checks, the
+/// files streamed from the inflater into objects of
+/// `<prefix>/<P>/releases/<id>/`, `manifest.json` last, then `current`
+/// switched under the producer's cross-host lease. `scratch_root` holds
+/// compressed dataset zips copied out (and this deposit's staging lock).
+///
+/// A failure removes the release's objects; what a crash leaves (a
+/// release without `manifest.json`, uploads never completed) is removed
+/// under the next lease of the producer, this same deposit's retry
+/// included, which then publishes it once. A retry that finds its own
+/// `manifest.json` already there only checks the deposit again and
+/// switches `current`.
+pub fn ingest_s3(
+    job: &Job<'_>,
+    bucket: &Bucket,
+    locks: &dyn Locks,
+    scratch_root: &Path,
+    opts: IngestOptions,
+    progress: &dyn Progress,
+) -> Result<Published> {
+    let (s, p, id) = (job.settings, job.producer, job.id);
+    let fail_after = |step: Step| match opts.fail_after {
+        Some(f) if f == step => Err(Error::io(
+            Stage::Publish,
+            format!("injected failure after {step:?}"),
+            std::io::Error::other("injected"),
+        )),
+        _ => Ok(()),
+    };
+    let lease = locks.lock(p, &|| progress.cancelled())?;
+    bucket.clean_debris(p, &*lease)?;
+    let base = match (bucket.current(p)?, s.publish.mode) {
+        (Some((cur, _)), crate::settings::PublishMode::Merge) => {
+            bucket.manifest(p, &cur.release)?.map(|m| (cur.release, m))
+        }
+        _ => None,
+    };
+    let kept: Vec<String> = base.iter().flat_map(|(_, m)| m.files.iter().map(|f| f.path.clone())).collect();
+    let committed = bucket.manifest(p, id)?;
+    let staging = Staging::create(scratch_root, id)?;
+    let result = match &committed {
+        Some(_) => examine(job, Dest::default(), &staging.scratch, &kept, progress),
+        None => {
+            let sink = bucket.sink(p, id);
+            examine(job, Dest { store: Some(&sink), ..Dest::default() }, &staging.scratch, &kept, progress)
+        }
+    };
+    let _ = staging.discard();
+    let summary = match result {
+        Ok(summary) => summary,
+        Err(e) => {
+            if committed.is_none() && opts.fail_after.is_none() {
+                // Best effort: the next lease cleans what this leaves.
+                let _ = bucket.remove_release(p, id);
+            }
+            return Err(e);
+        }
+    };
+    progress.stage(Stage::Publish);
+    let manifest = match committed {
+        Some(m) => m,
+        None => {
+            let mut files = s3::manifest_files(&summary.files);
+            if let Some((from, m)) = &base {
+                let ci = s.checks.case_insensitive;
+                let taken: std::collections::HashSet<String> =
+                    files.iter().map(|f| crate::names::conflict_key(&f.path, ci)).collect();
+                let mut copied = Vec::new();
+                for f in &m.files {
+                    if taken.contains(&crate::names::conflict_key(&f.path, ci)) {
+                        continue;
+                    }
+                    crate::names::check_name(&f.path, u64::MAX).map_err(|e| {
+                        Error::io(
+                            Stage::Publish,
+                            format!("current release lists {:?}", f.path),
+                            std::io::Error::other(e.why),
+                        )
+                    })?;
+                    copied.push(f.clone());
+                }
+                bucket.copy_files(p, from, id, &copied)?;
+                files.extend(copied);
+            }
+            fail_after(Step::Linked)?;
+            files.sort_by(|a, b| a.path.cmp(&b.path));
+            let m = publish::ReleaseManifest {
+                deposit: id.to_owned(),
+                producer: p.to_owned(),
+                created: crate::deposit::now_rfc3339(),
+                file_count: files.len() as u64,
+                total_bytes: files.iter().map(|f| f.size).sum(),
+                files,
+            };
+            bucket.put_manifest(p, id, &m)?;
+            m
+        }
+    };
+    fail_after(Step::ManifestWritten)?;
+    let newer = bucket.switch(p, id, &*lease)?;
+    fail_after(Step::Switched)?;
+    bucket.prune(p, newer.as_deref().unwrap_or(id), s.publish.keep_releases)?;
+    Ok(Published {
+        release: PathBuf::from(bucket.url(bucket.release_key(p, id).trim_end_matches('/'))),
+        file_count: manifest.file_count,
+        total_bytes: manifest.total_bytes,
+        superseded_by: newer,
+    })
 }
 
 /// Check free space before reading the archive at all (its own size is a

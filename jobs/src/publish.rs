@@ -152,7 +152,7 @@ pub fn lock_producer(publish_root: &Path, producer: &str, cancelled: &dyn Fn() -
 }
 
 /// The time part of a deposit id (`yyyymmddThhmmssZ`), which sorts.
-fn id_time(id: &str) -> &str {
+pub fn id_time(id: &str) -> &str {
     id.get(..16).unwrap_or(id)
 }
 

@@ -75,9 +75,56 @@ impl Default for Limits {
     }
 }
 
+/// Where releases go (SPEC "Publish targets").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishTarget {
+    /// `<publish_root>/<P>/releases/…` and the `current` symlink.
+    #[default]
+    Fs,
+    /// `[publish.s3]`: a bucket, with `<prefix>/<P>/current` a JSON document.
+    S3,
+}
+
+/// `[publish.s3]`. Credentials are not here: they are read from the file
+/// named (or the environment) when a deposit is published, never kept in
+/// the config that is logged or shown.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Settings {
+    /// `http(s)://host[:port]`; the bucket is addressed path-style.
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    /// Key prefix under which `<P>/…` go; may be empty.
+    pub prefix: String,
+    /// An AWS-style shared credentials file; without one, the environment.
+    pub credentials_file: Option<std::path::PathBuf>,
+    pub profile: String,
+    /// Bytes of one multipart part, also the largest object sent in one
+    /// PutObject. One part per unpack thread is held in memory.
+    pub part_size: u64,
+}
+
+impl Default for S3Settings {
+    fn default() -> Self {
+        S3Settings {
+            endpoint: String::new(),
+            region: "us-east-1".into(),
+            bucket: String::new(),
+            prefix: String::new(),
+            credentials_file: None,
+            profile: "default".into(),
+            part_size: 8 << 20,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Publish {
+    pub target: PublishTarget,
+    pub s3: S3Settings,
     pub mode: PublishMode,
     pub keep_releases: u32,
     /// Off only for throwaway test roots: without it a power cut can leave
@@ -87,7 +134,13 @@ pub struct Publish {
 
 impl Default for Publish {
     fn default() -> Self {
-        Publish { mode: PublishMode::Replace, keep_releases: 3, fsync: true }
+        Publish {
+            target: PublishTarget::Fs,
+            s3: S3Settings::default(),
+            mode: PublishMode::Replace,
+            keep_releases: 3,
+            fsync: true,
+        }
     }
 }
 
@@ -126,6 +179,26 @@ impl Settings {
         ] {
             if v == 0 {
                 return Err(format!("{key} must be greater than 0"));
+            }
+        }
+        if self.publish.target == PublishTarget::S3 {
+            let s3 = &self.publish.s3;
+            if !(s3.endpoint.starts_with("http://") || s3.endpoint.starts_with("https://")) {
+                return Err("publish.s3.endpoint must be http(s)://host[:port] when publish.target = \"s3\"".into());
+            }
+            if s3.bucket.is_empty() {
+                return Err("publish.s3.bucket must be set when publish.target = \"s3\"".into());
+            }
+            if s3.region.is_empty() {
+                return Err("publish.s3.region must not be empty".into());
+            }
+            // S3's own bounds: parts but the last are at least 5 MiB, and
+            // one PutObject or part is at most 5 GiB.
+            if !(5 << 20..=5 << 30).contains(&s3.part_size) {
+                return Err("publish.s3.part_size must be between 5 MiB (5242880) and 5 GiB".into());
+            }
+            if s3.prefix.split('/').any(|c| c == "." || c == "..") {
+                return Err("publish.s3.prefix must not hold `.` or `..` components".into());
             }
         }
         if self.publish.keep_releases == 0 {

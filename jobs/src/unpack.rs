@@ -89,10 +89,28 @@ enum Unit {
     Extract(usize, Vec<usize>),
 }
 
-/// Where data goes: a staging folder, or nowhere (`depot check`).
+/// Where a release's files go when they do not go to a folder: an object
+/// store. Called from several threads at once.
+pub trait Store: Sync + std::fmt::Debug {
+    /// A file whose bytes are all in memory, with their MD5.
+    fn put(&self, rel: &str, bytes: &[u8], md5: &Digest) -> Result<()>;
+    /// A file streamed from the inflater; nothing is visible until
+    /// [`StoreWriter::commit`], and dropping the writer abandons it.
+    fn writer<'s>(&'s self, rel: &str) -> Result<Box<dyn StoreWriter + 's>>;
+}
+
+pub trait StoreWriter: Write {
+    /// The whole file was written; `md5` is what the unpack pass computed.
+    fn commit(self: Box<Self>, md5: &Digest) -> Result<()>;
+}
+
+/// Where data goes: a staging folder, an object store, or nowhere
+/// (`depot check`).
 #[derive(Debug, Clone, Copy)]
 pub struct Target<'a> {
     pub root: Option<&'a Path>,
+    /// Instead of `root`.
+    pub store: Option<&'a dyn Store>,
     pub fsync: bool,
     /// The producer's current release: a small file equal, byte for byte,
     /// to its namesake there is hard-linked to it rather than written again.
@@ -314,7 +332,10 @@ impl Worker<'_> {
                 let Role::Data(published) = &self.plan.levels[*level].roles[*i] else {
                     return Ok(Out::Files(Vec::new()));
                 };
-                if let Some(root) = self.target.root {
+                let md5: Digest = Md5::digest(bytes).into();
+                if let Some(store) = self.target.store {
+                    store.put(published, bytes, &md5)?;
+                } else if let Some(root) = self.target.root {
                     place(&self.target, &self.syncer, root, published, bytes)?;
                 }
                 progress.advance(bytes.len() as u64, 1);
@@ -324,7 +345,7 @@ impl Worker<'_> {
                     name: e.name.clone(),
                     published: Some(published.clone()),
                     size: bytes.len() as u64,
-                    md5: Some(Md5::digest(bytes).into()),
+                    md5: Some(md5),
                 }]))
             }
             Unit::Container(c) => self.container(*c, cancelled).map(|r| Out::Files(vec![r])),
@@ -401,20 +422,27 @@ impl Worker<'_> {
                 progress.advance(n, 0);
                 if cancelled() { Err(Error::Cancelled) } else { Ok(()) }
             };
-            let copied = match self.target.root {
-                Some(root) if self.target.base.is_some() && e.size <= LINK_MAX => {
-                    let mut bytes = Vec::with_capacity(e.size as usize);
-                    let c = archive::copy_entry(reader, e.size, &label, &mut bytes, &mut self.buf, on_bytes)?;
-                    place(&self.target, &self.syncer, root, published, &bytes)?;
-                    c
+            let copied = if let Some(store) = self.target.store {
+                let mut w = store.writer(published)?;
+                let c = archive::copy_entry(reader, e.size, &label, &mut w, &mut self.buf, on_bytes)?;
+                w.commit(&c.md5)?;
+                c
+            } else {
+                match self.target.root {
+                    Some(root) if self.target.base.is_some() && e.size <= LINK_MAX => {
+                        let mut bytes = Vec::with_capacity(e.size as usize);
+                        let c = archive::copy_entry(reader, e.size, &label, &mut bytes, &mut self.buf, on_bytes)?;
+                        place(&self.target, &self.syncer, root, published, &bytes)?;
+                        c
+                    }
+                    Some(root) => {
+                        let mut f = create(root, published)?;
+                        let c = archive::copy_entry(reader, e.size, &label, &mut f, &mut self.buf, on_bytes)?;
+                        finish(&self.syncer, self.target.fsync, f, published)?;
+                        c
+                    }
+                    None => archive::copy_entry(reader, e.size, &label, &mut io::sink(), &mut self.buf, on_bytes)?,
                 }
-                Some(root) => {
-                    let mut f = create(root, published)?;
-                    let c = archive::copy_entry(reader, e.size, &label, &mut f, &mut self.buf, on_bytes)?;
-                    finish(&self.syncer, self.target.fsync, f, published)?;
-                    c
-                }
-                None => archive::copy_entry(reader, e.size, &label, &mut io::sink(), &mut self.buf, on_bytes)?,
             };
             progress.advance(0, 1);
             out.push(FileRecord {

@@ -1,0 +1,362 @@
+//! The S3 publish target against a real Garage server of the test's own
+//! (tests/common/garage.rs), looked at from outside with curl's SigV4:
+//! layout, `current`, merge, prune, crash debris, two publishers, wrong
+//! credentials and a server that goes away for a while.
+
+#[path = "../jobs/tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+mod common;
+use common::garage::{Garage, xml_values};
+use common::*;
+
+const PREFIX: &str = "archive";
+
+/// `[publish]` keys for the bucket (the harness's table is open) and a
+/// credentials file written beside the config.
+fn s3_site(redis: &Redis, g: &Garage, publish: &str, more: &str) -> Site {
+    let site = Site::new(&redis.url(), "");
+    let creds = site.root().join("s3.credentials");
+    write_credentials(&creds, &g.key_id, &g.secret);
+    let mut text = fs::read_to_string(&site.config).unwrap();
+    if publish.contains("keep_releases") {
+        text = text.replace("keep_releases = 10\n", "");
+    }
+    let text = format!(
+        "{text}target = \"s3\"\n{publish}\n[publish.s3]\nendpoint = \"{}\"\nregion = \"{}\"\nbucket = \"{}\"\nprefix = \"{PREFIX}\"\n\
+         credentials_file = \"{}\"\npart_size = 5242880\n{more}",
+        g.endpoint,
+        g.region,
+        g.bucket,
+        creds.display()
+    );
+    fs::write(&site.config, text).unwrap();
+    site
+}
+
+fn write_credentials(path: &Path, key_id: &str, secret: &str) {
+    fs::write(path, format!("[default]\naws_access_key_id = {key_id}\naws_secret_access_key = {secret}\n")).unwrap();
+}
+
+fn current(g: &Garage, p: &str) -> Option<String> {
+    let doc = g.get(&format!("{PREFIX}/{p}/current"))?;
+    let v: serde_json::Value = serde_json::from_slice(&doc).unwrap();
+    Some(v["release"].as_str().unwrap().to_owned())
+}
+
+fn manifest(g: &Garage, p: &str, id: &str) -> Option<serde_json::Value> {
+    g.get(&format!("{PREFIX}/{p}/releases/{id}/manifest.json")).map(|b| serde_json::from_slice(&b).unwrap())
+}
+
+/// Release ids with at least one object.
+fn release_ids(g: &Garage, p: &str) -> Vec<String> {
+    let base = format!("{PREFIX}/{p}/releases/");
+    let mut ids: Vec<String> =
+        g.keys(&base).iter().filter_map(|k| k.strip_prefix(&base)?.split('/').next().map(str::to_owned)).collect();
+    ids.dedup();
+    ids
+}
+
+/// Multipart uploads begun and never completed under `prefix`.
+fn uploads(g: &Garage, prefix: &str) -> usize {
+    let o = g.curl(&[&format!("{}?uploads&prefix={}", g.url(""), prefix.replace('/', "%2F"))]);
+    xml_values(&String::from_utf8_lossy(&o.stdout), "UploadId").len()
+}
+
+/// Every file the manifest lists is there, with its size and MD5: what a
+/// reader following `current` gets.
+fn assert_complete(g: &Garage, p: &str, id: &str) -> serde_json::Value {
+    let m = manifest(g, p, id).unwrap_or_else(|| panic!("release {id} has no manifest.json"));
+    for f in m["files"].as_array().unwrap() {
+        let path = f["path"].as_str().unwrap();
+        let bytes = g.get(&format!("{PREFIX}/{p}/releases/{id}/{path}")).unwrap_or_else(|| panic!("{path} missing"));
+        assert_eq!(bytes.len() as u64, f["size"].as_u64().unwrap(), "{path}");
+        assert_eq!(md5hex(&bytes), f["md5"].as_str().unwrap(), "{path}");
+    }
+    m
+}
+
+fn by_file<'a>(
+    redis: &Redis,
+    file: &str,
+    all: &'a mut Vec<HashMap<String, String>>,
+) -> Option<&'a HashMap<String, String>> {
+    *all = redis.deposits();
+    all.iter().find(|d| d["file"] == file)
+}
+
+fn state(redis: &Redis, file: &str) -> Option<String> {
+    let mut all = Vec::new();
+    by_file(redis, file, &mut all).and_then(|d| d.get("state").cloned())
+}
+
+fn wait_state(site: &Site, redis: &Redis, file: &str, want: &str, secs: u64) -> HashMap<String, String> {
+    wait_for(site, &format!("{file} {want}"), secs, || state(redis, file).as_deref() == Some(want));
+    let mut all = Vec::new();
+    by_file(redis, file, &mut all).unwrap().clone()
+}
+
+#[test]
+fn a_deposit_is_published_as_objects_with_current_last() {
+    let redis = Redis::start();
+    let g = Garage::start();
+    let site = s3_site(&redis, &g, "", "");
+    let daemon = site.start();
+    site.drop_rsync("STOR", "STOR_1.zip", &good_theia("STOR", "v1"));
+    let d = wait_state(&site, &redis, "STOR_1.zip", "SUCCESS", 60);
+    let id = d["id"].clone();
+    let url = format!("s3://{}/{PREFIX}/STOR/releases/{id}", g.bucket);
+    assert_eq!(d["release"], url, "the release is named by its S3 URL");
+    assert_eq!(redis.hgetall("depot:producer:STOR")["current_release"], url);
+    assert_eq!(current(&g, "STOR").as_deref(), Some(id.as_str()));
+    let m = assert_complete(&g, "STOR", &id);
+    assert_eq!(m["file_count"], 4, "{m}");
+    assert!(g.get(&format!("{PREFIX}/STOR/releases/{id}/STOR_DAT_1/obs1.txt")).unwrap().ends_with(b"1,v1\n"));
+    // Nothing went to the filesystem target.
+    assert!(!site.root().join("publish/STOR").exists());
+    assert!(site.root().join("drop/STOR/previous/STOR_1.zip").is_file());
+
+    // A file bigger than a part goes up in parts (12 MiB, 5 MiB parts).
+    site.drop_rsync("STOR", "STOR_2.zip", &big_deposit("STOR", 12));
+    let d2 = wait_state(&site, &redis, "STOR_2.zip", "SUCCESS", 60);
+    let m2 = assert_complete(&g, "STOR", &d2["id"]);
+    let big = m2["files"].as_array().unwrap().iter().find(|f| f["path"] == "STOR_DAT_1/big.bin").unwrap();
+    assert_eq!(big["size"], 12 << 20);
+    assert_eq!(current(&g, "STOR").as_deref(), Some(d2["id"].as_str()));
+    assert_eq!(uploads(&g, PREFIX), 0);
+
+    // A hostile deposit: FAILURE with its code, not an object written.
+    let bad = RawZip::new()
+        .file("STOR_en.json", pivot("STOR", &[("STOR_DAT_1", &["a.txt"])]))
+        .stored(
+            "STOR_DAT_1.zip",
+            RawZip::new().file("a.txt", "data").file("MD5SUMS", "0123456789abcdef0123456789abcdef  a.txt\n").build(),
+        )
+        .build();
+    site.drop_rsync("STOR", "STOR_3.zip", &bad);
+    let d3 = wait_state(&site, &redis, "STOR_3.zip", "FAILURE", 60);
+    assert_eq!(d3["error_code"], "MD5_MISMATCH", "{d3:?}");
+    assert!(g.keys(&format!("{PREFIX}/STOR/releases/{}/", d3["id"])).is_empty());
+    assert_eq!(current(&g, "STOR").as_deref(), Some(d2["id"].as_str()));
+
+    assert_eq!(stop(daemon), Some(0));
+}
+
+#[test]
+fn merge_copies_the_current_files_and_prune_keeps_the_newest() {
+    let redis = Redis::start();
+    let g = Garage::start();
+    let site = s3_site(&redis, &g, "mode = \"merge\"\nkeep_releases = 2", "");
+    let daemon = site.start();
+    site.drop_rsync("MERG", "MERG_1.zip", &good_theia("MERG", "v1"));
+    let d1 = wait_state(&site, &redis, "MERG_1.zip", "SUCCESS", 60);
+    let third = theia("MERG", &[("MERG_DAT_3", vec![("new.txt", b"new".to_vec())])], true);
+    site.drop_rsync("MERG", "MERG_2.zip", &third);
+    let d2 = wait_state(&site, &redis, "MERG_2.zip", "SUCCESS", 60);
+    let m = assert_complete(&g, "MERG", &d2["id"]);
+    let paths: Vec<&str> = m["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
+    assert!(paths.contains(&"MERG_DAT_1/obs1.txt") && paths.contains(&"MERG_DAT_3/new.txt"), "{paths:?}");
+    // The kept file is the first release's bytes, copied in the bucket.
+    assert_eq!(
+        g.get(&format!("{PREFIX}/MERG/releases/{}/MERG_DAT_1/obs1.txt", d2["id"])),
+        g.get(&format!("{PREFIX}/MERG/releases/{}/MERG_DAT_1/obs1.txt", d1["id"]))
+    );
+    // A third release: only the newest two are kept (by when they were
+    // published: ids of one second do not sort by drop order).
+    site.drop_rsync("MERG", "MERG_3.zip", &theia("MERG", &[("MERG_DAT_4", vec![("four.txt", b"4".to_vec())])], true));
+    let d3 = wait_state(&site, &redis, "MERG_3.zip", "SUCCESS", 60);
+    let mut want = vec![d2["id"].clone(), d3["id"].clone()];
+    want.sort();
+    assert_eq!(release_ids(&g, "MERG"), want);
+    assert_eq!(current(&g, "MERG").as_deref(), Some(d3["id"].as_str()));
+    let m3 = assert_complete(&g, "MERG", &d3["id"]);
+    let paths: Vec<&str> = m3["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
+    for p in ["MERG_DAT_1/obs1.txt", "MERG_DAT_3/new.txt", "MERG_DAT_4/four.txt"] {
+        assert!(paths.contains(&p), "{p} not in {paths:?}");
+    }
+    assert_eq!(stop(daemon), Some(0));
+}
+
+#[test]
+fn kill_9_mid_upload_then_restart_publishes_once_and_leaves_no_debris() {
+    let redis = Redis::start();
+    let g = Garage::start();
+    let site = s3_site(&redis, &g, "", "");
+    let mut daemon = site.start();
+    site.drop_rsync("KILL", "KILL_0.zip", &good_theia("KILL", "old"));
+    let d0 = wait_state(&site, &redis, "KILL_0.zip", "SUCCESS", 60);
+    site.drop_rsync("KILL", "KILL_1.zip", &big_deposit("KILL", 300));
+    // Killed once parts are on the server and before the end.
+    wait_for(&site, "upload under way", 120, || {
+        let mut all = Vec::new();
+        by_file(&redis, "KILL_1.zip", &mut all)
+            .and_then(|d| d.get("bytes_done")?.parse::<u64>().ok())
+            .is_some_and(|b| b > 20 << 20)
+    });
+    let child = daemon.0.as_mut().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Cut mid-upload: parts or objects of the new release are there.
+    let mut all = Vec::new();
+    let cut = by_file(&redis, "KILL_1.zip", &mut all).unwrap()["id"].clone();
+    let debris = g.keys(&format!("{PREFIX}/KILL/releases/{cut}/")).len() + uploads(&g, PREFIX);
+    assert!(debris > 0, "the kill left nothing to clean: not mid-upload");
+    assert!(manifest(&g, "KILL", &cut).is_none());
+    // Whatever was cut, `current` is a complete release: the old one.
+    assert_eq!(current(&g, "KILL").as_deref(), Some(d0["id"].as_str()));
+    assert_complete(&g, "KILL", &d0["id"]);
+    let _daemon = site.start();
+    let d1 = wait_state(&site, &redis, "KILL_1.zip", "SUCCESS", 180);
+    let m = assert_complete(&g, "KILL", &d1["id"]);
+    let big = m["files"].as_array().unwrap().iter().find(|f| f["path"] == "KILL_DAT_1/big.bin").unwrap();
+    assert_eq!(big["size"], 300u64 << 20);
+    assert_eq!(current(&g, "KILL").as_deref(), Some(d1["id"].as_str()));
+    // Published once: two releases, both whole; no upload left open.
+    let mut want = vec![d0["id"].clone(), d1["id"].clone()];
+    want.sort();
+    assert_eq!(release_ids(&g, "KILL"), want);
+    assert_eq!(uploads(&g, PREFIX), 0, "multipart uploads left open");
+    let ends = redis.events().into_iter().filter(|e| e["state"] == "SUCCESS").count();
+    assert_eq!(ends, 2);
+}
+
+#[test]
+fn two_publishers_of_one_producer_never_move_current_back() {
+    let redis = Redis::start();
+    let g = Garage::start();
+    let site = s3_site(&redis, &g, "", "");
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("RACE_big.zip");
+    fs::write(&big, big_deposit("RACE", 120)).unwrap();
+    let small = dir.path().join("RACE_small.zip");
+    fs::write(&small, good_theia("RACE", "new")).unwrap();
+    let ingest = |archive: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_depot"))
+            .args(["ingest", "--quiet", "--json", "--producer", "RACE", "--config"])
+            .arg(&site.config)
+            .arg(archive)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // The older deposit (its id a second earlier) is the slow one.
+    let a = ingest(&big);
+    std::thread::sleep(Duration::from_millis(1500));
+    let b = ingest(&small);
+    let mut seen: Vec<String> = Vec::new();
+    let (mut a, mut b) = (Some(a), Some(b));
+    let mut outs = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while a.is_some() || b.is_some() {
+        assert!(Instant::now() < deadline, "ingests did not end");
+        if let Some(cur) = current(&g, "RACE")
+            && seen.last() != Some(&cur)
+        {
+            seen.push(cur);
+        }
+        for c in [&mut a, &mut b] {
+            if c.as_mut().is_some_and(|ch| ch.try_wait().unwrap().is_some()) {
+                outs.push(c.take().unwrap().wait_with_output().unwrap());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut ids = Vec::new();
+    for o in &outs {
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        ids.push(r["deposit"].as_str().unwrap().to_owned());
+    }
+    ids.sort();
+    let newest = ids.last().unwrap().clone();
+    if let Some(cur) = current(&g, "RACE")
+        && seen.last() != Some(&cur)
+    {
+        seen.push(cur);
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted, "current moved backwards: {seen:?}");
+    assert_eq!(seen.last(), Some(&newest));
+    for id in &ids {
+        assert_complete(&g, "RACE", id);
+    }
+    assert_eq!(redis.cmd(&["EXISTS", "depot:lock:RACE"]).ok(), Some(redis::Value::Int(0)), "lease left behind");
+}
+
+#[test]
+fn wrong_credentials_wait_with_a_clear_error_and_lose_nothing() {
+    let redis = Redis::start();
+    let g = Garage::start();
+    let site = s3_site(&redis, &g, "", "[workers]\nmax_attempts = 20\n");
+    let creds = site.root().join("s3.credentials");
+    write_credentials(&creds, &g.key_id, "0000000000000000000000000000000000000000000000000000000000000000");
+    let daemon = site.start();
+    site.drop_rsync("CRED", "CRED_1.zip", &good_theia("CRED", "v1"));
+    wait_for(&site, "the credentials refused", 60, || site.log().contains("refused depot's credentials"));
+    assert!(!site.log().contains("0000000000000000"), "the secret was logged");
+    let st = state(&redis, "CRED_1.zip");
+    assert!(!matches!(st.as_deref(), Some("SUCCESS" | "FAILURE")), "{st:?}");
+    assert!(g.keys(&format!("{PREFIX}/CRED/")).is_empty());
+    // Fixed: the next try publishes it (credentials are read per deposit).
+    write_credentials(&creds, &g.key_id, &g.secret);
+    let d = wait_state(&site, &redis, "CRED_1.zip", "SUCCESS", 90);
+    assert_complete(&g, "CRED", &d["id"]);
+    assert_eq!(stop(daemon), Some(0));
+}
+
+#[test]
+fn a_bucket_away_for_a_while_is_retried_with_backoff() {
+    let redis = Redis::start();
+    let mut g = Garage::start();
+    let site = s3_site(&redis, &g, "", "[workers]\nmax_attempts = 20\n");
+    let daemon = site.start();
+    g.stop();
+    site.drop_rsync("AWAY", "AWAY_1.zip", &good_theia("AWAY", "v1"));
+    wait_for(&site, "a failed attempt", 60, || site.log().contains("transient failure"));
+    let log = site.log();
+    let line = log.lines().find(|l| l.contains("transient failure")).unwrap();
+    assert!(line.contains("Connection refused") && line.contains("retry_in_ms"), "{line}");
+    assert!(!matches!(state(&redis, "AWAY_1.zip").as_deref(), Some("SUCCESS" | "FAILURE")));
+    g.restart();
+    let d = wait_state(&site, &redis, "AWAY_1.zip", "SUCCESS", 120);
+    assert!(d["attempts"].parse::<u32>().unwrap() >= 2, "{d:?}");
+    assert_complete(&g, "AWAY", &d["id"]);
+    assert_eq!(stop(daemon), Some(0));
+}
+
+#[test]
+fn config_check_shows_the_bucket_and_never_the_secret() {
+    let redis = Redis::start();
+    let g = Garage::start();
+    let site = s3_site(&redis, &g, "", "");
+    let out = Command::new(env!("CARGO_BIN_EXE_depot"))
+        .args(["config", "check", "--config"])
+        .arg(&site.config)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(&format!("s3://{}/{PREFIX}", g.bucket)) && text.contains("answers"), "{text}");
+    assert!(text.contains("***") && text.contains(&g.key_id), "{text}");
+    assert!(!text.contains(&g.secret), "{text}");
+
+    write_credentials(&site.root().join("s3.credentials"), &g.key_id, "wrong");
+    let out = Command::new(env!("CARGO_BIN_EXE_depot"))
+        .args(["config", "check", "--config"])
+        .arg(&site.config)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("refused depot's credentials"), "{text}");
+}

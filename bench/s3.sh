@@ -4,7 +4,7 @@
 # operator would script instead, in the same run: unzip of the deposit and
 # of its dataset zips, then `rclone copy` of the tree to the same bucket.
 # Median of RUNS each, interleaved, plus depot's peak RSS (GNU time).
-#   bench/s3.sh [SIZE_MIB=512] [RUNS=3]
+#   bench/s3.sh [SIZE_MIB=512] [RUNS=3]     (GARAGE_COMPRESSION=none: see below)
 # Needs: garage (cargo install garage --locked), rclone (apt-get install
 # rclone), redis-server, zip, unzip, GNU time. Starts its own Garage and
 # redis-server on free loopback ports and stops them (by pid) at the end.
@@ -28,6 +28,9 @@ metadata_dir = "$ws/garage/meta"
 data_dir = "$ws/garage/data"
 db_engine = "sqlite"
 replication_factor = 1
+# Garage's default: zstd level 1 on every block. GARAGE_COMPRESSION=none to
+# see what the server's own CPU costs both sides on a 2-core host.
+compression_level = ${GARAGE_COMPRESSION:-1}
 rpc_bind_addr = "127.0.0.1:$rpc_port"
 rpc_public_addr = "127.0.0.1:$rpc_port"
 rpc_secret = "$(openssl rand -hex 32)"
@@ -62,7 +65,8 @@ operator_script() {
     local t0; t0=$(now)
     unzip -q "$w/in/MSEC_THEIA.zip" -d "$w/tree"
     for z in "$w"/tree/MSEC_DAT_*.zip; do unzip -q "$z" -d "${z%.zip}"; rm "$z"; done
-    rclone copy "$w/tree" "g:bench/ops/run$run/"
+    # AWS_CA_BUNDLE (set on some hosts) breaks rclone 1.60's plain-HTTP transport.
+    env -u AWS_CA_BUNDLE rclone copy "$w/tree" "g:bench/ops/run$run/"
     local t1; t1=$(now)
     echo "$t1 - $t0" | bc -l
 }

@@ -526,6 +526,24 @@ mod tests {
     }
 
     #[test]
+    fn a_producer_sets_some_keys_of_publish_s3() {
+        let c = parse(&format!(
+            "{MIN}[publish]\ntarget = \"s3\"\n[publish.s3]\nendpoint = \"http://h:3900\"\nbucket = \"main\"\nprefix = \"a\"\n\
+             [producers.IGNF.publish]\ntarget = \"fs\"\n[producers.THEI.publish.s3]\nbucket = \"other\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.settings_for("IGNF").publish.target, jobs::PublishTarget::Fs);
+        let t = c.settings_for("THEI").publish;
+        assert_eq!(
+            (t.target, t.s3.bucket.as_str(), t.s3.endpoint.as_str()),
+            (jobs::PublishTarget::S3, "other", "http://h:3900")
+        );
+        assert_eq!(c.settings_for("MSEC").publish.s3.bucket, "main");
+        let err = format!("{:#}", parse(&format!("{MIN}[publish]\ntarget = \"s3\"\n")).unwrap_err());
+        assert!(err.contains("publish.s3.endpoint"), "{err}");
+    }
+
+    #[test]
     fn passwords_are_redacted() {
         assert_eq!(redacted("redis://:s3cret@host:6380/2"), "redis://:***@host:6380/2");
         assert_eq!(redacted("rediss://depot:s3cret@host/0"), "rediss://depot:***@host/0");

@@ -597,16 +597,6 @@ fn notify_command_and_metrics() {
     assert_eq!(stop(daemon), Some(0));
 }
 
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 /// `depot config check` runs every start-up check; `depot run` refuses a
 /// failed one with a line that names it.
 #[test]
@@ -808,6 +798,7 @@ fn readme_commands_run() {
         ("cargo run --release -- sample MSEC var/drop/MSEC/new/", "this test: the quick start's sample, into its new/"),
         ("cargo run --release -- status MSEC", "this test runs `depot status MSEC` (Operating)"),
         ("cargo test --workspace", ".ci/run"),
+        ("cargo install garage --locked", ".ci/run, when garage is missing"),
         ("cargo install --path . --locked", ".ci/run, into a temporary root"),
         ("systemd-sysusers depot.conf", "tests/systemd.rs applies depot.sysusers to a private root"),
         ("systemd-tmpfiles --create depot.conf", "tests/systemd.rs applies depot.tmpfiles to a private root"),
@@ -833,6 +824,7 @@ fn readme_commands_run() {
             "example notify scripts: need an SMTP server, jq and a webhook (tests/operate.rs runs a webhook hook)",
         ),
         ("bench/ingest.sh", "benchmark, run by hand"),
+        ("bench/s3.sh", "benchmark, run by hand (Garage, rclone)"),
         ("python3 bench/daemon.py", "benchmark, run by hand"),
         ("python3 bench/flood.py", "benchmark, run by hand"),
         ("python3 bench/limits.py", "benchmark, run by hand"),

@@ -108,7 +108,8 @@ fn wait_state(site: &Site, redis: &Redis, file: &str, want: &str, secs: u64) -> 
 fn a_deposit_is_published_as_objects_with_current_last() {
     let redis = Redis::start();
     let g = Garage::start();
-    let site = s3_site(&redis, &g, "", "");
+    let port = free_port();
+    let site = s3_site(&redis, &g, "", &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
     let daemon = site.start();
     site.drop_rsync("STOR", "STOR_1.zip", &good_theia("STOR", "v1"));
     let d = wait_state(&site, &redis, "STOR_1.zip", "SUCCESS", 60);
@@ -132,6 +133,15 @@ fn a_deposit_is_published_as_objects_with_current_last() {
     assert_eq!(big["size"], 12 << 20);
     assert_eq!(current(&g, "STOR").as_deref(), Some(d2["id"].as_str()));
     assert_eq!(uploads(&g, PREFIX), 0);
+    // What the server accepted is counted.
+    let metrics = http_get(port, "/metrics");
+    let sent: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("depot_s3_bytes_sent_total "))
+        .unwrap_or_else(|| panic!("{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(sent >= 12 << 20, "{sent}");
 
     // A hostile deposit: FAILURE with its code, not an object written.
     let bad = RawZip::new()
@@ -359,4 +369,43 @@ fn config_check_shows_the_bucket_and_never_the_secret() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("refused depot's credentials"), "{text}");
+}
+
+/// A lease of a given grant, still held or not (the switch's guards, one by one).
+struct FakeLease(u64, bool);
+impl jobs::s3::Lease for FakeLease {
+    fn fence(&self) -> u64 {
+        self.0
+    }
+    fn check(&self) -> jobs::Result<()> {
+        if self.1 { Ok(()) } else { Err(jobs::Error::io(jobs::Stage::Publish, "lease", std::io::Error::other("lost"))) }
+    }
+}
+
+#[test]
+fn current_is_never_written_back_nor_over_a_later_grant_nor_without_the_lease() {
+    let g = Garage::start();
+    let s3 = jobs::S3Settings {
+        endpoint: g.endpoint.clone(),
+        region: g.region.clone(),
+        bucket: g.bucket.clone(),
+        prefix: PREFIX.into(),
+        ..Default::default()
+    };
+    let creds = jobs::s3::Credentials { key_id: g.key_id.clone(), secret: g.secret.clone() };
+    let bucket = jobs::s3::Bucket::with_credentials(&s3, creds).unwrap();
+    let (old, mid, new) =
+        ("20261101T000000Z-FENC-aaaaaaaa", "20261102T000000Z-FENC-bbbbbbbb", "20261103T000000Z-FENC-cccccccc");
+    assert_eq!(bucket.switch("FENC", mid, &FakeLease(5, true)).unwrap(), None);
+    assert_eq!(current(&g, "FENC").as_deref(), Some(mid));
+    // An older deposit id, even under a later grant: left on the newer one.
+    assert_eq!(bucket.switch("FENC", old, &FakeLease(6, true)).unwrap().as_deref(), Some(mid));
+    // A holder whose grant was overtaken (5 is in current, 4 is ours): stops.
+    let e = bucket.switch("FENC", new, &FakeLease(4, true)).unwrap_err();
+    assert!(e.message().contains("lost the producer's lock"), "{}", e.message());
+    // A lease that lapsed: not written.
+    assert!(bucket.switch("FENC", new, &FakeLease(7, false)).is_err());
+    assert_eq!(current(&g, "FENC").as_deref(), Some(mid));
+    assert_eq!(bucket.switch("FENC", new, &FakeLease(7, true)).unwrap(), None);
+    assert_eq!(current(&g, "FENC").as_deref(), Some(new));
 }

@@ -93,7 +93,7 @@ fn is_error_document(body: &[u8]) -> bool {
 }
 
 fn io_err(what: String) -> Error {
-    Error::io(Stage::Publish, what, io::Error::other("S3"))
+    Error::io(Stage::Publish, "S3", io::Error::other(what))
 }
 
 impl Client {

@@ -27,7 +27,7 @@ use crate::settings::S3Settings;
 use crate::unpack::{Store, StoreWriter};
 
 fn io_err(what: String) -> Error {
-    Error::io(Stage::Publish, what, io::Error::other("S3"))
+    Error::io(Stage::Publish, "S3", io::Error::other(what))
 }
 
 /// The producer's right to switch `current`, held across hosts (the daemon

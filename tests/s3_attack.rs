@@ -1,0 +1,638 @@
+//! Attacks on the S3 publish target (SPEC "Publish targets"), against a
+//! real Garage server and a real redis-server of the test's own: hostile
+//! names, deposits that fail after objects went up, SIGTERM mid-upload,
+//! Redis restarted empty under a publish, many small files, merge with
+//! `keep_releases = 1`, a prefix equal to a producer's name.
+//!
+//! Tests marked `#[ignore = "bug: ..."]` show a defect of the target as it
+//! is (they fail); run them with `cargo test --test s3_attack -- --ignored`.
+
+#[path = "../jobs/tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+mod common;
+use common::garage::{Garage, xml_values};
+use common::*;
+
+const PREFIX: &str = "archive";
+
+/// `[publish]` keys for the bucket and a credentials file beside the config
+/// (as tests/s3.rs does), with `prefix` of our choosing.
+fn s3_site_prefix(redis: &Redis, g: &Garage, prefix: &str, publish: &str, more: &str) -> Site {
+    let site = Site::new(&redis.url(), "");
+    let creds = site.root().join("s3.credentials");
+    fs::write(&creds, format!("[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n", g.key_id, g.secret))
+        .unwrap();
+    let mut text = fs::read_to_string(&site.config).unwrap();
+    if publish.contains("keep_releases") {
+        text = text.replace("keep_releases = 10\n", "");
+    }
+    let text = format!(
+        "{text}target = \"s3\"\n{publish}\n[publish.s3]\nendpoint = \"{}\"\nregion = \"{}\"\nbucket = \"{}\"\nprefix = \"{prefix}\"\n\
+         credentials_file = \"{}\"\npart_size = 5242880\n{more}",
+        g.endpoint,
+        g.region,
+        g.bucket,
+        creds.display()
+    );
+    fs::write(&site.config, text).unwrap();
+    site
+}
+
+fn s3_site(redis: &Redis, g: &Garage, publish: &str, more: &str) -> Site {
+    s3_site_prefix(redis, g, PREFIX, publish, more)
+}
+
+fn current_doc(g: &Garage, prefix: &str, p: &str) -> Option<serde_json::Value> {
+    g.get(&format!("{prefix}/{p}/current")).map(|b| serde_json::from_slice(&b).unwrap())
+}
+
+fn current(g: &Garage, p: &str) -> Option<String> {
+    current_doc(g, PREFIX, p).map(|v| v["release"].as_str().unwrap().to_owned())
+}
+
+fn manifest_at(g: &Garage, prefix: &str, p: &str, id: &str) -> Option<serde_json::Value> {
+    g.get(&format!("{prefix}/{p}/releases/{id}/manifest.json")).map(|b| serde_json::from_slice(&b).unwrap())
+}
+
+/// Release ids with at least one object.
+fn release_ids(g: &Garage, prefix: &str, p: &str) -> Vec<String> {
+    let base = format!("{prefix}/{p}/releases/");
+    let mut ids: Vec<String> =
+        g.keys(&base).iter().filter_map(|k| k.strip_prefix(&base)?.split('/').next().map(str::to_owned)).collect();
+    ids.dedup();
+    ids
+}
+
+/// Multipart uploads begun and never completed under `prefix`.
+fn uploads(g: &Garage, prefix: &str) -> usize {
+    let o = g.curl(&[&format!("{}?uploads&prefix={}", g.url(""), prefix.replace('/', "%2F"))]);
+    xml_values(&String::from_utf8_lossy(&o.stdout), "UploadId").len()
+}
+
+/// Every file the manifest lists is there, with its size and MD5.
+fn assert_complete_at(g: &Garage, prefix: &str, p: &str, id: &str) -> serde_json::Value {
+    let m = manifest_at(g, prefix, p, id).unwrap_or_else(|| panic!("release {id} has no manifest.json"));
+    for f in m["files"].as_array().unwrap() {
+        let path = f["path"].as_str().unwrap();
+        let bytes = g
+            .get(&format!("{prefix}/{p}/releases/{id}/{path}"))
+            .unwrap_or_else(|| panic!("release {id} lists {path}, which is not in the bucket"));
+        assert_eq!(bytes.len() as u64, f["size"].as_u64().unwrap(), "{path}");
+        assert_eq!(md5hex(&bytes), f["md5"].as_str().unwrap(), "{path}");
+    }
+    m
+}
+
+fn assert_complete(g: &Garage, p: &str, id: &str) -> serde_json::Value {
+    assert_complete_at(g, PREFIX, p, id)
+}
+
+fn paths(m: &serde_json::Value) -> Vec<String> {
+    m["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap().to_owned()).collect()
+}
+
+/// A deposit's status hash by its file name (`None` while Redis has none;
+/// after Redis was emptied a hash may lack fields).
+fn by_file(redis: &Redis, file: &str) -> Option<HashMap<String, String>> {
+    redis.deposits().into_iter().find(|d| d.get("file").map(String::as_str) == Some(file))
+}
+
+fn state(redis: &Redis, file: &str) -> Option<String> {
+    by_file(redis, file).and_then(|d| d.get("state").cloned())
+}
+
+fn wait_state(site: &Site, redis: &Redis, file: &str, want: &str, secs: u64) -> HashMap<String, String> {
+    wait_for(site, &format!("{file} {want}"), secs, || state(redis, file).as_deref() == Some(want));
+    by_file(redis, file).unwrap()
+}
+
+fn wait_terminal(site: &Site, redis: &Redis, file: &str, secs: u64) -> HashMap<String, String> {
+    wait_for(site, &format!("{file} ends"), secs, || by_file(redis, file).is_some_and(|d| terminal(&d)));
+    by_file(redis, file).unwrap()
+}
+
+/// `<P>_en.json` plus one stored dataset zip per dataset, no MD5SUMS.
+fn theia_no_md5(p: &str, datasets: &[Dataset<'_>]) -> Vec<u8> {
+    theia(p, datasets, false)
+}
+
+/// `depot ingest ARCHIVE --producer P --json`, to the end.
+fn ingest(site: &Site, p: &str, archive: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_depot"))
+        .args(["ingest", "--quiet", "--json", "--producer", p, "--config"])
+        .arg(&site.config)
+        .arg(archive)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Names that stress SigV4's path encoding (`+`, `%`, spaces, `~`, `%2F`
+/// that must not become a `/`), the XML of listings and DeleteObjects
+/// (`&`, `'`, `"`, `<`, `>`), a URL's query and fragment (`?`, `#`),
+/// Unicode, and a deep folder.
+const HOSTILE_NAMES: &[&str] = &[
+    "with space.txt",
+    "plus+sign.txt",
+    "pct%20enc.txt",
+    "a%2Fb.txt",
+    "amp&and.txt",
+    "quote'single.txt",
+    "dq\"uote.txt",
+    "lt<gt>.txt",
+    "paren(1).txt",
+    "q?mark.txt",
+    "hash#frag.txt",
+    "semi;colon=eq,comma.txt",
+    "star*pipe|colon:.txt",
+    "tilde~.txt",
+    "caf\u{e9}.txt",
+    "\u{65e5}\u{672c}/\u{30c7}\u{30fc}\u{30bf}.csv",
+    "emoji-\u{1f600}.bin",
+    "d1/d2/d3/d4/d5/d6/d7/d8/d9/d10/d11/d12/d13/d14/d15/d16/d17/d18/d19/d20/deep file+%&'.txt",
+    "@at$dollar!bang.txt",
+    "[brackets]{braces}^caret`tick.txt",
+];
+
+#[test]
+fn hostile_names_are_published_byte_exact_and_listed() {
+    let redis = Redis::start();
+    let g = Garage::start();
+    let site = s3_site(&redis, &g, "", "[producers]\nprofile = \"plain\"\n");
+    let daemon = site.start();
+    let mut zip = RawZip::new();
+    let mut want: Vec<(String, Vec<u8>)> = Vec::new();
+    for (i, name) in HOSTILE_NAMES.iter().enumerate() {
+        let data = format!("{i}: {name}\n").repeat(i + 1).into_bytes();
+        zip = zip.file(name, data.clone());
+        want.push(((*name).to_owned(), data));
+    }
+    site.drop_rsync("NAME", "NAME_1.zip", &zip.build());
+    let d = wait_terminal(&site, &redis, "NAME_1.zip", 90);
+    assert_eq!(d["state"], "SUCCESS", "{d:?}\n{}", site.log());
+    let id = d["id"].clone();
+    assert_eq!(current(&g, "NAME").as_deref(), Some(id.as_str()));
+    let m = assert_complete(&g, "NAME", &id);
+    let mut listed = paths(&m);
+    listed.sort();
+    let mut names: Vec<String> = want.iter().map(|(n, _)| n.clone()).collect();
+    names.sort();
+    assert_eq!(listed, names, "manifest.json lists every name as it was given");
+    // Byte-exact through an independent client, and the keys a listing
+    // shows are the names (no `%2F` turned into a folder, no `+` into a space).
+    for (name, data) in &want {
+        let got = g.get(&format!("{PREFIX}/NAME/releases/{id}/{name}"));
+        assert_eq!(got.as_deref(), Some(data.as_slice()), "{name}");
+    }
+    let base = format!("{PREFIX}/NAME/releases/{id}/");
+    let mut keys: Vec<String> = g.keys(&base).iter().map(|k| k.strip_prefix(&base).unwrap().to_owned()).collect();
+    keys.sort();
+    let mut with_manifest = names.clone();
+    with_manifest.push("manifest.json".into());
+    with_manifest.sort();
+    assert_eq!(keys, with_manifest);
+    assert!(g.get(&format!("{PREFIX}/NAME/releases/{id}/a/b.txt")).is_none(), "a%2Fb.txt became a folder");
+
+    // Removal goes through DeleteObjects' XML: with keep_releases = 10 a
+    // prune would not touch it, so a failed deposit of the same names
+    // (last file's MD5 wrong) has to delete them all.
+    let mut bad = RawZip::new();
+    let mut lines = String::new();
+    for (name, data) in &want {
+        bad = bad.file(name, data.clone());
+        lines.push_str(&format!("{}  {name}\n", md5hex(data)));
+    }
+    let lines = lines.replacen(&md5hex(&want[0].1), "0123456789abcdef0123456789abcdef", 1);
+    bad = bad.file("MD5SUMS", lines);
+    site.drop_rsync("NAME", "NAME_2.zip", &bad.build());
+    let d2 = wait_terminal(&site, &redis, "NAME_2.zip", 90);
+    eprintln!(
+        "hostile names, failed by MD5SUMS: {} {}",
+        d2["state"],
+        d2.get("error_code").cloned().unwrap_or_default()
+    );
+    assert_eq!(d2["state"], "FAILURE", "{d2:?}");
+    assert!(g.keys(&format!("{PREFIX}/NAME/releases/{}/", d2["id"])).is_empty(), "objects of a failed deposit left");
+    assert_eq!(current(&g, "NAME").as_deref(), Some(id.as_str()));
+    assert_eq!(uploads(&g, PREFIX), 0);
+    assert_eq!(stop(daemon), Some(0));
+}
+
+/// A path of 1,000 bytes is within `limits.max_path_len` (1024) but its key
+/// (`archive/LONG/releases/<id>/` + path) is over 1,024 bytes, S3's limit
+/// of a key. Garage takes it; what it does is reported.
+#[test]
+fn a_path_at_max_path_len_makes_a_key_over_1024_bytes() {
+    let redis = Redis::start();
+    let g = Garage::start();
+    let site = s3_site(&redis, &g, "", "[producers]\nprofile = \"plain\"\n[workers]\nmax_attempts = 1\n");
+    let daemon = site.start();
+    let comp = "x".repeat(199);
+    let long = format!("{comp}/{comp}/{comp}/{comp}/{}.txt", "y".repeat(196));
+    assert_eq!(long.len(), 1000);
+    site.drop_rsync("LONG", "LONG_1.zip", &RawZip::new().file(&long, "long").build());
+    let d = wait_terminal(&site, &redis, "LONG_1.zip", 60);
+    let key_len = format!("{PREFIX}/LONG/releases/{}/{long}", d["id"]).len();
+    eprintln!(
+        "1000-byte path, {key_len}-byte key: {} {} {}",
+        d["state"],
+        d.get("error_code").cloned().unwrap_or_default(),
+        d.get("error").cloned().unwrap_or_default()
+    );
+    assert!(key_len > 1024);
+    if d["state"] == "SUCCESS" {
+        assert_complete(&g, "LONG", &d["id"]);
+    } else {
+        // Whatever the server says, never a transient loop: the verdict
+        // must be a producer's code, not IO_ERROR.
+        assert_ne!(d["error_code"], "IO_ERROR", "{d:?}");
+    }
+    assert_eq!(stop(daemon), Some(0));
+}
+
+#[test]
+fn a_deposit_failing_after_uploads_leaves_no_object_and_no_upload() {
+    let redis = Redis::start();
+    let g = Garage::start();
+    let site = s3_site(&redis, &g, "", "[workers]\nmax_attempts = 1\n");
+    let daemon = site.start();
+    site.drop_rsync("FAIL", "FAIL_0.zip", &good_theia("FAIL", "v0"));
+    let d0 = wait_state(&site, &redis, "FAIL_0.zip", "SUCCESS", 60);
+    let check_clean = |file: &str, code: &str| {
+        let d = wait_terminal(&site, &redis, file, 120);
+        assert_eq!(d["state"], "FAILURE", "{d:?}");
+        assert_eq!(d["error_code"], code, "{d:?}");
+        let left = g.keys(&format!("{PREFIX}/FAIL/releases/{}/", d["id"]));
+        assert!(left.is_empty(), "{file}: {} objects left, e.g. {:?}", left.len(), left.first());
+        assert_eq!(uploads(&g, PREFIX), 0, "{file}: multipart uploads left open");
+        assert_eq!(current(&g, "FAIL").as_deref(), Some(d0["id"].as_str()), "{file} moved current");
+    };
+
+    // 1. A big first file (30 MiB: 6 parts), then a file whose MD5 in the
+    // dataset's MD5SUMS is wrong: found at verify, after every upload.
+    let big = vec![3u8; 30 << 20];
+    let last = b"the last file".to_vec();
+    let ds1 = RawZip::new().stored("big.bin", big.clone()).build();
+    let ds2 = RawZip::new()
+        .file("last.txt", last.clone())
+        .file("MD5SUMS", "0123456789abcdef0123456789abcdef  last.txt\n")
+        .build();
+    let z = RawZip::new()
+        .file("FAIL_en.json", pivot("FAIL", &[("FAIL_DAT_1", &["big.bin"]), ("FAIL_DAT_2", &["last.txt"])]))
+        .stored("FAIL_DAT_1.zip", ds1.clone())
+        .stored("FAIL_DAT_2.zip", ds2)
+        .build();
+    site.drop_rsync("FAIL", "FAIL_1.zip", &z);
+    check_clean("FAIL_1.zip", "MD5_MISMATCH");
+
+    // 2. The same big file, then a 7 MiB file (two parts: the first is on
+    // the server) whose CRC32 is wrong: found at its end, mid-multipart.
+    let mut bad = RawEntry::new("bad.bin", vec![9u8; 7 << 20], STORED);
+    bad.crc = Some(0xdead_beef);
+    let ds2 = RawZip::new().raw(bad).build();
+    let z = RawZip::new()
+        .file("FAIL_en.json", pivot("FAIL", &[("FAIL_DAT_1", &["big.bin"]), ("FAIL_DAT_2", &["bad.bin"])]))
+        .stored("FAIL_DAT_1.zip", ds1)
+        .stored("FAIL_DAT_2.zip", ds2)
+        .build();
+    site.drop_rsync("FAIL", "FAIL_2.zip", &z);
+    check_clean("FAIL_2.zip", "ZIP_CORRUPT");
+
+    // 3. 1,500 files go up (more than one page of a listing, more than one
+    // DeleteObjects), then one MD5 of MD5SUMS is wrong.
+    let files: Vec<(String, Vec<u8>)> =
+        (0..1500).map(|i| (format!("f{i:05}.txt"), format!("file {i}\n").into_bytes())).collect();
+    let mut list: String = files.iter().map(|(n, d)| format!("{}  {n}\n", md5hex(d))).collect();
+    list = list.replacen(&md5hex(&files[1499].1), "0123456789abcdef0123456789abcdef", 1);
+    let mut ds = RawZip::new();
+    for (n, d) in &files {
+        ds = ds.file(n, d.clone());
+    }
+    let ds = ds.file("MD5SUMS", list).build();
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    let z = RawZip::new()
+        .file("FAIL_en.json", pivot("FAIL", &[("FAIL_DAT_1", &names)]))
+        .stored("FAIL_DAT_1.zip", ds)
+        .build();
+    site.drop_rsync("FAIL", "FAIL_3.zip", &z);
+    check_clean("FAIL_3.zip", "MD5_MISMATCH");
+
+    assert_complete(&g, "FAIL", &d0["id"]);
+    assert_eq!(release_ids(&g, PREFIX, "FAIL"), vec![d0["id"].clone()]);
+    assert_eq!(stop(daemon), Some(0));
+}
+
+#[test]
+fn sigterm_mid_upload_exits_0_and_the_restart_publishes_once() {
+    let redis = Redis::start();
+    let g = Garage::start();
+    // One second of grace: the running job is interrupted mid-upload.
+    let site = s3_site(&redis, &g, "", "[workers]\nshutdown_timeout_s = 1\n");
+    let daemon = site.start();
+    site.drop_rsync("TERM", "TERM_0.zip", &good_theia("TERM", "old"));
+    let d0 = wait_state(&site, &redis, "TERM_0.zip", "SUCCESS", 60);
+    site.drop_rsync("TERM", "TERM_1.zip", &big_deposit("TERM", 200));
+    wait_for(&site, "upload under way", 120, || {
+        by_file(&redis, "TERM_1.zip")
+            .and_then(|d| d.get("bytes_done")?.parse::<u64>().ok())
+            .is_some_and(|b| b > 20 << 20)
+    });
+    let t = Instant::now();
+    assert_eq!(stop(daemon), Some(0), "SIGTERM mid-upload: {}", site.log());
+    let cut = by_file(&redis, "TERM_1.zip").unwrap();
+    let (left, open) = (g.keys(&format!("{PREFIX}/TERM/releases/{}/", cut["id"])).len(), uploads(&g, PREFIX));
+    eprintln!(
+        "SIGTERM mid-upload: exit 0 after {:?}; state {}, bytes_done {}; left behind: {left} objects, {open} open uploads",
+        t.elapsed(),
+        cut["state"],
+        cut["bytes_done"]
+    );
+    assert!(!terminal(&cut), "the job was not interrupted: {cut:?}");
+    assert_eq!(current(&g, "TERM").as_deref(), Some(d0["id"].as_str()));
+    let _daemon = site.start();
+    let d1 = wait_state(&site, &redis, "TERM_1.zip", "SUCCESS", 120);
+    assert_eq!(d1["id"], cut["id"]);
+    let m = assert_complete(&g, "TERM", &d1["id"]);
+    let big = m["files"].as_array().unwrap().iter().find(|f| f["path"] == "TERM_DAT_1/big.bin").unwrap();
+    assert_eq!(big["size"], 200u64 << 20);
+    assert_eq!(current(&g, "TERM").as_deref(), Some(d1["id"].as_str()));
+    let mut want = vec![d0["id"].clone(), d1["id"].clone()];
+    want.sort();
+    assert_eq!(release_ids(&g, PREFIX, "TERM"), want, "published once");
+    assert_eq!(uploads(&g, PREFIX), 0, "multipart uploads left open");
+    assert_eq!(redis.events().into_iter().filter(|e| e["state"] == "SUCCESS").count(), 2);
+}
+
+/// Redis restarted empty (no persistence) while a deposit uploads: the
+/// lease and its fencing counter vanish. Seen: the upload goes on (the
+/// lease is only checked before `current`), the switch finds the lease
+/// lost, the retry gets a new grant from the empty Redis.
+#[test]
+fn redis_restarted_empty_mid_publish_ends_and_current_never_goes_back() {
+    let redis = Redis::start();
+    let port = redis.port;
+    let g = Garage::start();
+    let site = s3_site(&redis, &g, "", "[workers]\nmax_attempts = 10\n");
+    let daemon = site.start();
+    site.drop_rsync("REDI", "REDI_0.zip", &good_theia("REDI", "old"));
+    let d0 = wait_state(&site, &redis, "REDI_0.zip", "SUCCESS", 60);
+    site.drop_rsync("REDI", "REDI_1.zip", &big_deposit("REDI", 120));
+    wait_for(&site, "upload under way", 120, || {
+        by_file(&redis, "REDI_1.zip")
+            .and_then(|d| d.get("bytes_done")?.parse::<u64>().ok())
+            .is_some_and(|b| b > 10 << 20)
+    });
+    let id1 = by_file(&redis, "REDI_1.zip").unwrap()["id"].clone();
+    drop(redis);
+    let redis = Redis::start_on(port);
+    let t = Instant::now();
+    let mut seen = vec![d0["id"].clone()];
+    let done = site.root().join("drop/REDI/previous/REDI_1.zip");
+    let rejected = site.root().join(format!("drop/REDI/rejected/{id1}"));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !done.exists() && !rejected.exists() {
+        assert!(Instant::now() < deadline, "the deposit did not end; log:\n{}", site.log());
+        if let Some(cur) = current(&g, "REDI")
+            && seen.last() != Some(&cur)
+        {
+            seen.push(cur);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if let Some(cur) = current(&g, "REDI")
+        && seen.last() != Some(&cur)
+    {
+        seen.push(cur);
+    }
+    let log = site.log();
+    let retries: Vec<&str> = log.lines().filter(|l| l.contains("transient failure")).collect();
+    eprintln!(
+        "Redis restarted empty mid-upload: ended in {:?}, {} transient failures: {:#?}\ncurrent went {seen:?}",
+        t.elapsed(),
+        retries.len(),
+        retries
+    );
+    assert!(done.exists(), "the deposit failed: {log}");
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted, "current moved backwards");
+    assert_eq!(current(&g, "REDI").as_deref(), Some(id1.as_str()));
+    assert_complete(&g, "REDI", &id1);
+    assert_eq!(uploads(&g, PREFIX), 0);
+    // The new Redis knows the deposit ended (not the whole story: it
+    // was emptied).
+    let d1 = by_file(&redis, "REDI_1.zip");
+    eprintln!("its status hash in the new Redis: {d1:?}");
+    assert_eq!(stop(daemon), Some(0));
+}
+
+/// After Redis lost its data (restart without persistence, failover to an
+/// empty replica, FLUSHALL), the fencing counter `<prefix>:lock:<P>:fence`
+/// starts again at 1, while `current` still carries the last grant. Every
+/// new grant is then below it, and `switch` takes each attempt for "a
+/// publisher that lost the producer's lock": a producer that had more
+/// publishes than `workers.max_attempts` can no longer publish; each of its
+/// deposits ends in FAILURE IO_ERROR until the counter has climbed back.
+#[test]
+#[ignore = "bug: fencing counter lost with Redis; every later deposit of the producer fails (lease.rs ACQUIRE, s3/mod.rs switch)"]
+fn after_redis_lost_its_data_a_producer_still_publishes() {
+    let redis = Redis::start();
+    let port = redis.port;
+    let g = Garage::start();
+    let site = s3_site(&redis, &g, "", "[workers]\nmax_attempts = 3\n");
+    let daemon = site.start();
+    for i in 0..4 {
+        let f = format!("FENC_{i}.zip");
+        site.drop_rsync("FENC", &f, &good_theia("FENC", &i.to_string()));
+        wait_state(&site, &redis, &f, "SUCCESS", 60);
+    }
+    let fence_before = current_doc(&g, PREFIX, "FENC").unwrap()["fence"].as_u64().unwrap();
+    drop(redis);
+    let redis = Redis::start_on(port);
+    site.drop_rsync("FENC", "FENC_9.zip", &good_theia("FENC", "after"));
+    let d = wait_terminal(&site, &redis, "FENC_9.zip", 60);
+    eprintln!(
+        "fence in current before the flush: {fence_before}; the next deposit: {} {} attempts={} {}",
+        d["state"],
+        d.get("error_code").cloned().unwrap_or_default(),
+        d.get("attempts").cloned().unwrap_or_default(),
+        d.get("error").cloned().unwrap_or_default()
+    );
+    assert_eq!(d["state"], "SUCCESS", "{d:?}");
+    assert_eq!(current(&g, "FENC").as_deref(), Some(d["id"].as_str()));
+    assert_eq!(stop(daemon), Some(0));
+}
+
+/// The lease vanishes (Redis restarted empty) while deposit A uploads; A
+/// goes on uploading (the lease is only checked before `current`). Another
+/// publisher of the producer (`depot ingest` here; a worker on another host
+/// alike) gets the lease from the empty Redis and cleans "crash debris":
+/// A's release has no manifest.json yet, so its objects are deleted. A
+/// then writes the rest and its manifest.json, fails its switch (lease
+/// lost), and its retry finds its manifest "already committed" and
+/// switches `current` to it: `current` names a release whose files are
+/// not in the bucket.
+#[test]
+#[ignore = "bug: a publisher that lost its lease keeps uploading and commits manifest.json over objects another holder deleted as debris (pipeline.rs ingest_s3)"]
+fn a_lost_lease_never_lets_current_name_a_release_with_missing_files() {
+    let redis = Redis::start();
+    let port = redis.port;
+    let g = Garage::start();
+    let site = s3_site(&redis, &g, "", "[workers]\nmax_attempts = 10\n");
+    let daemon = site.start();
+    // Dataset 1: one 40 MiB file, done first; dataset 2: 4,000 small files
+    // (one PutObject each), still going after it.
+    let small: Vec<(String, Vec<u8>)> =
+        (0..4000).map(|i| (format!("s{i:05}.txt"), format!("{i}\n").repeat(200).into_bytes())).collect();
+    let small_refs: Vec<(&str, Vec<u8>)> = small.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+    let a = theia_no_md5("LOST", &[("LOST_DAT_1", vec![("big.bin", vec![5u8; 40 << 20])]), ("LOST_DAT_2", small_refs)]);
+    site.drop_rsync("LOST", "LOST_1.zip", &a);
+    let mut id = String::new();
+    wait_for(&site, "big.bin uploaded, small files going", 120, || {
+        if let Some(d) = by_file(&redis, "LOST_1.zip") {
+            id = d["id"].clone();
+        }
+        !id.is_empty() && g.get(&format!("{PREFIX}/LOST/releases/{id}/LOST_DAT_1/big.bin")).is_some()
+    });
+    assert!(manifest_at(&g, PREFIX, "LOST", &id).is_none(), "too late: A already committed");
+    drop(redis);
+    let redis = Redis::start_on(port);
+    // B: a deposit of the same producer that fails its checks (current is
+    // not moved by it), taking the free lease of the empty Redis.
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("LOST_b.zip");
+    let bad_ds = RawZip::new().file("x.txt", "x").file("MD5SUMS", "0123456789abcdef0123456789abcdef  x.txt\n").build();
+    fs::write(
+        &b,
+        RawZip::new()
+            .file("LOST_en.json", pivot("LOST", &[("LOST_DAT_1", &["x.txt"])]))
+            .stored("LOST_DAT_1.zip", bad_ds)
+            .build(),
+    )
+    .unwrap();
+    let out = ingest(&site, "LOST", &b);
+    let committed_before_b = manifest_at(&g, PREFIX, "LOST", &id).is_some();
+    eprintln!(
+        "depot ingest B: {:?} {}; A's big.bin still there: {}; A committed before B ended: {committed_before_b}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).trim(),
+        g.get(&format!("{PREFIX}/LOST/releases/{id}/LOST_DAT_1/big.bin")).is_some()
+    );
+    let done = site.root().join("drop/LOST/previous/LOST_1.zip");
+    wait_for(&site, "A ends", 120, || done.exists() || site.root().join(format!("drop/LOST/rejected/{id}")).exists());
+    let cur = current(&g, "LOST");
+    eprintln!("A ended; current = {cur:?}; A's status in the new Redis: {:?}", by_file(&redis, "LOST_1.zip"));
+    if cur.as_deref() == Some(id.as_str()) {
+        assert_complete(&g, "LOST", &id);
+    }
+    assert_eq!(stop(daemon), Some(0));
+}
+
+#[test]
+fn two_thousand_small_files() {
+    let redis = Redis::start();
+    let g = Garage::start();
+    let site = s3_site(&redis, &g, "", "[producers]\nprofile = \"plain\"\n");
+    let daemon = site.start();
+    let mut z = RawZip::new();
+    for i in 0..2000 {
+        let mut data = format!("{i:06}").into_bytes();
+        data.resize(1024, b'.');
+        z = z.file(format!("d{}/f{i:05}.dat", i % 20), data);
+    }
+    let t = Instant::now();
+    site.drop_rsync("MANY", "MANY_1.zip", &z.build());
+    let d = wait_state(&site, &redis, "MANY_1.zip", "SUCCESS", 120);
+    let wall = t.elapsed();
+    let m = manifest_at(&g, PREFIX, "MANY", &d["id"]).unwrap();
+    assert_eq!(m["file_count"], 2000);
+    let keys = g.keys(&format!("{PREFIX}/MANY/releases/{}/", d["id"]));
+    assert_eq!(keys.len(), 2001);
+    let log = site.log();
+    let pipeline_ms = log
+        .lines()
+        .find(|l| l.contains("pipeline done") && l.contains(&d["id"]))
+        .and_then(|l| l.split("elapsed_ms=").nth(1)?.split(|c: char| !c.is_ascii_digit()).next().map(str::to_owned));
+    eprintln!("2,000 files of 1 KiB to S3: {wall:?} from drop to SUCCESS (pipeline elapsed_ms={pipeline_ms:?})");
+    // A sample, byte-exact.
+    for i in [0, 999, 1999] {
+        let got = g.get(&format!("{PREFIX}/MANY/releases/{}/d{}/f{i:05}.dat", d["id"], i % 20)).unwrap();
+        assert_eq!(got.len(), 1024);
+        assert!(got.starts_with(format!("{i:06}").as_bytes()));
+    }
+    assert_eq!(stop(daemon), Some(0));
+}
+
+/// Merge with `keep_releases = 1`, three deposits dropped at once (ids of
+/// one second, run one at a time in drop order): every release is the
+/// previous one plus its files, only the current one is kept, and it is
+/// complete (its copies were made before the prune).
+#[test]
+fn merge_with_keep_one_and_ids_of_one_second() {
+    let redis = Redis::start();
+    let g = Garage::start();
+    let site = s3_site(&redis, &g, "mode = \"merge\"\nkeep_releases = 1", "");
+    let daemon = site.start();
+    site.drop_rsync("KEEP", "KEEP_0.zip", &good_theia("KEEP", "v0"));
+    wait_state(&site, &redis, "KEEP_0.zip", "SUCCESS", 60);
+    for i in 1..=3 {
+        let ds = format!("KEEP_DAT_{}", i + 2);
+        let z = theia("KEEP", &[(&ds, vec![(&format!("n{i}.txt"), format!("new {i}").into_bytes())])], true);
+        site.drop_rsync("KEEP", &format!("KEEP_{i}.zip"), &z);
+    }
+    let ds: Vec<HashMap<String, String>> =
+        (1..=3).map(|i| wait_state(&site, &redis, &format!("KEEP_{i}.zip"), "SUCCESS", 60)).collect();
+    let last = &ds[2]["id"];
+    eprintln!("merge ids: {:?}", ds.iter().map(|d| d["id"].as_str()).collect::<Vec<_>>());
+    assert_eq!(current(&g, "KEEP").as_deref(), Some(last.as_str()));
+    assert_eq!(release_ids(&g, PREFIX, "KEEP"), vec![last.clone()], "keep_releases = 1");
+    let m = assert_complete(&g, "KEEP", last);
+    let p = paths(&m);
+    for want in
+        ["KEEP_DAT_1/obs1.txt", "KEEP_DAT_2/obs3.txt", "KEEP_DAT_3/n1.txt", "KEEP_DAT_4/n2.txt", "KEEP_DAT_5/n3.txt"]
+    {
+        assert!(p.contains(&want.to_owned()), "{want} not in {p:?}");
+    }
+    assert_eq!(uploads(&g, PREFIX), 0);
+    assert_eq!(stop(daemon), Some(0));
+}
+
+/// The prefix is a producer's name: `ABCD/ABCD/releases/...`, and a second
+/// producer beside it. Debris cleaning at start and prune must each stay
+/// in their producer.
+#[test]
+fn a_prefix_equal_to_a_producer_name() {
+    let redis = Redis::start();
+    let g = Garage::start();
+    let site = s3_site_prefix(&redis, &g, "ABCD", "keep_releases = 1", "");
+    let daemon = site.start();
+    site.drop_rsync("ABCD", "ABCD_1.zip", &good_theia("ABCD", "a1"));
+    let a1 = wait_state(&site, &redis, "ABCD_1.zip", "SUCCESS", 60);
+    site.drop_rsync("EFGH", "EFGH_1.zip", &good_theia("EFGH", "e1"));
+    let e1 = wait_state(&site, &redis, "EFGH_1.zip", "SUCCESS", 60);
+    assert_eq!(stop(daemon), Some(0));
+    // Debris of ABCD under the prefix and a foreign object at the bucket's
+    // top, named like a release of ABCD with no prefix: neither is depot's
+    // to judge but the first.
+    g.put("ABCD/ABCD/releases/20260101T000000Z-ABCD-deadbeef/x.txt", b"debris");
+    g.put("ABCD/releases/20260101T000000Z-ABCD-deadbeef/x.txt", b"not depot's");
+    let daemon = site.start();
+    site.drop_rsync("ABCD", "ABCD_2.zip", &good_theia("ABCD", "a2"));
+    let a2 = wait_state(&site, &redis, "ABCD_2.zip", "SUCCESS", 60);
+    assert_eq!(current_doc(&g, "ABCD", "ABCD",).unwrap()["release"], a2["id"].as_str());
+    assert_complete_at(&g, "ABCD", "ABCD", &a2["id"]);
+    assert_eq!(release_ids(&g, "ABCD", "ABCD"), vec![a2["id"].clone()], "a1 pruned, debris removed");
+    assert_ne!(a1["id"], a2["id"]);
+    assert_complete_at(&g, "ABCD", "EFGH", &e1["id"]);
+    assert_eq!(g.get("ABCD/releases/20260101T000000Z-ABCD-deadbeef/x.txt").as_deref(), Some(&b"not depot's"[..]));
+    assert_eq!(stop(daemon), Some(0));
+}

@@ -17,9 +17,9 @@
 //! threads, which have no runtime.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jobs::s3::{Lease, Locks};
 use jobs::{Error, Stage};
@@ -31,9 +31,18 @@ const RENEW: Duration = Duration::from_secs(5);
 /// What must be left of the lease to switch `current`.
 const MARGIN: Duration = Duration::from_secs(15);
 
+/// The fencing number never goes below `ARGV[3]`, the one `current` holds:
+/// a Redis that lost its data (restarted empty) starts the counter again
+/// at 1, and every grant would otherwise look older than the last writer's.
 const ACQUIRE: &str = r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return redis.call('INCR', KEYS[2])
+  local f = redis.call('INCR', KEYS[2])
+  local floor = tonumber(ARGV[3])
+  if f <= floor then
+    f = floor + 1
+    redis.call('SET', KEYS[2], f)
+  end
+  return f
 end
 return 0";
 const RENEW_SCRIPT: &str = r"
@@ -72,7 +81,7 @@ impl RedisLocks {
 }
 
 impl Locks for RedisLocks {
-    fn lock(&self, producer: &str, cancelled: &dyn Fn() -> bool) -> jobs::Result<Box<dyn Lease>> {
+    fn lock(&self, producer: &str, floor: u64, cancelled: &dyn Fn() -> bool) -> jobs::Result<Box<dyn Lease>> {
         let key = format!("{}:lock:{producer}", self.prefix);
         let fence_key = format!("{key}:fence");
         let mut raw = [0u8; 12];
@@ -91,6 +100,7 @@ impl Locks for RedisLocks {
                 .key(&fence_key)
                 .arg(&token)
                 .arg(TTL.as_millis() as u64)
+                .arg(floor)
                 .invoke(&mut conn)
                 .map_err(|e| transient("acquire", e))?;
             if got > 0 {
@@ -103,12 +113,15 @@ impl Locks for RedisLocks {
             wait = (wait * 2).min(Duration::from_millis(500));
         };
         let lost = Arc::new(AtomicBool::new(false));
+        let born = Instant::now();
+        let renewed = Arc::new(AtomicU64::new(0));
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let renewer = {
-            let (client, key, token, lost) = (self.client.clone(), key.clone(), token.clone(), lost.clone());
+            let (client, key, token) = (self.client.clone(), key.clone(), token.clone());
+            let (lost, renewed) = (lost.clone(), renewed.clone());
             std::thread::Builder::new()
                 .name("depot-lease".into())
-                .spawn(move || renew_until_stopped(&client, &key, &token, &lost, &stop_rx))
+                .spawn(move || renew_until_stopped(&client, &key, &token, &lost, &renewed, born, &stop_rx))
                 .map_err(|e| transient("renewal thread", e))?
         };
         Ok(Box::new(RedisLease {
@@ -117,13 +130,23 @@ impl Locks for RedisLocks {
             token,
             fence,
             lost,
+            born,
+            renewed,
             stop: Some(stop_tx),
             renewer: Some(renewer),
         }))
     }
 }
 
-fn renew_until_stopped(client: &redis::Client, key: &str, token: &str, lost: &AtomicBool, stop: &mpsc::Receiver<()>) {
+fn renew_until_stopped(
+    client: &redis::Client,
+    key: &str,
+    token: &str,
+    lost: &AtomicBool,
+    renewed: &AtomicU64,
+    born: Instant,
+    stop: &mpsc::Receiver<()>,
+) {
     let mut conn = None;
     loop {
         match stop.recv_timeout(RENEW) {
@@ -141,7 +164,7 @@ fn renew_until_stopped(client: &redis::Client, key: &str, token: &str, lost: &At
                 lost.store(true, Ordering::Relaxed);
                 return;
             }
-            Ok(_) => {}
+            Ok(_) => renewed.store(born.elapsed().as_millis() as u64, Ordering::Relaxed),
             // Redis away: try again next round; check() will judge by the TTL.
             Err(_) => conn = None,
         }
@@ -154,6 +177,9 @@ struct RedisLease {
     token: String,
     fence: u64,
     lost: Arc<AtomicBool>,
+    born: Instant,
+    /// Milliseconds after `born` of the last renewal that Redis took.
+    renewed: Arc<AtomicU64>,
     stop: Option<mpsc::Sender<()>>,
     renewer: Option<std::thread::JoinHandle<()>>,
 }
@@ -163,8 +189,14 @@ impl Lease for RedisLease {
         self.fence
     }
 
+    fn lost(&self) -> bool {
+        // Not renewed for so long that it may lapse before the next try.
+        let quiet = self.born.elapsed().as_millis() as u64 - self.renewed.load(Ordering::Relaxed);
+        self.lost.load(Ordering::Relaxed) || quiet > (TTL - RENEW).as_millis() as u64
+    }
+
     fn check(&self) -> jobs::Result<()> {
-        if self.lost.load(Ordering::Relaxed) {
+        if self.lost() {
             return Err(transient("check", format!("the lease {} was lost", self.key)));
         }
         let mut c =

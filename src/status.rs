@@ -68,6 +68,10 @@ const TERMINAL: &str = r#"
 local m = tonumber(ARGV[rest])
 local first = 0
 if s ~= 'SUCCESS' and s ~= 'FAILURE' then
+  -- A success after transient failures: their error is history, not the state.
+  for i = rest + 1, rest + m, 2 do
+    if ARGV[i] == 'state' and ARGV[i + 1] == 'SUCCESS' then redis.call('HDEL', KEYS[1], 'error_code', 'error') end
+  end
   redis.call('HSET', KEYS[1], unpack(ARGV, rest + 1, rest + m))
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'id', ARGV[2], 'state', redis.call('HGET', KEYS[1], 'state'),
     'producer', ARGV[3], 'error_code', redis.call('HGET', KEYS[1], 'error_code') or '')

@@ -73,7 +73,7 @@ pub fn clean_s3_debris(cfg: &Config) {
         };
         for p in producers.iter().filter(|p| cfg.is_producer(p)) {
             // One try: a held lease means a live publish.
-            let Ok(lease) = locks.lock(p, &|| true) else { continue };
+            let Ok(lease) = locks.lock(p, 0, &|| true) else { continue };
             match bucket.clean_debris(p, &*lease) {
                 Ok(ids) if !ids.is_empty() => {
                     info!(producer = %p, releases = ?ids, "removed incomplete S3 releases (crash debris)")

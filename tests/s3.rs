@@ -380,6 +380,9 @@ impl jobs::s3::Lease for FakeLease {
     fn check(&self) -> jobs::Result<()> {
         if self.1 { Ok(()) } else { Err(jobs::Error::io(jobs::Stage::Publish, "lease", std::io::Error::other("lost"))) }
     }
+    fn lost(&self) -> bool {
+        !self.1
+    }
 }
 
 #[test]

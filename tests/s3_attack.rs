@@ -4,8 +4,7 @@
 //! Redis restarted empty under a publish, many small files, merge with
 //! `keep_releases = 1`, a prefix equal to a producer's name.
 //!
-//! Tests marked `#[ignore = "bug: ..."]` show a defect of the target as it
-//! is (they fail); run them with `cargo test --test s3_attack -- --ignored`.
+//! Two of these found bugs, since fixed (see the two tests' comments).
 
 #[path = "../jobs/tests/support/mod.rs"]
 mod support;
@@ -435,6 +434,9 @@ fn redis_restarted_empty_mid_publish_ends_and_current_never_goes_back() {
     assert_eq!(stop(daemon), Some(0));
 }
 
+/// Was a bug, fixed: the lease's fencing number is now never below the one
+/// `current` holds (src/lease.rs ACQUIRE takes it as a floor).
+///
 /// After Redis lost its data (restart without persistence, failover to an
 /// empty replica, FLUSHALL), the fencing counter `<prefix>:lock:<P>:fence`
 /// starts again at 1, while `current` still carries the last grant. Every
@@ -443,7 +445,6 @@ fn redis_restarted_empty_mid_publish_ends_and_current_never_goes_back() {
 /// publishes than `workers.max_attempts` can no longer publish; each of its
 /// deposits ends in FAILURE IO_ERROR until the counter has climbed back.
 #[test]
-#[ignore = "bug: fencing counter lost with Redis; every later deposit of the producer fails (lease.rs ACQUIRE, s3/mod.rs switch)"]
 fn after_redis_lost_its_data_a_producer_still_publishes() {
     let redis = Redis::start();
     let port = redis.port;
@@ -472,6 +473,11 @@ fn after_redis_lost_its_data_a_producer_still_publishes() {
     assert_eq!(stop(daemon), Some(0));
 }
 
+/// Was a bug, fixed: uploading stops once the lease is known lost, the
+/// lease is checked before `manifest.json`, and a retry that finds its own
+/// `manifest.json` checks every listed object is there (else the release is
+/// debris and is uploaded again).
+///
 /// The lease vanishes (Redis restarted empty) while deposit A uploads; A
 /// goes on uploading (the lease is only checked before `current`). Another
 /// publisher of the producer (`depot ingest` here; a worker on another host
@@ -482,7 +488,6 @@ fn after_redis_lost_its_data_a_producer_still_publishes() {
 /// switches `current` to it: `current` names a release whose files are
 /// not in the bucket.
 #[test]
-#[ignore = "bug: a publisher that lost its lease keeps uploading and commits manifest.json over objects another holder deleted as debris (pipeline.rs ingest_s3)"]
 fn a_lost_lease_never_lets_current_name_a_release_with_missing_files() {
     let redis = Redis::start();
     let port = redis.port;

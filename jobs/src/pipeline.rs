@@ -292,7 +292,8 @@ pub fn ingest_s3(
         )),
         _ => Ok(()),
     };
-    let lease = locks.lock(p, &|| progress.cancelled())?;
+    let floor = bucket.current(p)?.map_or(0, |(cur, _)| cur.fence);
+    let lease = locks.lock(p, floor, &|| progress.cancelled())?;
     bucket.clean_debris(p, &*lease)?;
     let base = match (bucket.current(p)?, s.publish.mode) {
         (Some((cur, _)), crate::settings::PublishMode::Merge) => {
@@ -301,16 +302,31 @@ pub fn ingest_s3(
         _ => None,
     };
     let kept: Vec<String> = base.iter().flat_map(|(_, m)| m.files.iter().map(|f| f.path.clone())).collect();
-    let committed = bucket.manifest(p, id)?;
+    // An earlier attempt got as far as the commit point; unless a
+    // publisher that had lost its lease wrote it over objects removed as
+    // debris since: then it is debris too.
+    let committed = match bucket.manifest(p, id)? {
+        Some(m) if bucket.complete(p, id, &m)? => Some(m),
+        Some(_) => {
+            bucket.remove_release(p, id)?;
+            None
+        }
+        None => None,
+    };
     let staging = Staging::create(scratch_root, id)?;
+    let leased = Leased { inner: progress, lease: &*lease };
     let result = match &committed {
-        Some(_) => examine(job, Dest::default(), &staging.scratch, &kept, progress),
+        Some(_) => examine(job, Dest::default(), &staging.scratch, &kept, &leased),
         None => {
             let sink = bucket.sink(p, id);
-            examine(job, Dest { store: Some(&sink), ..Dest::default() }, &staging.scratch, &kept, progress)
+            examine(job, Dest { store: Some(&sink), ..Dest::default() }, &staging.scratch, &kept, &leased)
         }
     };
     let _ = staging.discard();
+    let result = match result {
+        Err(Error::Cancelled) if lease.lost() => Err(lease_lost(p)),
+        r => r,
+    };
     let summary = match result {
         Ok(summary) => summary,
         Err(e) => {
@@ -357,6 +373,9 @@ pub fn ingest_s3(
                 total_bytes: files.iter().map(|f| f.size).sum(),
                 files,
             };
+            // The commit point, only while the lease is ours: another
+            // holder may have removed this release's objects as debris.
+            lease.check()?;
             bucket.put_manifest(p, id, &m)?;
             m
         }
@@ -371,6 +390,43 @@ pub fn ingest_s3(
         total_bytes: manifest.total_bytes,
         superseded_by: newer,
     })
+}
+
+fn lease_lost(p: &str) -> Error {
+    Error::io(
+        Stage::Publish,
+        format!("producer {p}'s publish lock was lost while uploading (Redis restarted, or unreachable for 25 s)"),
+        std::io::Error::other("lease lost"),
+    )
+}
+
+/// The caller's progress, and the lease: uploading stops (as if cancelled)
+/// once the lease is known lost, since another holder may be removing
+/// this release as debris.
+struct Leased<'a> {
+    inner: &'a dyn Progress,
+    lease: &'a dyn s3::Lease,
+}
+
+impl Progress for Leased<'_> {
+    fn stage(&self, stage: Stage) {
+        self.inner.stage(stage)
+    }
+    fn totals(&self, bytes: u64, files: u64) {
+        self.inner.totals(bytes, files)
+    }
+    fn advance(&self, bytes: u64, files: u64) {
+        self.inner.advance(bytes, files)
+    }
+    fn cancelled(&self) -> bool {
+        self.inner.cancelled() || self.lease.lost()
+    }
+    fn warn(&self, msg: &str) {
+        self.inner.warn(msg)
+    }
+    fn reserve(&self, root: &Path, need: u64, margin: u64) -> Result<()> {
+        self.inner.reserve(root, need, margin)
+    }
 }
 
 /// Check free space before reading the archive at all (its own size is a

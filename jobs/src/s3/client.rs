@@ -302,6 +302,16 @@ impl Client {
     /// ListObjectsV2 under `prefix`: keys, and with a delimiter the
     /// "folders" (common prefixes). Every key returned starts with `prefix`.
     pub fn list(&self, prefix: &str, delimiter: Option<&str>) -> Result<(Vec<String>, Vec<String>)> {
+        let (objects, dirs) = self.list_full(prefix, delimiter)?;
+        Ok((objects.into_iter().map(|(k, _)| k).collect(), dirs))
+    }
+
+    /// Every key under `prefix` with its size.
+    pub fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        Ok(self.list_full(prefix, None)?.0)
+    }
+
+    fn list_full(&self, prefix: &str, delimiter: Option<&str>) -> Result<(Vec<(String, u64)>, Vec<String>)> {
         let (mut keys, mut dirs) = (Vec::new(), Vec::new());
         let mut token: Option<String> = None;
         loop {
@@ -315,14 +325,16 @@ impl Client {
             let r = self.request("GET", None, &q, &[], &[])?;
             let r = self.expect_ok(&format!("list s3://{}/{prefix}", self.bucket), r)?;
             let text = String::from_utf8_lossy(&r.body);
-            keys.extend(xml::all(&text, "Contents").iter().filter_map(|c| xml::first(c, "Key")));
+            keys.extend(xml::all(&text, "Contents").iter().filter_map(|c| {
+                Some((xml::first(c, "Key")?, xml::first(c, "Size").and_then(|s| s.parse().ok()).unwrap_or(0)))
+            }));
             dirs.extend(xml::all(&text, "CommonPrefixes").iter().filter_map(|c| xml::first(c, "Prefix")));
             token = xml::first(&text, "NextContinuationToken");
             if xml::first(&text, "IsTruncated").as_deref() != Some("true") || token.is_none() {
                 break;
             }
         }
-        keys.retain(|k| k.starts_with(prefix));
+        keys.retain(|(k, _)| k.starts_with(prefix));
         dirs.retain(|k| k.starts_with(prefix));
         Ok((keys, dirs))
     }

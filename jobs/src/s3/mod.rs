@@ -39,13 +39,17 @@ pub trait Lease: Send + Sync {
     /// lease was taken over sees a larger number there and stops.
     fn fence(&self) -> u64;
     /// Err when the lease was lost or too little of it is left to finish a
-    /// small write.
+    /// small write (asks the lock's keeper).
     fn check(&self) -> Result<()>;
+    /// Known lost, from what the holder saw (no round trip): polled while
+    /// uploading, so a holder whose lease went stops writing.
+    fn lost(&self) -> bool;
 }
 
 pub trait Locks: Sync {
     /// Wait for the producer's lease (asking `cancelled` while waiting).
-    fn lock(&self, producer: &str, cancelled: &dyn Fn() -> bool) -> Result<Box<dyn Lease>>;
+    /// Its fencing number is above `floor` (the one `current` holds).
+    fn lock(&self, producer: &str, floor: u64, cancelled: &dyn Fn() -> bool) -> Result<Box<dyn Lease>>;
 }
 
 /// `<prefix>/<P>/current`.
@@ -209,6 +213,15 @@ impl Bucket {
         let base = self.key("");
         let (_, dirs) = self.client.list(&base, Some("/"))?;
         Ok(dirs.iter().filter_map(|d| d.strip_prefix(&base)?.strip_suffix('/')).map(str::to_owned).collect())
+    }
+
+    /// Every object `m` lists is in the release with its size: a release
+    /// whose `manifest.json` was written by a publisher that had lost its
+    /// lease (its objects removed meanwhile as debris) is not complete.
+    pub fn complete(&self, p: &str, id: &str, m: &ReleaseManifest) -> Result<bool> {
+        let base = self.release_key(p, id);
+        let have: std::collections::HashMap<String, u64> = self.client.list_sized(&base)?.into_iter().collect();
+        Ok(m.files.iter().all(|f| have.get(&format!("{base}{}", f.path)) == Some(&f.size)))
     }
 
     /// Delete every object of one release.

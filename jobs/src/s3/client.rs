@@ -69,6 +69,9 @@ impl Reply {
     }
 }
 
+/// Keys with their sizes, and common prefixes.
+type Listing = (Vec<(String, u64)>, Vec<String>);
+
 /// Replies bigger than this are not read (listings are 1,000 keys at most).
 const MAX_REPLY: u64 = 64 << 20;
 /// Tries of one request on a network error or a 5xx, 0.5 s then 2 s apart:
@@ -311,7 +314,7 @@ impl Client {
         Ok(self.list_full(prefix, None)?.0)
     }
 
-    fn list_full(&self, prefix: &str, delimiter: Option<&str>) -> Result<(Vec<(String, u64)>, Vec<String>)> {
+    fn list_full(&self, prefix: &str, delimiter: Option<&str>) -> Result<Listing> {
         let (mut keys, mut dirs) = (Vec::new(), Vec::new());
         let mut token: Option<String> = None;
         loop {

@@ -6,7 +6,6 @@
 #[path = "../jobs/tests/support/mod.rs"]
 mod support;
 
-use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
@@ -15,94 +14,9 @@ use std::time::{Duration, Instant};
 use support::*;
 
 mod common;
-use common::garage::{Garage, xml_values};
+use common::garage::Garage;
+use common::s3::*;
 use common::*;
-
-const PREFIX: &str = "archive";
-
-/// `[publish]` keys for the bucket (the harness's table is open) and a
-/// credentials file written beside the config.
-fn s3_site(redis: &Redis, g: &Garage, publish: &str, more: &str) -> Site {
-    let site = Site::new(&redis.url(), "");
-    let creds = site.root().join("s3.credentials");
-    write_credentials(&creds, &g.key_id, &g.secret);
-    let mut text = fs::read_to_string(&site.config).unwrap();
-    if publish.contains("keep_releases") {
-        text = text.replace("keep_releases = 10\n", "");
-    }
-    let text = format!(
-        "{text}target = \"s3\"\n{publish}\n[publish.s3]\nendpoint = \"{}\"\nregion = \"{}\"\nbucket = \"{}\"\nprefix = \"{PREFIX}\"\n\
-         credentials_file = \"{}\"\npart_size = 5242880\n{more}",
-        g.endpoint,
-        g.region,
-        g.bucket,
-        creds.display()
-    );
-    fs::write(&site.config, text).unwrap();
-    site
-}
-
-fn write_credentials(path: &Path, key_id: &str, secret: &str) {
-    fs::write(path, format!("[default]\naws_access_key_id = {key_id}\naws_secret_access_key = {secret}\n")).unwrap();
-}
-
-fn current(g: &Garage, p: &str) -> Option<String> {
-    let doc = g.get(&format!("{PREFIX}/{p}/current"))?;
-    let v: serde_json::Value = serde_json::from_slice(&doc).unwrap();
-    Some(v["release"].as_str().unwrap().to_owned())
-}
-
-fn manifest(g: &Garage, p: &str, id: &str) -> Option<serde_json::Value> {
-    g.get(&format!("{PREFIX}/{p}/releases/{id}/manifest.json")).map(|b| serde_json::from_slice(&b).unwrap())
-}
-
-/// Release ids with at least one object.
-fn release_ids(g: &Garage, p: &str) -> Vec<String> {
-    let base = format!("{PREFIX}/{p}/releases/");
-    let mut ids: Vec<String> =
-        g.keys(&base).iter().filter_map(|k| k.strip_prefix(&base)?.split('/').next().map(str::to_owned)).collect();
-    ids.dedup();
-    ids
-}
-
-/// Multipart uploads begun and never completed under `prefix`.
-fn uploads(g: &Garage, prefix: &str) -> usize {
-    let o = g.curl(&[&format!("{}?uploads&prefix={}", g.url(""), prefix.replace('/', "%2F"))]);
-    xml_values(&String::from_utf8_lossy(&o.stdout), "UploadId").len()
-}
-
-/// Every file the manifest lists is there, with its size and MD5: what a
-/// reader following `current` gets.
-fn assert_complete(g: &Garage, p: &str, id: &str) -> serde_json::Value {
-    let m = manifest(g, p, id).unwrap_or_else(|| panic!("release {id} has no manifest.json"));
-    for f in m["files"].as_array().unwrap() {
-        let path = f["path"].as_str().unwrap();
-        let bytes = g.get(&format!("{PREFIX}/{p}/releases/{id}/{path}")).unwrap_or_else(|| panic!("{path} missing"));
-        assert_eq!(bytes.len() as u64, f["size"].as_u64().unwrap(), "{path}");
-        assert_eq!(md5hex(&bytes), f["md5"].as_str().unwrap(), "{path}");
-    }
-    m
-}
-
-fn by_file<'a>(
-    redis: &Redis,
-    file: &str,
-    all: &'a mut Vec<HashMap<String, String>>,
-) -> Option<&'a HashMap<String, String>> {
-    *all = redis.deposits();
-    all.iter().find(|d| d["file"] == file)
-}
-
-fn state(redis: &Redis, file: &str) -> Option<String> {
-    let mut all = Vec::new();
-    by_file(redis, file, &mut all).and_then(|d| d.get("state").cloned())
-}
-
-fn wait_state(site: &Site, redis: &Redis, file: &str, want: &str, secs: u64) -> HashMap<String, String> {
-    wait_for(site, &format!("{file} {want}"), secs, || state(redis, file).as_deref() == Some(want));
-    let mut all = Vec::new();
-    by_file(redis, file, &mut all).unwrap().clone()
-}
 
 #[test]
 fn a_deposit_is_published_as_objects_with_current_last() {
@@ -185,7 +99,7 @@ fn merge_copies_the_current_files_and_prune_keeps_the_newest() {
     let d3 = wait_state(&site, &redis, "MERG_3.zip", "SUCCESS", 60);
     let mut want = vec![d2["id"].clone(), d3["id"].clone()];
     want.sort();
-    assert_eq!(release_ids(&g, "MERG"), want);
+    assert_eq!(release_ids(&g, PREFIX, "MERG"), want);
     assert_eq!(current(&g, "MERG").as_deref(), Some(d3["id"].as_str()));
     let m3 = assert_complete(&g, "MERG", &d3["id"]);
     let paths: Vec<&str> = m3["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
@@ -206,8 +120,7 @@ fn kill_9_mid_upload_then_restart_publishes_once_and_leaves_no_debris() {
     site.drop_rsync("KILL", "KILL_1.zip", &big_deposit("KILL", 300));
     // Killed once parts are on the server and before the end.
     wait_for(&site, "upload under way", 120, || {
-        let mut all = Vec::new();
-        by_file(&redis, "KILL_1.zip", &mut all)
+        by_file(&redis, "KILL_1.zip")
             .and_then(|d| d.get("bytes_done")?.parse::<u64>().ok())
             .is_some_and(|b| b > 20 << 20)
     });
@@ -215,11 +128,10 @@ fn kill_9_mid_upload_then_restart_publishes_once_and_leaves_no_debris() {
     child.kill().unwrap();
     child.wait().unwrap();
     // Cut mid-upload: parts or objects of the new release are there.
-    let mut all = Vec::new();
-    let cut = by_file(&redis, "KILL_1.zip", &mut all).unwrap()["id"].clone();
+    let cut = by_file(&redis, "KILL_1.zip").unwrap()["id"].clone();
     let debris = g.keys(&format!("{PREFIX}/KILL/releases/{cut}/")).len() + uploads(&g, PREFIX);
     assert!(debris > 0, "the kill left nothing to clean: not mid-upload");
-    assert!(manifest(&g, "KILL", &cut).is_none());
+    assert!(manifest_at(&g, PREFIX, "KILL", &cut).is_none());
     // Whatever was cut, `current` is a complete release: the old one.
     assert_eq!(current(&g, "KILL").as_deref(), Some(d0["id"].as_str()));
     assert_complete(&g, "KILL", &d0["id"]);
@@ -232,7 +144,7 @@ fn kill_9_mid_upload_then_restart_publishes_once_and_leaves_no_debris() {
     // Published once: two releases, both whole; no upload left open.
     let mut want = vec![d0["id"].clone(), d1["id"].clone()];
     want.sort();
-    assert_eq!(release_ids(&g, "KILL"), want);
+    assert_eq!(release_ids(&g, PREFIX, "KILL"), want);
     assert_eq!(uploads(&g, PREFIX), 0, "multipart uploads left open");
     let ends = redis.events().into_iter().filter(|e| e["state"] == "SUCCESS").count();
     assert_eq!(ends, 2);

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 /// A Garage S3 server of a test's own (the S3 publish target).
 pub mod garage;
+/// Sites publishing to it, and the bucket as a reader sees it.
+pub mod s3;
 
 /// A redis-server of our own, stopped (by pid) when dropped.
 pub struct Redis {

@@ -106,6 +106,10 @@ enum Writer {
     Closed(Instant),
 }
 
+/// A sidecar with no close seen marks its archive done only once unchanged
+/// this long (see [`Settler::judge`]).
+const SIDECAR_QUIET: Duration = Duration::from_millis(50);
+
 /// How long a listing of a busy `new/` serves claim batches.
 const LISTING_TTL: Duration = Duration::from_secs(1);
 
@@ -211,8 +215,18 @@ impl Settler {
                 && sm.len() > 0
                 && changed_at(&sm) >= arrived
             {
-                self.forget(path);
-                return Some((true, seen));
+                // Its writer's own events may not have been read yet (a
+                // busy host): an open sidecar would mark its archive done
+                // and be judged half-written. Trusted once closed, or once
+                // unchanged for SIDECAR_QUIET (renamed in: no close comes).
+                let closed = matches!(self.writing.get(&side), Some(Writer::Closed(_)));
+                let quiet = SystemTime::now().duration_since(changed_at(&sm)).is_ok_and(|a| a >= SIDECAR_QUIET);
+                if closed || quiet {
+                    self.forget(path);
+                    return Some((true, seen));
+                }
+                // Looked at again at the next pass, not at the settle time.
+                self.poked = true;
             }
         }
         // Not written for settle_ms already (noticed late, or an rsync
@@ -750,7 +764,17 @@ mod tests {
         fs::write(&g, b"1").unwrap();
         assert!(!s.observe(&g, t0));
         fs::write(tmp.path().join("b.zip.md5"), b"x").unwrap();
+        // No close seen (no inotify here): trusted once quiet SIDECAR_QUIET,
+        // since its writer's events may not have been read yet.
+        assert!(!s.observe(&g, t0));
+        std::thread::sleep(SIDECAR_QUIET);
         assert!(s.observe(&g, t0));
+        // Closed (inotify said so): trusted at once.
+        let h = tmp.path().join("c.zip");
+        fs::write(&h, b"1").unwrap();
+        fs::write(tmp.path().join("c.zip.md5"), b"x").unwrap();
+        s.closed(&tmp.path().join("c.zip.md5"), t0);
+        assert!(s.observe(&h, t0));
         // A FIFO is skipped without being opened.
         let fifo = tmp.path().join("pipe");
         assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());

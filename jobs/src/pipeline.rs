@@ -283,6 +283,19 @@ pub fn ingest_s3(
     opts: IngestOptions,
     progress: &dyn Progress,
 ) -> Result<Published> {
+    // A key is at most 1,024 bytes on S3: a published path gets what the
+    // release's prefix leaves, checked with the names (LIMIT_EXCEEDED),
+    // before a byte is sent.
+    let room = S3_MAX_KEY.saturating_sub(bucket.release_key(job.producer, job.id).len() as u64);
+    let narrowed;
+    let job = &if room < job.settings.limits.max_path_len {
+        let mut n = job.settings.clone();
+        n.limits.max_path_len = room;
+        narrowed = n;
+        Job { settings: &narrowed, ..job.clone() }
+    } else {
+        job.clone()
+    };
     let (s, p, id) = (job.settings, job.producer, job.id);
     let fail_after = |step: Step| match opts.fail_after {
         Some(f) if f == step => Err(Error::io(
@@ -391,6 +404,9 @@ pub fn ingest_s3(
         superseded_by: newer,
     })
 }
+
+/// The longest key S3 takes.
+const S3_MAX_KEY: u64 = 1024;
 
 fn lease_lost(p: &str) -> Error {
     Error::io(

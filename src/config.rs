@@ -286,7 +286,14 @@ impl Config {
         let get = |k: &str| merged.get(k).cloned().unwrap_or_default();
         let checks: Checks = typed(get("checks"), &format!("{prefix}checks"))?;
         let limits: Limits = typed(get("limits"), &format!("{prefix}limits"))?;
-        let publish: Publish = typed(get("publish"), &format!("{prefix}publish"))?;
+        let mut publish: Publish = typed(get("publish"), &format!("{prefix}publish"))?;
+        // Relative to the config file's folder, as the roots are.
+        let dir =
+            std::path::absolute(self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")))
+                .unwrap_or_default();
+        for f in [&mut publish.s3.credentials_file, &mut publish.s3.ca_file].into_iter().flatten() {
+            *f = dir.join(&*f);
+        }
         let s = Settings { profile, checks, limits, publish, threads: self.workers.threads_per_deposit };
         s.validate().map_err(|e| anyhow!("{prefix}{e}"))?;
         Ok(s)

@@ -686,14 +686,7 @@ fn redis_password_database_and_prefix() {
 fn redis_over_tls() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let sh = |script: &str| {
-        let out = Command::new("sh").arg("-c").arg(script).current_dir(d).output().unwrap();
-        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=depot-test-ca");
-    sh("openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1");
-    sh("printf 'subjectAltName=IP:127.0.0.1\\n' > ext && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key \
-        -CAcreateserial -out server.pem -days 2 -extfile ext");
+    private_ca(d);
     let port = free_port();
     let mut server = Command::new("redis-server")
         .args([

@@ -324,3 +324,80 @@ fn current_is_never_written_back_nor_over_a_later_grant_nor_without_the_lease() 
     assert_eq!(bucket.switch("FENC", new, &FakeLease(7, true)).unwrap(), None);
     assert_eq!(current(&g, "FENC").as_deref(), Some(new));
 }
+
+/// An S3 of the archive's own behind its own CA: Garage behind a TLS proxy
+/// (python3's ssl) whose certificate a private CA signed. With
+/// `publish.s3.ca_file` naming that CA the deposit is published; without
+/// it the endpoint is not trusted (the public roots do not know the CA).
+#[test]
+fn an_https_endpoint_behind_a_private_ca_with_ca_file() {
+    let redis = Redis::start();
+    let g = Garage::start();
+    let tls = tempfile::tempdir().unwrap();
+    private_ca(tls.path());
+    let port = free_port();
+    let backend = g.endpoint.trim_start_matches("http://127.0.0.1:").to_owned();
+    let proxy = r#"
+import socket, ssl, sys, threading
+port, backend, d = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(d + "/server.pem", d + "/server.key")
+srv = socket.create_server(("127.0.0.1", port))
+def pipe(a, b):
+    try:
+        while (data := a.recv(65536)):
+            b.sendall(data)
+    except OSError:
+        pass
+    for s in (a, b):
+        try: s.shutdown(socket.SHUT_RDWR)
+        except OSError: pass
+def serve(c):
+    try:
+        t = ctx.wrap_socket(c, server_side=True)
+    except (ssl.SSLError, OSError):
+        c.close(); return
+    up = socket.create_connection(("127.0.0.1", backend))
+    threading.Thread(target=pipe, args=(up, t), daemon=True).start()
+    pipe(t, up)
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+    // Killed (by its pid) when dropped, whatever happens.
+    let _proxy = Daemon(Some(
+        std::process::Command::new("python3")
+            .args(["-c", proxy, &port.to_string(), &backend])
+            .arg(tls.path())
+            .spawn()
+            .expect("python3 (apt-get install -y python3)"),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the TLS proxy did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let https = format!("https://127.0.0.1:{port}");
+    let ca = tls.path().join("ca.pem");
+    let site = s3_site(&redis, &g, "", &format!("ca_file = \"{}\"\n", ca.display()));
+    let text = fs::read_to_string(&site.config).unwrap().replace(&g.endpoint, &https);
+    fs::write(&site.config, &text).unwrap();
+    let daemon = site.start();
+    site.drop_rsync("TLSP", "TLSP_1.zip", &good_theia("TLSP", "v1"));
+    let d = wait_state(&site, &redis, "TLSP_1.zip", "SUCCESS", 60);
+    assert_eq!(current(&g, "TLSP").as_deref(), Some(d["id"].as_str()));
+    assert_complete(&g, "TLSP", &d["id"]);
+    assert_eq!(stop(daemon), Some(0));
+    // Without the CA: not trusted, and `config check` says so.
+    fs::write(&site.config, text.replace(&format!("ca_file = \"{}\"\n", ca.display()), "")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_depot"))
+        .args(["config", "check", "--config"])
+        .arg(&site.config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && said.contains("publish.s3") && said.to_lowercase().contains("certificate"),
+        "{said}"
+    );
+}

@@ -104,6 +104,10 @@ pub struct S3Settings {
     /// Bytes of one multipart part, also the largest object sent in one
     /// PutObject. One part per unpack thread is held in memory.
     pub part_size: u64,
+    /// PEM certificates of the CA(s) an https endpoint is checked against,
+    /// instead of the public (Mozilla) roots: an archive's own S3 behind
+    /// its own CA.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for S3Settings {
@@ -116,6 +120,7 @@ impl Default for S3Settings {
             credentials_file: None,
             profile: "default".into(),
             part_size: 8 << 20,
+            ca_file: None,
         }
     }
 }

@@ -233,3 +233,16 @@ pub fn http_get(port: u16, path: &str) -> String {
     s.read_to_string(&mut out).unwrap();
     out
 }
+
+/// A private CA (`ca.pem`) and a server certificate for 127.0.0.1 signed by
+/// it (`server.pem`, `server.key`), made with openssl in `dir`.
+pub fn private_ca(dir: &Path) {
+    let sh = |script: &str| {
+        let out = Command::new("sh").arg("-c").arg(script).current_dir(dir).output().unwrap();
+        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=depot-test-ca");
+    sh("openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1");
+    sh("printf 'subjectAltName=IP:127.0.0.1\\n' > ext && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key \
+        -CAcreateserial -out server.pem -days 2 -extfile ext");
+}

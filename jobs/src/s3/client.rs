@@ -45,6 +45,29 @@ pub struct Endpoint {
     pub url: String,
     pub region: String,
     pub bucket: String,
+    /// PEM file of the CAs to trust instead of the public roots.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// The roots an https endpoint is checked against: the CAs of `ca_file`
+/// only, or the public (Mozilla) ones.
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<ureq::tls::TlsConfig> {
+    use ureq::tls::{PemItem, RootCerts, TlsConfig};
+    let Some(path) = ca_file else { return Ok(TlsConfig::default()) };
+    let what = || format!("publish.s3.ca_file {}", path.display());
+    let pem = std::fs::read(path).map_err(|e| io_err(format!("{}: {e}", what())))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(PemItem::Certificate(c)) => certs.push(c.to_owned()),
+            Ok(_) => {}
+            Err(e) => return Err(io_err(format!("{}: {e}", what()))),
+        }
+    }
+    if certs.is_empty() {
+        return Err(io_err(format!("{}: no PEM certificate in it", what())));
+    }
+    Ok(TlsConfig::builder().root_certs(RootCerts::Specific(std::sync::Arc::new(certs))).build())
 }
 
 pub struct Client {
@@ -119,6 +142,7 @@ impl Client {
             .timeout_recv_response(Some(Duration::from_secs(120)))
             .timeout_recv_body(Some(Duration::from_secs(120)))
             .max_redirects(0)
+            .tls_config(tls_config(ep.ca_file.as_deref())?)
             .build()
             .into();
         Ok(Client { base: url.to_owned(), host, region: ep.region.clone(), bucket: ep.bucket.clone(), creds, agent })

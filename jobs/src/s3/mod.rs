@@ -132,7 +132,12 @@ impl Bucket {
     }
 
     pub fn with_credentials(s: &S3Settings, creds: Credentials) -> Result<Bucket> {
-        let ep = Endpoint { url: s.endpoint.clone(), region: s.region.clone(), bucket: s.bucket.clone() };
+        let ep = Endpoint {
+            url: s.endpoint.clone(),
+            region: s.region.clone(),
+            bucket: s.bucket.clone(),
+            ca_file: s.ca_file.clone(),
+        };
         Ok(Bucket {
             client: Client::new(&ep, creds)?,
             prefix: s.prefix.trim_matches('/').to_owned(),

@@ -297,14 +297,7 @@ pub fn ingest_s3(
         job.clone()
     };
     let (s, p, id) = (job.settings, job.producer, job.id);
-    let fail_after = |step: Step| match opts.fail_after {
-        Some(f) if f == step => Err(Error::io(
-            Stage::Publish,
-            format!("injected failure after {step:?}"),
-            std::io::Error::other("injected"),
-        )),
-        _ => Ok(()),
-    };
+    let fail_after = |step: Step| publish::injected(opts.fail_after, step);
     let floor = bucket.current(p)?.map_or(0, |(cur, _)| cur.fence);
     let lease = locks.lock(p, floor, &|| progress.cancelled())?;
     bucket.clean_debris(p, &*lease)?;
@@ -354,38 +347,14 @@ pub fn ingest_s3(
     let manifest = match committed {
         Some(m) => m,
         None => {
-            let mut files = s3::manifest_files(&summary.files);
+            let mut files = publish::manifest_files(&summary.files);
             if let Some((from, m)) = &base {
-                let ci = s.checks.case_insensitive;
-                let taken: std::collections::HashSet<String> =
-                    files.iter().map(|f| crate::names::conflict_key(&f.path, ci)).collect();
-                let mut copied = Vec::new();
-                for f in &m.files {
-                    if taken.contains(&crate::names::conflict_key(&f.path, ci)) {
-                        continue;
-                    }
-                    crate::names::check_name(&f.path, u64::MAX).map_err(|e| {
-                        Error::io(
-                            Stage::Publish,
-                            format!("current release lists {:?}", f.path),
-                            std::io::Error::other(e.why),
-                        )
-                    })?;
-                    copied.push(f.clone());
-                }
-                bucket.copy_files(p, from, id, &copied)?;
-                files.extend(copied);
+                let kept = publish::kept_files(&m.files, &files, s.checks.case_insensitive)?;
+                bucket.copy_files(p, from, id, &kept)?;
+                files.extend(kept);
             }
             fail_after(Step::Linked)?;
-            files.sort_by(|a, b| a.path.cmp(&b.path));
-            let m = publish::ReleaseManifest {
-                deposit: id.to_owned(),
-                producer: p.to_owned(),
-                created: crate::deposit::now_rfc3339(),
-                file_count: files.len() as u64,
-                total_bytes: files.iter().map(|f| f.size).sum(),
-                files,
-            };
+            let m = publish::ReleaseManifest::new(id, p, files);
             // The commit point, only while the lease is ours: another
             // holder may have removed this release's objects as debris.
             lease.check()?;

@@ -237,14 +237,63 @@ pub struct Request<'a> {
 
 impl Request<'_> {
     fn step(&self, s: Step) -> Result<()> {
-        if self.fail_after == Some(s) {
-            return Err(Error::io(
-                Stage::Publish,
-                format!("injected failure after {s:?}"),
-                io::Error::other("injected"),
-            ));
+        injected(self.fail_after, s)
+    }
+}
+
+/// The test hook of both targets: fail right after step `s`, as a crash would.
+pub fn injected(fail_after: Option<Step>, s: Step) -> Result<()> {
+    if fail_after == Some(s) {
+        return Err(Error::io(Stage::Publish, format!("injected failure after {s:?}"), io::Error::other("injected")));
+    }
+    Ok(())
+}
+
+/// The delivered files as a release manifest lists them.
+pub fn manifest_files(delivered: &[FileRecord]) -> Vec<ManifestFile> {
+    delivered
+        .iter()
+        .filter_map(|f| {
+            Some(ManifestFile { path: f.published.clone()?, size: f.size, md5: f.md5.as_ref().map(md5sums::hex)? })
+        })
+        .collect()
+}
+
+/// What a merge keeps of the current release: its files whose names the
+/// delivered ones do not take. The names come from our own manifest but
+/// are checked anyway: the manifest is a file (or an object) like any other.
+pub fn kept_files(
+    current: &[ManifestFile],
+    delivered: &[ManifestFile],
+    case_insensitive: bool,
+) -> Result<Vec<ManifestFile>> {
+    let taken: std::collections::HashSet<String> =
+        delivered.iter().map(|f| names::conflict_key(&f.path, case_insensitive)).collect();
+    let mut kept = Vec::new();
+    for f in current {
+        if taken.contains(&names::conflict_key(&f.path, case_insensitive)) {
+            continue;
         }
-        Ok(())
+        names::check_name(&f.path, u64::MAX).map_err(|e| {
+            Error::io(Stage::Publish, format!("current release lists {:?}", f.path), io::Error::other(e.why))
+        })?;
+        kept.push(f.clone());
+    }
+    Ok(kept)
+}
+
+impl ReleaseManifest {
+    /// A release's manifest, its files sorted by path.
+    pub fn new(deposit: &str, producer: &str, mut files: Vec<ManifestFile>) -> ReleaseManifest {
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        ReleaseManifest {
+            deposit: deposit.to_owned(),
+            producer: producer.to_owned(),
+            created: crate::deposit::now_rfc3339(),
+            file_count: files.len() as u64,
+            total_bytes: files.iter().map(|f| f.size).sum(),
+            files,
+        }
     }
 }
 
@@ -471,26 +520,11 @@ fn build_release(
     delivered: &[FileRecord],
     case_insensitive: bool,
 ) -> Result<(u64, u64)> {
-    let mut files: Vec<ManifestFile> = delivered
-        .iter()
-        .filter_map(|f| {
-            Some(ManifestFile { path: f.published.clone()?, size: f.size, md5: f.md5.as_ref().map(md5sums::hex)? })
-        })
-        .collect();
+    let mut files = manifest_files(delivered);
     if req.mode == PublishMode::Merge
         && let Some((dir, current)) = read_current(req.publish_root, req.producer)?
     {
-        let taken: std::collections::HashSet<String> =
-            files.iter().map(|f| names::conflict_key(&f.path, case_insensitive)).collect();
-        for f in current.files {
-            if taken.contains(&names::conflict_key(&f.path, case_insensitive)) {
-                continue;
-            }
-            // Names come from our own manifest, but check them anyway: the
-            // release tree is ours, the manifest text is a file like any other.
-            names::check_name(&f.path, u64::MAX).map_err(|e| {
-                Error::io(Stage::Publish, format!("current release lists {:?}", f.path), io::Error::other(e.why))
-            })?;
+        for f in kept_files(&current.files, &files, case_insensitive)? {
             let dst = staging.dir.join(&f.path);
             if let Some(parent) = dst.parent() {
                 mkdir_p(parent, Stage::Publish)?;
@@ -501,15 +535,7 @@ fn build_release(
     }
     req.step(Step::Linked)?;
 
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    let manifest = ReleaseManifest {
-        deposit: req.deposit_id.to_owned(),
-        producer: req.producer.to_owned(),
-        created: crate::deposit::now_rfc3339(),
-        file_count: files.len() as u64,
-        total_bytes: files.iter().map(|f| f.size).sum(),
-        files,
-    };
+    let manifest = ReleaseManifest::new(req.deposit_id, req.producer, files);
     let (file_count, total_bytes) = (manifest.file_count, manifest.total_bytes);
     let json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| Error::io(Stage::Publish, "encode manifest", io::Error::other(e)))?;

@@ -190,6 +190,10 @@ impl Bucket {
         let Some((bytes, etag)) = self.client.get(&key)? else { return Ok(None) };
         let cur: Current = serde_json::from_slice(&bytes)
             .map_err(|e| io_err(format!("{} is not depot's current document: {e}", self.url(&key))))?;
+        // It becomes part of keys (the merge base, prune): one plain id.
+        if cur.release.is_empty() || cur.release.contains('/') || cur.release.starts_with('.') {
+            return Err(io_err(format!("{} names {:?}, not a release id", self.url(&key), cur.release)));
+        }
         Ok(Some((cur, etag)))
     }
 
@@ -405,10 +409,13 @@ impl Write for PartWriter<'_> {
             // last must be at least 5 MiB.
             self.send_part().map_err(|e| io::Error::other(e.message()))?;
         }
-        if self.buf.capacity() == 0 {
-            self.buf.reserve_exact(data.len().max(64 << 10).min(self.part_size));
-        }
         let n = data.len().min(self.part_size - self.buf.len());
+        // Grown by hand: Vec's own doubling would overshoot part_size (a
+        // 5 MiB part in an 8 MiB buffer), and the memory bound is one part.
+        if self.buf.capacity() - self.buf.len() < n {
+            let want = (self.buf.capacity() * 2).max(self.buf.len() + n).max(64 << 10).min(self.part_size);
+            self.buf.reserve_exact(want - self.buf.len());
+        }
         self.buf.extend_from_slice(&data[..n]);
         Ok(n)
     }
@@ -447,14 +454,4 @@ impl Drop for PartWriter<'_> {
             let _ = self.client.abort_multipart(&self.key, &id);
         }
     }
-}
-
-/// The files of a release as its manifest lists them.
-pub fn manifest_files(files: &[crate::unpack::FileRecord]) -> Vec<ManifestFile> {
-    files
-        .iter()
-        .filter_map(|f| {
-            Some(ManifestFile { path: f.published.clone()?, size: f.size, md5: f.md5.as_ref().map(md5sums::hex)? })
-        })
-        .collect()
 }

@@ -191,8 +191,8 @@ impl Client {
     }
 
     /// A lower page cap (tests of the cap itself).
-    #[doc(hidden)]
-    pub fn set_max_pages(&mut self, n: u32) {
+    #[cfg(test)]
+    fn set_max_pages(&mut self, n: u32) {
         self.max_pages = n;
     }
 

@@ -297,9 +297,28 @@ impl jobs::s3::Lease for FakeLease {
     }
 }
 
-#[test]
-fn current_is_never_written_back_nor_over_a_later_grant_nor_without_the_lease() {
-    let g = Garage::start();
+/// A lease that holds for its first `n` checks, then is lost (a holder
+/// paused past its grant wakes up between two deletes).
+struct LapsingLease(std::sync::atomic::AtomicU32);
+impl jobs::s3::Lease for LapsingLease {
+    fn fence(&self) -> u64 {
+        1
+    }
+    fn check(&self) -> jobs::Result<()> {
+        let left = self.0.load(std::sync::atomic::Ordering::SeqCst);
+        if left == 0 {
+            return Err(jobs::Error::io(jobs::Stage::Publish, "lease", std::io::Error::other("lost")));
+        }
+        self.0.store(left - 1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+    fn lost(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst) == 0
+    }
+}
+
+/// depot's own client on the test's Garage, under [`PREFIX`].
+fn test_bucket(g: &Garage) -> jobs::s3::Bucket {
     let s3 = jobs::S3Settings {
         endpoint: g.endpoint.clone(),
         region: g.region.clone(),
@@ -308,9 +327,29 @@ fn current_is_never_written_back_nor_over_a_later_grant_nor_without_the_lease() 
         ..Default::default()
     };
     let creds = jobs::s3::Credentials { key_id: g.key_id.clone(), secret: g.secret.clone() };
-    let bucket = jobs::s3::Bucket::with_credentials(&s3, creds).unwrap();
+    jobs::s3::Bucket::with_credentials(&s3, creds).unwrap()
+}
+
+/// A release as depot writes one: its objects, then `manifest.json`
+/// listing them.
+fn put_release(g: &Garage, bucket: &jobs::s3::Bucket, p: &str, id: &str, files: &[(&str, &[u8])]) {
+    let mut listed = Vec::new();
+    for (path, bytes) in files {
+        g.put(&format!("{PREFIX}/{p}/releases/{id}/{path}"), bytes);
+        listed.push(jobs::publish::ManifestFile { path: (*path).into(), size: bytes.len() as u64, md5: md5hex(bytes) });
+    }
+    bucket.put_manifest(p, id, &jobs::publish::ReleaseManifest::new(id, p, listed)).unwrap();
+}
+
+#[test]
+fn current_is_never_written_back_nor_over_a_later_grant_nor_without_the_lease() {
+    let g = Garage::start();
+    let bucket = test_bucket(&g);
     let (old, mid, new) =
         ("20261101T000000Z-FENC-aaaaaaaa", "20261102T000000Z-FENC-bbbbbbbb", "20261103T000000Z-FENC-cccccccc");
+    for id in [old, mid, new] {
+        put_release(&g, &bucket, "FENC", id, &[("a.txt", id.as_bytes())]);
+    }
     assert_eq!(bucket.switch("FENC", mid, &FakeLease(5, true)).unwrap(), None);
     assert_eq!(current(&g, "FENC").as_deref(), Some(mid));
     // An older deposit id, even under a later grant: left on the newer one.
@@ -323,6 +362,103 @@ fn current_is_never_written_back_nor_over_a_later_grant_nor_without_the_lease() 
     assert_eq!(current(&g, "FENC").as_deref(), Some(mid));
     assert_eq!(bucket.switch("FENC", new, &FakeLease(7, true)).unwrap(), None);
     assert_eq!(current(&g, "FENC").as_deref(), Some(new));
+}
+
+/// Finding 7 of issue 19, the switch's side: a holder whose lease lapsed
+/// could remove objects of the next holder's release as debris, and that
+/// holder then pointed `current` at a release with missing files. Now
+/// `current` moves only to a release whose every listed object is there
+/// with its size.
+#[test]
+fn current_never_moves_to_a_release_with_missing_or_cut_objects() {
+    let g = Garage::start();
+    let bucket = test_bucket(&g);
+    let (a, b) = ("20261101T000000Z-HOLE-aaaaaaaa", "20261102T000000Z-HOLE-bbbbbbbb");
+    put_release(&g, &bucket, "HOLE", a, &[("x.txt", b"x")]);
+    assert_eq!(bucket.switch("HOLE", a, &FakeLease(1, true)).unwrap(), None);
+    put_release(&g, &bucket, "HOLE", b, &[("d/one.txt", b"one"), ("d/two.txt", b"two")]);
+    // One object removed (as the lapsed holder's cleanup did).
+    g.delete(&format!("{PREFIX}/HOLE/releases/{b}/d/two.txt"));
+    let e = bucket.switch("HOLE", b, &FakeLease(2, true)).unwrap_err();
+    assert!(e.is_transient() && e.message().contains("not complete"), "{}", e.message());
+    assert_eq!(current(&g, "HOLE").as_deref(), Some(a), "current moved to a release with a missing file");
+    // One object of another size than listed: not that release either.
+    g.put(&format!("{PREFIX}/HOLE/releases/{b}/d/two.txt"), b"tw");
+    assert!(bucket.switch("HOLE", b, &FakeLease(2, true)).is_err());
+    // No manifest.json at all: not a release.
+    let none = "20261103T000000Z-HOLE-cccccccc";
+    g.put(&format!("{PREFIX}/HOLE/releases/{none}/x.txt"), b"x");
+    assert!(bucket.switch("HOLE", none, &FakeLease(2, true)).is_err());
+    assert_eq!(current(&g, "HOLE").as_deref(), Some(a));
+    // Whole again: it moves.
+    g.put(&format!("{PREFIX}/HOLE/releases/{b}/d/two.txt"), b"two");
+    assert_eq!(bucket.switch("HOLE", b, &FakeLease(2, true)).unwrap(), None);
+    assert_eq!(current(&g, "HOLE").as_deref(), Some(b));
+    assert_complete(&g, "HOLE", b);
+}
+
+/// Finding 7 of issue 19, the cleaner's side: debris cleanup ignored its
+/// lease, so a holder whose lease lapsed went on deleting. Now it checks
+/// the lease before every delete and stops once it is lost.
+#[test]
+fn debris_cleanup_deletes_nothing_once_its_lease_is_lost() {
+    let g = Garage::start();
+    let bucket = test_bucket(&g);
+    let (a, b) = ("20261101T000000Z-DEBR-aaaaaaaa", "20261102T000000Z-DEBR-bbbbbbbb");
+    for id in [a, b] {
+        for f in ["one.txt", "d/two.txt"] {
+            g.put(&format!("{PREFIX}/DEBR/releases/{id}/{f}"), b"partial");
+        }
+    }
+    // Lapsed before it began: nothing deleted.
+    assert!(bucket.clean_debris("DEBR", &FakeLease(1, false)).is_err());
+    assert_eq!(release_ids(&g, PREFIX, "DEBR"), [a, b]);
+    assert_eq!(g.keys(&format!("{PREFIX}/DEBR/")).len(), 4);
+    // Lapsed after its first delete: the rest is left to the next holder.
+    let lapsing = LapsingLease(std::sync::atomic::AtomicU32::new(1));
+    assert!(bucket.clean_debris("DEBR", &lapsing).is_err());
+    assert_eq!(release_ids(&g, PREFIX, "DEBR").len(), 1, "went on deleting once the lease was lost");
+    // Held: all gone.
+    let left = release_ids(&g, PREFIX, "DEBR");
+    assert_eq!(bucket.clean_debris("DEBR", &FakeLease(2, true)).unwrap(), left);
+    assert!(g.keys(&format!("{PREFIX}/DEBR/")).is_empty());
+}
+
+/// The URL the data service redirects a reader to (`307`): any client,
+/// with no credentials, GETs the object with it, names that SigV4 must
+/// encode included; a URL altered or signed with another secret is
+/// refused.
+#[test]
+fn a_presigned_get_is_taken_by_the_server_without_credentials() {
+    let g = Garage::start();
+    let bucket = test_bucket(&g);
+    let key = format!("{PREFIX}/PSGN/releases/x/d ir/caf\u{e9}+%&'.txt");
+    g.put(&key, b"presigned bytes");
+    let url = bucket.client().presign_get(&key, Duration::from_secs(120)).unwrap();
+    assert!(url.starts_with(&g.endpoint) && url.contains("X-Amz-Signature="), "{url}");
+    let plain = |url: &str| {
+        let o = Command::new("curl").args(["-sS", "-w", "\n%{http_code}", url]).output().unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.to_owned(), body.to_owned())
+    };
+    assert_eq!(plain(&url), ("200".to_owned(), "presigned bytes".to_owned()));
+    let sig = url.rsplit_once("X-Amz-Signature=").unwrap().1.split('&').next().unwrap().to_owned();
+    let forged = url.replace(&sig, &"0".repeat(sig.len()));
+    assert_eq!(plain(&forged).0, "403", "a forged signature was taken");
+    let other = jobs::s3::Bucket::with_credentials(
+        &jobs::S3Settings {
+            endpoint: g.endpoint.clone(),
+            region: g.region.clone(),
+            bucket: g.bucket.clone(),
+            prefix: PREFIX.into(),
+            ..Default::default()
+        },
+        jobs::s3::Credentials { key_id: g.key_id.clone(), secret: "not the secret".into() },
+    )
+    .unwrap();
+    assert_eq!(plain(&other.client().presign_get(&key, Duration::from_secs(120)).unwrap()).0, "403");
+    assert!(bucket.client().presign_get(&key, Duration::from_secs(8 * 86_400)).is_err(), "S3 allows 7 days at most");
 }
 
 /// An S3 of the archive's own behind its own CA: Garage behind a TLS proxy

@@ -541,3 +541,115 @@ fn a_prefix_equal_to_a_producer_name() {
     assert_eq!(g.get("ABCD/releases/20260101T000000Z-ABCD-deadbeef/x.txt").as_deref(), Some(&b"not depot's"[..]));
     assert_eq!(stop(daemon), Some(0));
 }
+
+/// An S3 endpoint of the test's own (a thread on a free loopback port, no
+/// Garage): every ListObjectsV2 answers "truncated, go on with token
+/// `again`", uploads list empty, anything else is 404. Returns the
+/// endpoint and the count of listing requests it answered.
+fn endless_lister() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::Ordering;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let pages = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&pages);
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            if r.read_line(&mut line).is_err() {
+                continue;
+            }
+            let mut h = String::new();
+            let mut length = 0usize;
+            while r.read_line(&mut h).is_ok_and(|n| n > 0) && h != "\r\n" {
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                h.clear();
+            }
+            let mut body = vec![0; length];
+            let _ = std::io::Read::read_exact(&mut r, &mut body);
+            let (status, reply) = if line.contains("list-type=2") {
+                counted.fetch_add(1, Ordering::SeqCst);
+                (
+                    200,
+                    "<ListBucketResult><Contents><Key>archive/LOOP/releases/x/a</Key><Size>1</Size></Contents>\
+                     <CommonPrefixes><Prefix>archive/LOOP/releases/x/</Prefix></CommonPrefixes>\
+                     <IsTruncated>true</IsTruncated><NextContinuationToken>again</NextContinuationToken></ListBucketResult>",
+                )
+            } else if line.contains("uploads") {
+                (200, "<ListMultipartUploadsResult><IsTruncated>false</IsTruncated></ListMultipartUploadsResult>")
+            } else {
+                (404, "<Error><Code>NoSuchKey</Code><Message>no</Message></Error>")
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status} X\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+                reply.len()
+            );
+        }
+    });
+    (format!("http://127.0.0.1:{port}"), pages)
+}
+
+/// Finding 6 of issue 19: a server repeating `IsTruncated=true` with the
+/// same continuation token had `depot ingest` list forever (30,000 pages in
+/// 40 s, memory growing) while it held the producer's lease. Now the
+/// listing ends at the repeat, as a transient S3 fault: FAILURE IO_ERROR,
+/// the deposit left where it was.
+#[test]
+fn a_listing_that_never_ends_fails_the_ingest_instead_of_hanging() {
+    let redis = Redis::start();
+    let (endpoint, pages) = endless_lister();
+    let site = Site::new(&redis.url(), "");
+    let creds = site.root().join("s3.credentials");
+    write_credentials(&creds, "GK0000", "secret");
+    let text = fs::read_to_string(&site.config).unwrap();
+    fs::write(
+        &site.config,
+        format!(
+            "{text}target = \"s3\"\n[publish.s3]\nendpoint = \"{endpoint}\"\nregion = \"garage\"\nbucket = \"b\"\n\
+             prefix = \"{PREFIX}\"\ncredentials_file = \"{}\"\n",
+            creds.display()
+        ),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("LOOP_1.zip");
+    fs::write(&archive, good_theia("LOOP", "v1")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_depot"))
+        .args(["ingest", "--quiet", "--json", "--producer", "LOOP", "--config"])
+        .arg(&site.config)
+        .arg(&archive)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Stopped by its pid whatever happens (Daemon's Drop).
+    let mut guard = Daemon(Some(child));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while guard.0.as_mut().unwrap().try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "depot ingest still running after 60 s: {} listing pages asked",
+            pages.load(std::sync::atomic::Ordering::SeqCst)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = guard.0.take().unwrap().wait_with_output().unwrap();
+    let asked = pages.load(std::sync::atomic::Ordering::SeqCst);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("endless listing: exit {:?} after {asked} pages", out.status.code());
+    assert_eq!(out.status.code(), Some(2), "a transient failure's exit\n{stderr}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(r["state"], "FAILURE", "{r}");
+    assert_eq!(r["code"], "IO_ERROR", "{r}");
+    assert!(r["message"].as_str().unwrap().contains("gave before"), "{r}");
+    // The request's own tries on a 5xx aside, the repeat is caught at once.
+    assert!(asked <= 4, "{asked} pages asked");
+    // Not the producer's fault: the archive is where it was.
+    assert!(archive.is_file());
+}

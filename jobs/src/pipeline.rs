@@ -314,7 +314,7 @@ pub fn ingest_s3(
     let committed = match bucket.manifest(p, id)? {
         Some(m) if bucket.complete(p, id, &m)? => Some(m),
         Some(_) => {
-            bucket.remove_release(p, id)?;
+            bucket.remove_release(p, id, &*lease)?;
             None
         }
         None => None,
@@ -338,7 +338,7 @@ pub fn ingest_s3(
         Err(e) => {
             if committed.is_none() && opts.fail_after.is_none() {
                 // Best effort: the next lease cleans what this leaves.
-                let _ = bucket.remove_release(p, id);
+                let _ = bucket.remove_release(p, id, &*lease);
             }
             return Err(e);
         }
@@ -365,7 +365,7 @@ pub fn ingest_s3(
     fail_after(Step::ManifestWritten)?;
     let newer = bucket.switch(p, id, &*lease)?;
     fail_after(Step::Switched)?;
-    bucket.prune(p, newer.as_deref().unwrap_or(id), s.publish.keep_releases)?;
+    bucket.prune(p, newer.as_deref().unwrap_or(id), s.publish.keep_releases, &*lease)?;
     Ok(Published {
         release: PathBuf::from(bucket.url(bucket.release_key(p, id).trim_end_matches('/'))),
         file_count: manifest.file_count,

@@ -6,18 +6,17 @@
 //! Every failure is an [`Error::Io`] (transient: the deposit is retried
 //! with backoff and never lost), with words an operator can act on.
 
+use std::collections::HashSet;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use md5::{Digest as _, Md5};
-use time::OffsetDateTime;
-use time::macros::format_description;
 
-use super::sign::{self, Canonical, UNSIGNED_PAYLOAD};
-use super::xml;
+use super::sign::{self, SignError};
+use super::xml::{self, XmlError};
 use crate::error::{Error, Result, Stage};
 use crate::md5sums::Digest;
 
@@ -77,6 +76,36 @@ pub struct Client {
     bucket: String,
     creds: Credentials,
     agent: ureq::Agent,
+    /// [`MAX_PAGES`], lower in tests.
+    max_pages: u32,
+}
+
+/// What went wrong talking to the bucket, beyond the transport: kept as
+/// the source of the [`Error::Io`] a failure becomes (transient: retried
+/// with backoff, then IO_ERROR), so the cause stays a type, not words.
+#[derive(Debug, thiserror::Error)]
+pub enum S3Error {
+    #[error("{what}: {source}")]
+    Sign {
+        what: String,
+        #[source]
+        source: SignError,
+    },
+    #[error("{what}: {source}")]
+    Xml {
+        what: String,
+        #[source]
+        source: XmlError,
+    },
+    /// A listing that would not end, or that no bucket of ours can hold.
+    #[error("{what}: {why}")]
+    Listing { what: String, why: String },
+}
+
+impl From<S3Error> for Error {
+    fn from(e: S3Error) -> Error {
+        Error::io(Stage::Publish, "S3", io::Error::other(e))
+    }
 }
 
 /// A reply, whatever its status.
@@ -86,14 +115,25 @@ pub struct Reply {
     pub body: Vec<u8>,
 }
 
-impl Reply {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
+/// One page of a listing: keys under the prefix with their sizes, and
+/// common prefixes ("folders") under it.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub keys: Vec<(String, u64)>,
+    pub dirs: Vec<String>,
 }
 
-/// Keys with their sizes, and common prefixes.
-type Listing = (Vec<(String, u64)>, Vec<String>);
+/// Entries in one listing page: S3's own maximum (and the `max-keys` we
+/// ask for). A page holding more is not S3's.
+const PAGE_ENTRIES: usize = 1000;
+/// Pages one listing may take before it is given up as endless. Derived
+/// from what a listing of ours can hold: the most is one release, whose
+/// `manifest.json` depot reads whole (at most [`MAX_REPLY`], 64 MiB) and
+/// where each file takes at least 60 bytes, so at most ~1.12 million
+/// objects, 1,119 pages; a producer's releases and uploads in flight are
+/// far fewer. Past this the listing is an error (transient, as any S3
+/// fault), never a worker looping while it holds the producer's lease.
+pub const MAX_PAGES: u32 = 2_000;
 
 /// Replies bigger than this are not read (listings are 1,000 keys at most).
 const MAX_REPLY: u64 = 64 << 20;
@@ -109,13 +149,7 @@ pub fn content_md5(d: &Digest) -> String {
 /// CopyObject and CompleteMultipartUpload can answer 200 and an `<Error>`
 /// document (the failure came after the status was sent).
 fn is_error_document(body: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(&body[..body.len().min(256)]);
-    let t = text.trim_start();
-    let t = match t.strip_prefix("<?xml") {
-        Some(rest) => rest.split_once("?>").map_or("", |(_, r)| r).trim_start(),
-        None => t,
-    };
-    t.starts_with("<Error>")
+    xml::root(body).as_deref() == Some("Error")
 }
 
 fn io_err(what: String) -> Error {
@@ -145,7 +179,39 @@ impl Client {
             .tls_config(tls_config(ep.ca_file.as_deref())?)
             .build()
             .into();
-        Ok(Client { base: url.to_owned(), host, region: ep.region.clone(), bucket: ep.bucket.clone(), creds, agent })
+        Ok(Client {
+            base: url.to_owned(),
+            host,
+            region: ep.region.clone(),
+            bucket: ep.bucket.clone(),
+            creds,
+            agent,
+            max_pages: MAX_PAGES,
+        })
+    }
+
+    /// A lower page cap (tests of the cap itself).
+    #[cfg(test)]
+    fn set_max_pages(&mut self, n: u32) {
+        self.max_pages = n;
+    }
+
+    /// `/<bucket>/<key>`, encoded once (path-style: the endpoint is the
+    /// server, whatever the bucket's name).
+    fn path(&self, key: Option<&str>) -> String {
+        match key {
+            Some(k) => format!("/{}/{}", sign::uri_encode(&self.bucket, false), sign::uri_encode(k, true)),
+            None => format!("/{}", sign::uri_encode(&self.bucket, false)),
+        }
+    }
+
+    /// A URL that lets whoever holds it GET `key` for `expires` (at most
+    /// 7 days, S3's limit), without credentials of their own: what the data
+    /// service answers `307` with, so release bytes never go through depot.
+    pub fn presign_get(&self, key: &str, expires: Duration) -> Result<String> {
+        let url = format!("{}{}", self.base, self.path(Some(key)));
+        sign::presign("GET", &url, &self.creds, &self.region, SystemTime::now(), expires)
+            .map_err(|source| S3Error::Sign { what: format!("presign GET s3://{}/{key}", self.bucket), source }.into())
     }
 
     pub fn bucket(&self) -> &str {
@@ -162,33 +228,19 @@ impl Client {
         extra: &[(&str, String)],
         body: &[u8],
     ) -> Result<Reply> {
-        let path = match key {
-            Some(k) => format!("/{}/{}", sign::uri_encode(&self.bucket, false), sign::uri_encode(k, true)),
-            None => format!("/{}", sign::uri_encode(&self.bucket, false)),
-        };
+        let path = self.path(key);
         let qs = sign::query_string(query);
         let url = if qs.is_empty() { format!("{}{path}", self.base) } else { format!("{}{path}?{qs}", self.base) };
         let what = || format!("{method} s3://{}{}", self.bucket, key.map(|k| format!("/{k}")).unwrap_or_default());
         let mut wait = Duration::from_millis(500);
         let mut attempt = 1;
         loop {
-            let amz_date = OffsetDateTime::now_utc()
-                .format(format_description!("[year][month][day]T[hour][minute][second]Z"))
-                .unwrap_or_default();
-            let mut headers: Vec<(String, String)> = vec![
-                ("host".into(), self.host.clone()),
-                ("x-amz-date".into(), amz_date.clone()),
-                ("x-amz-content-sha256".into(), UNSIGNED_PAYLOAD.into()),
-            ];
+            let mut headers: Vec<(String, String)> = vec![("host".into(), self.host.clone())];
             headers.extend(extra.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())));
-            let auth = sign::authorization(
-                &Canonical { method, path: &path, query, headers: &headers },
-                &amz_date,
-                &self.region,
-                &self.creds.key_id,
-                &self.creds.secret,
-            );
-            let result = self.send(method, &url, &headers, &auth, body);
+            let signed = sign::sign_headers(method, &url, &headers, None, &self.creds, &self.region, SystemTime::now())
+                .map_err(|source| S3Error::Sign { what: what(), source })?;
+            headers.extend(signed);
+            let result = self.send(method, &url, &headers, body);
             let retry = match &result {
                 Err(_) => true,
                 Ok(r) => r.status >= 500,
@@ -210,7 +262,6 @@ impl Client {
         method: &str,
         url: &str,
         headers: &[(String, String)],
-        auth: &str,
         body: &[u8],
     ) -> std::result::Result<Reply, ureq::Error> {
         let mut b = ureq::http::Request::builder().method(method).uri(url);
@@ -220,7 +271,6 @@ impl Client {
                 b = b.header(k.as_str(), v.as_str());
             }
         }
-        b = b.header("authorization", auth);
         let req = b.body(body).map_err(ureq::Error::Http)?;
         let mut resp = self.agent.run(req)?;
         let status = resp.status().as_u16();
@@ -232,9 +282,9 @@ impl Client {
 
     /// The error of a reply that is not what was asked, in words.
     pub fn refused(&self, what: &str, r: &Reply) -> Error {
-        let text = r.text();
-        let code = xml::first(&text, "Code").unwrap_or_default();
-        let msg = xml::first(&text, "Message").unwrap_or_default();
+        // A body that is no error document (a HEAD's, a proxy's page)
+        // leaves the status alone to speak.
+        let xml::ErrorDoc { code, message: msg, .. } = xml::parse(&r.body).unwrap_or_default();
         let hint = match (r.status, code.as_str()) {
             (403, _) | (_, "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied") => {
                 ": the bucket refused depot's credentials (check publish.s3.credentials_file / AWS_ACCESS_KEY_ID, \
@@ -292,9 +342,11 @@ impl Client {
 
     pub fn create_multipart(&self, key: &str) -> Result<String> {
         let r = self.request("POST", Some(key), &[("uploads".into(), String::new())], &[], &[])?;
-        let r = self.expect_ok(&format!("start multipart upload of {key}"), r)?;
-        xml::first(&String::from_utf8_lossy(&r.body), "UploadId")
-            .ok_or_else(|| io_err(format!("start multipart upload of {key}: no UploadId in the reply")))
+        let what = format!("start multipart upload of {key}");
+        let r = self.expect_ok(&what, r)?;
+        let reply: xml::InitiateMultipartUploadResult =
+            xml::parse(&r.body).map_err(|source| S3Error::Xml { what, source })?;
+        Ok(reply.upload_id)
     }
 
     pub fn upload_part(&self, key: &str, upload: &str, n: u32, body: &[u8], md5: &Digest) -> Result<String> {
@@ -306,11 +358,8 @@ impl Client {
     }
 
     pub fn complete_multipart(&self, key: &str, upload: &str, etags: &[String]) -> Result<()> {
-        let mut body = String::from("<CompleteMultipartUpload>");
-        for (i, e) in etags.iter().enumerate() {
-            body.push_str(&format!("<Part><PartNumber>{}</PartNumber><ETag>{}</ETag></Part>", i + 1, xml::escape(e)));
-        }
-        body.push_str("</CompleteMultipartUpload>");
+        let body = xml::complete_body(etags)
+            .map_err(|source| S3Error::Xml { what: format!("complete multipart upload of {key}"), source })?;
         let md5: Digest = Md5::digest(body.as_bytes()).into();
         let q = [("uploadId".to_owned(), upload.to_owned())];
         let r = self.request("POST", Some(key), &q, &[("content-md5", content_md5(&md5))], body.as_bytes())?;
@@ -329,20 +378,40 @@ impl Client {
     /// ListObjectsV2 under `prefix`: keys, and with a delimiter the
     /// "folders" (common prefixes). Every key returned starts with `prefix`.
     pub fn list(&self, prefix: &str, delimiter: Option<&str>) -> Result<(Vec<String>, Vec<String>)> {
-        let (objects, dirs) = self.list_full(prefix, delimiter)?;
-        Ok((objects.into_iter().map(|(k, _)| k).collect(), dirs))
-    }
-
-    /// Every key under `prefix` with its size.
-    pub fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
-        Ok(self.list_full(prefix, None)?.0)
-    }
-
-    fn list_full(&self, prefix: &str, delimiter: Option<&str>) -> Result<Listing> {
         let (mut keys, mut dirs) = (Vec::new(), Vec::new());
+        self.list_pages(prefix, delimiter, &mut |page| {
+            keys.extend(page.keys.into_iter().map(|(k, _)| k));
+            dirs.extend(page.dirs);
+            Ok(())
+        })?;
+        Ok((keys, dirs))
+    }
+
+    /// ListObjectsV2 under `prefix`, one page at a time to `each` (so what
+    /// is done with a listing, deleting or comparing, costs one page of
+    /// memory). Every key and folder given starts with `prefix`.
+    ///
+    /// A listing ends: a continuation token the server already gave, a
+    /// truncated page without one, a page of more than 1,000 entries or
+    /// more than [`MAX_PAGES`] pages is an error, never one more request.
+    pub fn list_pages(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        each: &mut dyn FnMut(Page) -> Result<()>,
+    ) -> Result<()> {
+        let what = || format!("list s3://{}/{prefix}", self.bucket);
+        let endless = |why: String| -> Error { S3Error::Listing { what: what(), why }.into() };
         let mut token: Option<String> = None;
-        loop {
-            let mut q = vec![("list-type".to_owned(), "2".to_owned()), ("prefix".to_owned(), prefix.to_owned())];
+        // Digests of the tokens seen: a server cycling through a few
+        // tokens is caught as surely as one repeating the last.
+        let mut seen: HashSet<[u8; 16]> = HashSet::new();
+        for n in 1..=self.max_pages {
+            let mut q = vec![
+                ("list-type".to_owned(), "2".to_owned()),
+                ("prefix".to_owned(), prefix.to_owned()),
+                ("max-keys".to_owned(), PAGE_ENTRIES.to_string()),
+            ];
             if let Some(d) = delimiter {
                 q.push(("delimiter".into(), d.into()));
             }
@@ -350,20 +419,38 @@ impl Client {
                 q.push(("continuation-token".into(), t.clone()));
             }
             let r = self.request("GET", None, &q, &[], &[])?;
-            let r = self.expect_ok(&format!("list s3://{}/{prefix}", self.bucket), r)?;
-            let text = String::from_utf8_lossy(&r.body);
-            keys.extend(xml::all(&text, "Contents").iter().filter_map(|c| {
-                Some((xml::first(c, "Key")?, xml::first(c, "Size").and_then(|s| s.parse().ok()).unwrap_or(0)))
-            }));
-            dirs.extend(xml::all(&text, "CommonPrefixes").iter().filter_map(|c| xml::first(c, "Prefix")));
-            token = xml::first(&text, "NextContinuationToken");
-            if xml::first(&text, "IsTruncated").as_deref() != Some("true") || token.is_none() {
-                break;
+            let r = self.expect_ok(&what(), r)?;
+            let l: xml::ListBucketResult =
+                xml::parse(&r.body).map_err(|source| S3Error::Xml { what: what(), source })?;
+            if l.contents.len() + l.common_prefixes.len() > PAGE_ENTRIES {
+                return Err(endless(format!(
+                    "page {n} holds {} entries; S3 gives at most {PAGE_ENTRIES}",
+                    l.contents.len() + l.common_prefixes.len()
+                )));
             }
+            let page = Page {
+                keys: l.contents.into_iter().filter(|o| o.key.starts_with(prefix)).map(|o| (o.key, o.size)).collect(),
+                dirs: l.common_prefixes.into_iter().map(|c| c.prefix).filter(|d| d.starts_with(prefix)).collect(),
+            };
+            each(page)?;
+            if !l.is_truncated {
+                return Ok(());
+            }
+            let Some(next) = l.next_continuation_token.filter(|t| !t.is_empty()) else {
+                return Err(endless(format!("page {n} says the listing goes on but gives no continuation token")));
+            };
+            if !seen.insert(Md5::digest(next.as_bytes()).into()) {
+                return Err(endless(format!(
+                    "page {n} gives a continuation token it gave before: the server repeats itself, the listing \
+                     would never end"
+                )));
+            }
+            token = Some(next);
         }
-        keys.retain(|(k, _)| k.starts_with(prefix));
-        dirs.retain(|k| k.starts_with(prefix));
-        Ok((keys, dirs))
+        Err(endless(format!(
+            "more than {} pages of {PAGE_ENTRIES}: more than any listing of depot's can hold; given up as endless",
+            self.max_pages
+        )))
     }
 
     /// When `key` was written (the server's LastModified, to the
@@ -374,67 +461,224 @@ impl Client {
             ("prefix".to_owned(), key.to_owned()),
             ("max-keys".to_owned(), "1".to_owned()),
         ];
+        let what = format!("list {key}");
         let r = self.request("GET", None, &q, &[], &[])?;
-        let r = self.expect_ok(&format!("list {key}"), r)?;
-        let text = String::from_utf8_lossy(&r.body);
-        Ok(xml::all(&text, "Contents")
-            .iter()
-            .find(|c| xml::first(c, "Key").as_deref() == Some(key))
-            .and_then(|c| xml::first(c, "LastModified")))
+        let r = self.expect_ok(&what, r)?;
+        let l: xml::ListBucketResult = xml::parse(&r.body).map_err(|source| S3Error::Xml { what, source })?;
+        Ok(l.contents.into_iter().find(|o| o.key == key).and_then(|o| o.last_modified))
     }
 
     /// Multipart uploads started under `prefix` and never completed:
-    /// (key, upload id).
+    /// (key, upload id). Ends as [`Client::list_pages`] does.
     pub fn list_uploads(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        let what = || format!("list multipart uploads under s3://{}/{prefix}", self.bucket);
+        let endless = |why: String| -> Error { S3Error::Listing { what: what(), why }.into() };
         let mut out = Vec::new();
         let mut markers: Option<(String, String)> = None;
-        loop {
-            let mut q = vec![("uploads".to_owned(), String::new()), ("prefix".to_owned(), prefix.to_owned())];
+        let mut seen: HashSet<[u8; 16]> = HashSet::new();
+        for n in 1..=self.max_pages {
+            let mut q = vec![
+                ("uploads".to_owned(), String::new()),
+                ("prefix".to_owned(), prefix.to_owned()),
+                ("max-uploads".to_owned(), PAGE_ENTRIES.to_string()),
+            ];
             if let Some((k, u)) = &markers {
                 q.push(("key-marker".into(), k.clone()));
                 q.push(("upload-id-marker".into(), u.clone()));
             }
             let r = self.request("GET", None, &q, &[], &[])?;
-            let r = self.expect_ok(&format!("list multipart uploads under {prefix}"), r)?;
-            let text = String::from_utf8_lossy(&r.body);
-            for u in xml::all(&text, "Upload") {
-                if let (Some(k), Some(id)) = (xml::first(u, "Key"), xml::first(u, "UploadId"))
-                    && k.starts_with(prefix)
-                {
-                    out.push((k, id));
-                }
+            let r = self.expect_ok(&what(), r)?;
+            let l: xml::ListMultipartUploadsResult =
+                xml::parse(&r.body).map_err(|source| S3Error::Xml { what: what(), source })?;
+            if l.upload.len() > PAGE_ENTRIES {
+                return Err(endless(format!(
+                    "page {n} holds {} uploads; S3 gives at most {PAGE_ENTRIES}",
+                    l.upload.len()
+                )));
             }
-            let next = xml::first(&text, "NextKeyMarker").zip(xml::first(&text, "NextUploadIdMarker"));
-            if xml::first(&text, "IsTruncated").as_deref() != Some("true") || next.is_none() || next == markers {
-                break;
+            out.extend(l.upload.into_iter().filter(|u| u.key.starts_with(prefix)).map(|u| (u.key, u.upload_id)));
+            if !l.is_truncated {
+                return Ok(out);
             }
-            markers = next;
+            let Some(next) = l.next_key_marker.zip(l.next_upload_id_marker) else {
+                return Err(endless(format!("page {n} says the listing goes on but gives no next markers")));
+            };
+            let mut d = Md5::new();
+            d.update(next.0.as_bytes());
+            d.update([0]);
+            d.update(next.1.as_bytes());
+            if !seen.insert(d.finalize().into()) {
+                return Err(endless(format!(
+                    "page {n} gives markers it gave before: the server repeats itself, the listing would never end"
+                )));
+            }
+            markers = Some(next);
         }
-        Ok(out)
+        Err(endless(format!("more than {} pages of {PAGE_ENTRIES}; given up as endless", self.max_pages)))
     }
 
-    /// DeleteObjects, 1,000 keys a request.
+    /// DeleteObjects of up to 1,000 keys (one listing page).
     pub fn delete(&self, keys: &[String]) -> Result<()> {
-        for chunk in keys.chunks(1000) {
-            let mut body = String::from("<Delete><Quiet>true</Quiet>");
-            for k in chunk {
-                body.push_str(&format!("<Object><Key>{}</Key></Object>", xml::escape(k)));
-            }
-            body.push_str("</Delete>");
+        for chunk in keys.chunks(PAGE_ENTRIES) {
+            let what = || format!("delete {} objects", chunk.len());
+            let body = xml::delete_body(chunk).map_err(|source| S3Error::Xml { what: what(), source })?;
             let md5: Digest = Md5::digest(body.as_bytes()).into();
             let q = [("delete".to_owned(), String::new())];
             let r = self.request("POST", None, &q, &[("content-md5", content_md5(&md5))], body.as_bytes())?;
-            let r = self.expect_ok(&format!("delete {} objects", chunk.len()), r)?;
-            let text = String::from_utf8_lossy(&r.body);
-            if let Some(e) = xml::all(&text, "Error").first() {
-                return Err(io_err(format!(
-                    "delete {}: {} {}",
-                    xml::first(e, "Key").unwrap_or_default(),
-                    xml::first(e, "Code").unwrap_or_default(),
-                    xml::first(e, "Message").unwrap_or_default()
-                )));
+            let r = self.expect_ok(&what(), r)?;
+            let reply: xml::DeleteResult =
+                xml::parse(&r.body).map_err(|source| S3Error::Xml { what: what(), source })?;
+            if let Some(e) = reply.errors.first() {
+                return Err(io_err(format!("delete {}: {} {}", e.key, e.code, e.message)));
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// A server of its own on a free loopback port: answers every request
+    /// with `reply(request line, n)` (n counts requests from 1), one
+    /// connection per request. Its thread ends with the test process.
+    fn server(reply: impl Fn(&str, usize) -> (u16, String) + Send + 'static) -> (Client, Arc<AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let count = Arc::new(AtomicUsize::new(0));
+        let c = Arc::clone(&count);
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                if r.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let mut h = String::new();
+                while r.read_line(&mut h).is_ok_and(|n| n > 0) && h != "\r\n" {
+                    h.clear();
+                }
+                let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                let (status, body) = reply(&line, n);
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        let ep = Endpoint {
+            url: format!("http://127.0.0.1:{port}"),
+            region: "garage".into(),
+            bucket: "b".into(),
+            ca_file: None,
+        };
+        let client = Client::new(&ep, Credentials { key_id: "k".into(), secret: "s".into() }).unwrap();
+        (client, count)
+    }
+
+    fn page(keys: &[&str], token: Option<&str>) -> String {
+        let mut x = String::from("<ListBucketResult>");
+        for k in keys {
+            x.push_str(&format!("<Contents><Key>{k}</Key><Size>1</Size></Contents>"));
+        }
+        match token {
+            Some(t) => x.push_str(&format!(
+                "<IsTruncated>true</IsTruncated><NextContinuationToken>{t}</NextContinuationToken>"
+            )),
+            None => x.push_str("<IsTruncated>false</IsTruncated>"),
+        }
+        x + "</ListBucketResult>"
+    }
+
+    fn listing_error(e: &Error) -> Option<&S3Error> {
+        match e {
+            Error::Io { source, .. } => source.get_ref()?.downcast_ref::<S3Error>(),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_listing_in_pages_is_followed_to_its_end() {
+        let (c, count) = server(|line, _| {
+            if line.contains("continuation-token=t%2F1") {
+                (200, page(&["p/b", "elsewhere/x"], None))
+            } else {
+                (200, page(&["p/a"], Some("t/1")))
+            }
+        });
+        let (keys, _) = c.list("p/", None).unwrap();
+        assert_eq!(keys, ["p/a", "p/b"], "keys outside the prefix are dropped");
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+    }
+
+    /// Finding 6 of issue 19: a server that answers every page "truncated,
+    /// go on with token T" had the worker list forever (30,000 pages in
+    /// 40 s, memory growing) while it held the producer's lease.
+    #[test]
+    fn a_repeated_continuation_token_ends_the_listing_with_an_error() {
+        let (c, count) = server(|_, _| (200, page(&["p/a"], Some("same"))));
+        let e = c.list("p/", None).unwrap_err();
+        assert!(e.is_transient(), "an S3 fault: retried, then IO_ERROR");
+        assert!(matches!(listing_error(&e), Some(S3Error::Listing { .. })), "{e:?}");
+        assert!(e.message().contains("gave before"), "{}", e.message());
+        assert_eq!(count.load(Ordering::SeqCst), 2, "stopped at the first repeat");
+
+        // A cycle of two tokens is a repeat too.
+        let (c, count) = server(|_, n| (200, page(&["p/a"], Some(if n % 2 == 0 { "a" } else { "b" }))));
+        assert!(c.list("p/", None).unwrap_err().message().contains("gave before"));
+        assert_eq!(count.load(Ordering::SeqCst), 3);
+
+        // So is a multipart upload listing whose markers do not move.
+        let (c, count) = server(|_, _| {
+            (
+                200,
+                "<ListMultipartUploadsResult><IsTruncated>true</IsTruncated><NextKeyMarker>k</NextKeyMarker>\
+                 <NextUploadIdMarker>u</NextUploadIdMarker></ListMultipartUploadsResult>"
+                    .into(),
+            )
+        });
+        assert!(c.list_uploads("p/").unwrap_err().message().contains("gave before"));
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn fresh_tokens_forever_end_at_the_page_cap() {
+        let (mut c, count) = server(|_, n| (200, page(&["p/a"], Some(&format!("t{n}")))));
+        c.set_max_pages(7);
+        let e = c.list("p/", None).unwrap_err();
+        assert!(e.message().contains("more than 7 pages"), "{}", e.message());
+        assert_eq!(count.load(Ordering::SeqCst), 7);
+        let (c, _) = server(|_, n| (200, page(&["p/a"], Some(&format!("t{n}")))));
+        assert_eq!(c.max_pages, MAX_PAGES);
+    }
+
+    #[test]
+    fn pages_that_are_not_s3_s_are_errors_not_listings() {
+        // Truncated with no token: not "the end".
+        let (c, _) =
+            server(|_, _| (200, "<ListBucketResult><IsTruncated>true</IsTruncated></ListBucketResult>".into()));
+        assert!(c.list("p/", None).unwrap_err().message().contains("no continuation token"));
+        // More entries in a page than S3 ever gives.
+        let (c, _) = server(|_, _| {
+            let keys: Vec<String> = (0..1001).map(|i| format!("p/{i}")).collect();
+            (200, page(&keys.iter().map(String::as_str).collect::<Vec<_>>(), None))
+        });
+        assert!(c.list("p/", None).unwrap_err().message().contains("1001 entries"));
+        // Not XML at all.
+        let (c, _) = server(|_, _| (200, "<html>proxy page".into()));
+        let e = c.list("p/", None).unwrap_err();
+        assert!(matches!(listing_error(&e), Some(S3Error::Xml { .. })), "{e:?}");
+        // An error document with its code, in words.
+        let (c, _) = server(|_, _| (403, "<Error><Code>AccessDenied</Code><Message>no</Message></Error>".into()));
+        let e = c.list("p/", None).unwrap_err();
+        assert!(e.message().contains("AccessDenied no") && e.message().contains("credentials"), "{}", e.message());
     }
 }

@@ -229,30 +229,57 @@ impl Bucket {
     /// lease (its objects removed meanwhile as debris) is not complete.
     pub fn complete(&self, p: &str, id: &str, m: &ReleaseManifest) -> Result<bool> {
         let base = self.release_key(p, id);
-        let have: std::collections::HashMap<String, u64> = self.client.list_sized(&base)?.into_iter().collect();
-        Ok(m.files.iter().all(|f| have.get(&format!("{base}{}", f.path)) == Some(&f.size)))
+        // What is still to be seen; the listing goes by page, so this costs
+        // the manifest (already in memory), never the listing.
+        let mut missing: std::collections::HashMap<&str, u64> =
+            m.files.iter().map(|f| (f.path.as_str(), f.size)).collect();
+        self.client.list_pages(&base, None, &mut |page| {
+            for (key, size) in page.keys {
+                if let Some(rel) = key.strip_prefix(&base)
+                    && missing.get(rel) == Some(&size)
+                {
+                    missing.remove(rel);
+                }
+            }
+            Ok(())
+        })?;
+        Ok(missing.is_empty())
     }
 
-    /// Delete every object of one release.
-    pub fn remove_release(&self, p: &str, id: &str) -> Result<usize> {
+    /// Delete every object of one release, a listing page at a time, each
+    /// only while `lease` is still ours: a holder whose lease lapsed (a
+    /// pause, Redis lost) stops before it deletes what the next holder,
+    /// publishing this same deposit again, has written since.
+    pub fn remove_release(&self, p: &str, id: &str, lease: &dyn Lease) -> Result<usize> {
         let key = self.release_key(p, id);
-        let (keys, _) = self.client.list(&key, None)?;
-        self.client.delete(&keys)?;
-        Ok(keys.len())
+        let mut n = 0;
+        self.client.list_pages(&key, None, &mut |page| {
+            if page.keys.is_empty() {
+                return Ok(());
+            }
+            lease.check()?;
+            let keys: Vec<String> = page.keys.into_iter().map(|(k, _)| k).collect();
+            self.client.delete(&keys)?;
+            n += keys.len();
+            Ok(())
+        })?;
+        Ok(n)
     }
 
     /// Crash debris of one producer: releases without `manifest.json`
     /// (their upload never finished) and multipart uploads never completed.
-    /// Only while holding the producer's lease: a live publish looks the
-    /// same. Returns the release ids removed.
-    pub fn clean_debris(&self, p: &str, _lease: &dyn Lease) -> Result<Vec<String>> {
+    /// Only while holding the producer's lease, checked before every
+    /// delete: a live publish looks the same. Returns the release ids
+    /// removed.
+    pub fn clean_debris(&self, p: &str, lease: &dyn Lease) -> Result<Vec<String>> {
         let mut removed = Vec::new();
         for (key, upload) in self.client.list_uploads(&self.releases_key(p))? {
+            lease.check()?;
             self.client.abort_multipart(&key, &upload)?;
         }
         for id in self.release_ids(p)? {
             if !self.client.exists(&format!("{}{RELEASE_MANIFEST}", self.release_key(p, id.as_str())))? {
-                self.remove_release(p, &id)?;
+                self.remove_release(p, &id, lease)?;
                 removed.push(id);
             }
         }
@@ -278,8 +305,11 @@ impl Bucket {
 
     /// Point `current` at release `id` unless it already names a newer one
     /// (returned then, as with the filesystem target). Checked under the
-    /// lease, right before the write: the lease must still be ours, and
-    /// `current` must not carry a later grant than ours. The write is
+    /// lease, right before the write: release `id` must be complete (every
+    /// object its `manifest.json` lists there, with its size: a holder
+    /// whose lease lapsed may have removed some as debris), the lease must
+    /// still be ours, and `current` must not carry a later grant than
+    /// ours. The write is
     /// conditional on the ETag read (`If-Match`, or `If-None-Match: *` when
     /// there was none) for servers that honour it; Garage does not, which is
     /// why the lease is the guard.
@@ -301,6 +331,17 @@ impl Bucket {
                 return Ok(Some(cur.release.clone()));
             }
         }
+        let complete = match self.manifest(p, id)? {
+            Some(m) => self.complete(p, id, &m)?,
+            None => false,
+        };
+        if !complete {
+            return Err(io_err(format!(
+                "{} is not complete (no manifest.json, or objects it lists are missing): current is left as it was; \
+                 the deposit is published again",
+                self.url(&self.release_key(p, id))
+            )));
+        }
         let doc = Current { release: id.to_owned(), fence: lease.fence(), published: crate::deposit::now_rfc3339() };
         let json = serde_json::to_vec(&doc).map_err(|e| io_err(format!("encode current: {e}")))?;
         let md5: Digest = Md5::digest(&json).into();
@@ -319,7 +360,7 @@ impl Bucket {
     /// Keep the newest `keep` releases, and the current one. Newest by
     /// when their `manifest.json` was written (one producer's publishes are
     /// serialised), then by id: ids of one second do not sort by drop order.
-    pub fn prune(&self, p: &str, current: &str, keep: u32) -> Result<Vec<String>> {
+    pub fn prune(&self, p: &str, current: &str, keep: u32, lease: &dyn Lease) -> Result<Vec<String>> {
         let ids = self.release_ids(p)?;
         let excess = ids.len().saturating_sub(keep as usize);
         if excess == 0 {
@@ -334,7 +375,7 @@ impl Bucket {
         let mut removed = Vec::new();
         for (_, id) in dated.into_iter().take(excess) {
             if id != current {
-                self.remove_release(p, &id)?;
+                self.remove_release(p, &id, lease)?;
                 removed.push(id);
             }
         }

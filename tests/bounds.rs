@@ -1,0 +1,109 @@
+//! Issue 19's bounds on what a hook, a listener, a fault or one producer
+//! can cost the others: the real daemon, a private redis-server per test,
+//! real folders.
+
+#[path = "../jobs/tests/support/mod.rs"]
+mod support;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+mod common;
+use common::*;
+
+/// Pids a test's hooks wrote down, stopped (by pid) when the test ends,
+/// whatever it asserted.
+struct Pids(std::path::PathBuf);
+
+impl Pids {
+    fn list(&self) -> Vec<i32> {
+        fs::read_to_string(&self.0).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect()
+    }
+    /// The listed pids still running `sleep` (a zombie is not running).
+    fn alive(&self) -> Vec<i32> {
+        self.list().into_iter().filter(|p| alive_sleep(*p)).collect()
+    }
+}
+
+fn alive_sleep(pid: i32) -> bool {
+    let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()).unwrap_or("");
+    cmd.starts_with(b"sleep\0987") && state != "Z"
+}
+
+impl Drop for Pids {
+    fn drop(&mut self) {
+        for p in self.alive() {
+            let _ = std::process::Command::new("kill").args(["-KILL", &p.to_string()]).status();
+        }
+    }
+}
+
+fn by_producer(redis: &Redis, p: &str) -> Option<std::collections::HashMap<String, String>> {
+    redis.deposits().into_iter().find(|d| d.get("producer").map(String::as_str) == Some(p))
+}
+
+/// notify.command runs in a process group of its own: its children die
+/// with it at the timeout; a program that exits 0 while a child it left
+/// holds its stderr is a success, not a timeout; and it sees PATH and the
+/// DEPOT_* values only, never the daemon's secrets.
+#[test]
+fn a_hook_and_its_children_are_bounded_and_see_no_secret() {
+    let redis = Redis::start();
+    let port = free_port();
+    let out = tempfile::tempdir().unwrap();
+    let pids = Pids(out.path().join("pids"));
+    let script = r#"env > "$1/$DEPOT_PRODUCER.env"
+case "$DEPOT_PRODUCER" in
+HANG) sleep 987 & echo $! >> "$1/pids"; sleep 987 & echo $! >> "$1/pids"; exec sleep 987 ;;
+BGOK) sleep 987 & echo $! >> "$1/pids"; exit 0 ;;
+esac"#;
+    let site = Site::new(
+        &redis.url(),
+        &format!(
+            "[notify]\ncommand = [\"/bin/sh\", \"-c\", {script:?}, \"sh\", {:?}]\ntimeout_s = 3\nmax_running = 4\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+            out.path().to_str().unwrap()
+        ),
+    );
+    let daemon = site.start_env(&[("AWS_SECRET_ACCESS_KEY", "s3cr3t-of-the-daemon")]);
+    site.drop_rsync("HANG", "HANG_1.zip", &good_theia("HANG", "1"));
+    site.drop_rsync("BGOK", "BGOK_1.zip", &good_theia("BGOK", "1"));
+    wait_for(&site, "both deposits ended", 30, || {
+        ["HANG", "BGOK"].iter().all(|p| by_producer(&redis, p).is_some_and(|d| terminal(&d)))
+    });
+    wait_for(&site, "both hooks started", 10, || pids.list().len() == 3);
+    let bgok = by_producer(&redis, "BGOK").unwrap()["id"].clone();
+    let hang = by_producer(&redis, "HANG").unwrap()["id"].clone();
+    wait_for(&site, "the hung hook killed", 15, || {
+        site.log().lines().any(|l| l.contains(&hang) && l.contains("notify.command timed out"))
+    });
+    // Its children went with it: none outlives the timeout by more than a
+    // moment (they were started to sleep 987 s).
+    let t0 = Instant::now();
+    while !pids.alive().is_empty() && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(pids.alive(), Vec::<i32>::new(), "hook children outlived the hook");
+    // The hook that exited 0 succeeded, although a child kept its stderr.
+    let log = site.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(&bgok) && l.contains("notify.command")).collect();
+    assert!(lines.iter().any(|l| l.contains("notify.command done")), "{lines:?}\n{}", site.log());
+    assert!(!lines.iter().any(|l| l.contains("timed out") || l.contains("failed")), "{lines:?}");
+    let metrics = http_get(port, "/metrics");
+    assert!(metrics.contains("depot_notify_failures_total 1\n"), "{metrics}");
+    // PATH and DEPOT_* only.
+    for p in ["HANG", "BGOK"] {
+        let env = fs::read_to_string(out.path().join(format!("{p}.env"))).unwrap();
+        assert!(!env.contains("s3cr3t") && !env.contains("AWS_SECRET_ACCESS_KEY"), "{env}");
+        for line in env.lines() {
+            let key = line.split('=').next().unwrap_or("");
+            // sh itself sets PWD (and dash OLDPWD? no): the rest must be ours.
+            assert!(key == "PATH" || key == "PWD" || key.starts_with("DEPOT_"), "{p}: unexpected {line:?} in\n{env}");
+        }
+        assert!(env.contains(&format!("DEPOT_PRODUCER={p}")), "{env}");
+    }
+    assert_eq!(stop(daemon), Some(0));
+}

@@ -188,6 +188,7 @@ pub async fn run(config_path: PathBuf, role: Role) -> Result<()> {
     }
     // Jobs still running past the grace period see `abort` and stop.
     shared.abort.store(true, Ordering::SeqCst);
+    interrupted(&shared).await;
     signals.abort();
     for t in [watchdog, worker_beat, metrics, pruner].into_iter().flatten() {
         t.abort();
@@ -195,6 +196,28 @@ pub async fn run(config_path: PathBuf, role: Role) -> Result<()> {
     ready.abort();
     info!("depot stopped");
     Ok(())
+}
+
+/// How long jobs that see `abort` get to stop and record themselves.
+const INTERRUPT_WAIT: Duration = Duration::from_secs(5);
+
+/// The grace period is over: the jobs still running stop (they see
+/// `abort`) and record their deposit as WAITING, interrupted. Their tasks
+/// would die with the runtime when `run` returns, leaving PROGRESS in
+/// Redis until the next start: they are given a moment, and a deposit
+/// whose pipeline does not stop in time is recorded here.
+async fn interrupted(shared: &Arc<Shared>) {
+    let t0 = Instant::now();
+    while shared.running.load(Ordering::SeqCst) > 0 && t0.elapsed() < INTERRUPT_WAIT {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left: Vec<Entry> = lock(&shared.in_progress).values().cloned().collect();
+    for e in left {
+        warn!(deposit = %e.id, producer = %e.producer, "still running at exit: recorded as WAITING; resumes at the next start");
+        let (sh, mut en) = (shared.clone(), e.clone());
+        let _ = tokio::task::spawn_blocking(move || sh.spool.interrupted(&mut en)).await;
+        let _ = redis_within(shared.status.set(&e, status::WAITING, &worker::interrupted_fields(""))).await;
+    }
 }
 
 /// Deletes the releases that publishing set aside (`jobs::publish::prune`)

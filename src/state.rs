@@ -55,6 +55,9 @@ pub struct Shared {
     pub space: Space,
     /// Deposits whose job runs in this process now.
     pub active: Mutex<std::collections::HashSet<String>>,
+    /// Deposits whose pipeline runs in this process now: a shutdown
+    /// records the ones it interrupts as WAITING (see `daemon::run`).
+    pub in_progress: Mutex<HashMap<String, Entry>>,
     /// Deposit → when a transient failure may be retried.
     pub retry_at: Mutex<HashMap<String, Instant>>,
     /// Wakes the scheduler (a job finished, a retry is due).
@@ -91,6 +94,7 @@ impl Shared {
             retry_at: Mutex::default(),
             tasks: Mutex::default(),
             active: Mutex::default(),
+            in_progress: Mutex::default(),
             space: Space::default(),
             recent: Mutex::default(),
             wake: Notify::new(),

@@ -230,6 +230,7 @@ async fn give_up(shared: &Arc<Shared>, entry: Entry) {
 }
 
 async fn run_one(shared: &Arc<Shared>, entry: Entry) {
+    let _listed = InProgress::new(shared, &entry);
     let cfg = shared.config();
     let started = jobs::deposit::now_rfc3339();
     let attempts = entry.attempts.max(1);
@@ -359,7 +360,8 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
             info!(deposit = %entry.id, producer = %entry.producer, "interrupted by shutdown; resumes at the next start");
             let (sh, mut en) = (shared.clone(), entry.clone());
             let _ = off_runtime(move || sh.spool.interrupted(&mut en)).await;
-            let _ = shared.status.set(&entry, status::WAITING, &[("stage", String::new())]).await;
+            let stage = live.fields().first().map(|(_, s)| s.clone()).unwrap_or_default();
+            let _ = shared.status.set(&entry, status::WAITING, &interrupted_fields(&stage)).await;
         }
         End::Retry(e) if !retry => {
             // Only a pipeline thread that panicked comes back here with no
@@ -398,6 +400,29 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
             shared.metrics.stage(Stage::Rotate.as_str(), rotation);
             record(shared, &entry, &outcome, &last).await;
         }
+    }
+}
+
+/// What a deposit that shutdown interrupted shows in its hash: WAITING,
+/// and why, so that status never shows work that is not happening.
+pub fn interrupted_fields(stage: &str) -> [(&'static str, String); 2] {
+    let during = if stage.is_empty() { String::new() } else { format!(" during {stage}") };
+    [("stage", String::new()), ("error", format!("interrupted by shutdown{during}; runs again at the next start"))]
+}
+
+/// A deposit's run, listed in `Shared::in_progress` while it lasts.
+struct InProgress<'a>(&'a Shared, String);
+
+impl<'a> InProgress<'a> {
+    fn new(shared: &'a Shared, e: &Entry) -> Self {
+        crate::state::lock(&shared.in_progress).insert(e.id.clone(), e.clone());
+        InProgress(shared, e.id.clone())
+    }
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        crate::state::lock(&self.0.in_progress).remove(&self.1);
     }
 }
 

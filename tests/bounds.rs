@@ -107,3 +107,53 @@ esac"#;
     }
     assert_eq!(stop(daemon), Some(0));
 }
+
+/// A producer's publish lock held (as another host's depot would hold
+/// it): that producer's deposit stays in PROGRESS, waiting for it.
+struct LockHolder(#[allow(dead_code)] fs::File);
+
+impl LockHolder {
+    fn hold(site: &Site, p: &str) -> LockHolder {
+        let dir = site.root().join("publish/.locks");
+        fs::create_dir_all(&dir).unwrap();
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("{p}.lock")))
+            .unwrap();
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+        LockHolder(f)
+    }
+}
+
+/// SIGTERM while a deposit runs longer than workers.shutdown_timeout_s:
+/// Redis says WAITING (interrupted, runs again), never a PROGRESS that is
+/// not happening; the next start runs it to SUCCESS, the interrupted run
+/// not counted as an attempt.
+#[test]
+fn a_deposit_interrupted_by_shutdown_is_waiting_and_runs_again() {
+    let redis = Redis::start();
+    let site = Site::new(&redis.url(), "[workers]\nshutdown_timeout_s = 1\n");
+    let holder = LockHolder::hold(&site, "TERM");
+    let daemon = site.start();
+    site.drop_rsync("TERM", "TERM_1.zip", &good_theia("TERM", "1"));
+    wait_for(&site, "PROGRESS", 30, || by_producer(&redis, "TERM").is_some_and(|d| d["state"] == "PROGRESS"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(stop(daemon), Some(0), "{}", site.log());
+    let d = by_producer(&redis, "TERM").unwrap();
+    assert_eq!(d["state"], "WAITING", "{d:?}\n{}", site.log());
+    assert!(d.get("error").is_some_and(|e| e.contains("interrupted")), "{d:?}");
+    let states: Vec<String> =
+        redis.events().into_iter().filter(|e| e["id"] == d["id"]).map(|e| e["state"].clone()).collect();
+    assert_eq!(states.last().map(String::as_str), Some("WAITING"), "{states:?}");
+    drop(holder);
+    let daemon = site.start();
+    wait_for(&site, "SUCCESS after restart", 30, || {
+        by_producer(&redis, "TERM").is_some_and(|d| d["state"] == "SUCCESS")
+    });
+    let d = by_producer(&redis, "TERM").unwrap();
+    assert_eq!(d["attempts"], "1", "{d:?}");
+    assert!(!d.contains_key("error"), "{d:?}");
+    assert_eq!(stop(daemon), Some(0));
+}

@@ -643,6 +643,27 @@ impl Spool {
         }
         let mut out = Vec::new();
         for (id, archive) in ids {
+            // One record that cannot be read or mended (made a folder, an
+            // I/O error) must not stop the recovery of every other one: it
+            // is left for the operator, with a log line.
+            // Out of descriptors is the host's moment, not the record's:
+            // the whole listing fails, to be made again.
+            match self.list_one(&id, archive, &mut out) {
+                Err(e) if matches!(e.raw_os_error(), Some(23 | 24)) => return Err(e),
+                Err(e) => {
+                    warn!(deposit = %id, error = %e, "spool record unreadable: left in the spool for the operator")
+                }
+                Ok(()) => {}
+            }
+        }
+        out.sort_by_key(|e| (e.claimed_ns, e.id.clone()));
+        Ok(out)
+    }
+
+    /// One id of [`Spool::list`]: kept in `out`, given back, or forgotten.
+    fn list_one(&self, id: &str, archive: Option<String>, out: &mut Vec<Entry>) -> io::Result<()> {
+        let id = id.to_owned();
+        {
             match self.load_with_outcome(&id) {
                 Ok(Some((e, o))) if o.is_some() || self.archive(&e).exists() => {
                     if self.outcome_path(&id).exists() {
@@ -664,8 +685,7 @@ impl Spool {
                 }
             }
         }
-        out.sort_by_key(|e| (e.claimed_ns, e.id.clone()));
-        Ok(out)
+        Ok(())
     }
 
     /// An entry for an archive whose entry file was lost, named as its spool

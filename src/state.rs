@@ -58,6 +58,15 @@ pub struct Shared {
     /// Deposits whose pipeline runs in this process now: a shutdown
     /// records the ones it interrupts as WAITING (see `daemon::run`).
     pub in_progress: Mutex<HashMap<String, Entry>>,
+    /// Deposit → how many times its spool record could not be read or
+    /// written (the record cannot count that itself).
+    pub record_faults: Mutex<HashMap<String, u32>>,
+    /// Deposit → host faults not counted as attempts (out of descriptors),
+    /// for their backoff.
+    pub host_faults: Mutex<HashMap<String, u32>>,
+    /// Deposits ended without their spool record (see
+    /// `worker::record_fault`): never scheduled again by this process.
+    pub abandoned: Mutex<std::collections::HashSet<String>>,
     /// Deposit → when a transient failure may be retried.
     pub retry_at: Mutex<HashMap<String, Instant>>,
     /// Wakes the scheduler (a job finished, a retry is due).
@@ -95,6 +104,9 @@ impl Shared {
             tasks: Mutex::default(),
             active: Mutex::default(),
             in_progress: Mutex::default(),
+            record_faults: Mutex::default(),
+            host_faults: Mutex::default(),
+            abandoned: Mutex::default(),
             space: Space::default(),
             recent: Mutex::default(),
             wake: Notify::new(),
@@ -145,7 +157,8 @@ impl Shared {
         let mut idx = lock(&self.index);
         idx.clear();
         // A parked deposit has ended; it waits for the operator, not a worker.
-        for e in entries.into_iter().filter(|e| !e.parked) {
+        let abandoned = lock(&self.abandoned);
+        for e in entries.into_iter().filter(|e| !e.parked && !abandoned.contains(&e.id)) {
             idx.entry(e.producer.clone()).or_default().insert((e.claimed_ns, e.id.clone()), e);
         }
         Ok(())
@@ -187,6 +200,8 @@ impl Shared {
         if left {
             self.index_remove(e);
             lock(&self.tasks).remove(&e.id);
+            lock(&self.host_faults).remove(&e.id);
+            lock(&self.record_faults).remove(&e.id);
         }
         let mut q = lock(&self.queued);
         if q.get(&e.producer) == Some(&e.id) {

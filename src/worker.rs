@@ -182,17 +182,115 @@ async fn handle_one(job: DepositJob, shared: &Arc<Shared>) -> Result<(), BoxDynE
         Ok(Some((e, Some(o)))) => finalize(shared, &e, &o).await,
         // Already finished (a duplicate or re-queued orphan): nothing to do.
         Ok(None) => {}
-        Err(err) => {
-            // The spool cannot be read or written: a host fault. Back off
-            // in memory (the record could not take it) and let the
-            // scheduler queue it again.
-            warn!(deposit = %job.id, producer = %job.producer, error = %err, "cannot read or update the spool record; will retry");
-            let wait = backoff(1);
-            shared.retry_at.lock().map(|mut r| r.insert(job.id.clone(), Instant::now() + wait)).ok();
+        Err(err) => record_fault(shared, &job, &err).await,
+    }
+    Ok(())
+}
+
+/// The spool record cannot be read or written: a host fault, whose count
+/// the record cannot take, so it is kept in memory. Retried with backoff;
+/// after `workers.max_attempts` the deposit ends (FAILURE IO_ERROR, its
+/// archive to `rejected/` if it can go) so that the producer's next
+/// deposit goes on. Running out of descriptors is not counted.
+async fn record_fault(shared: &Arc<Shared>, job: &DepositJob, err: &std::io::Error) {
+    let max = shared.config().workers.max_attempts;
+    let n = if descriptors_exhausted(err) {
+        host_fault(shared, &job.id)
+    } else {
+        let mut faults = crate::state::lock(&shared.record_faults);
+        let n = faults.entry(job.id.clone()).or_default();
+        *n += 1;
+        *n
+    };
+    let entry =
+        crate::state::lock(&shared.index).get(&job.producer).and_then(|m| m.values().find(|e| e.id == job.id).cloned());
+    let counted = crate::state::lock(&shared.record_faults).get(&job.id).copied().unwrap_or(0);
+    match entry {
+        Some(entry) if counted >= max && !descriptors_exhausted(err) => abandon(shared, entry, err).await,
+        _ => {
+            let wait = backoff(n);
+            warn!(deposit = %job.id, producer = %job.producer, error = %err, tries = counted, retry_in_ms = wait.as_millis() as u64,
+                "cannot read or update the spool record; will retry");
+            // In memory: the record could not take it.
+            crate::state::lock(&shared.retry_at).insert(job.id.clone(), Instant::now() + wait);
             shared.requeue(&job.producer, &job.id);
         }
     }
-    Ok(())
+}
+
+/// A deposit whose spool record failed `workers.max_attempts` times: it
+/// ends as FAILURE IO_ERROR. The outcome goes into the record if it can;
+/// else the archive goes to `rejected/` with its report, if it can, and
+/// whatever stays in the spool is the operator's (logged at ERROR, no
+/// longer scheduled by this process).
+async fn abandon(shared: &Arc<Shared>, entry: Entry, err: &std::io::Error) {
+    let max = shared.config().workers.max_attempts;
+    let e = Error::io(
+        Stage::Unpack,
+        format!("the deposit's spool record could not be read or written {max} times (workers.max_attempts)"),
+        std::io::Error::new(err.kind(), err.to_string()),
+    );
+    let outcome = failure(report_base(&entry, &jobs::deposit::now_rfc3339()), &e);
+    let (sh, en, o) = (shared.clone(), entry.clone(), outcome.clone());
+    if let Ok(Ok(())) = off_runtime(move || sh.spool.set_outcome(&en, &o)).await {
+        crate::state::lock(&shared.record_faults).remove(&entry.id);
+        finalize(shared, &entry, &outcome).await;
+        return;
+    }
+    let (sh, c, en, o) = (shared.clone(), shared.config(), entry.clone(), outcome.clone());
+    let rotated = off_runtime(move || rotate_entry(&sh, &c, &en, &o))
+        .await
+        .unwrap_or_else(|e| Err(Error::io(Stage::Rotate, "rotation thread", e)));
+    crate::state::lock(&shared.abandoned).insert(entry.id.clone());
+    crate::state::lock(&shared.record_faults).remove(&entry.id);
+    error!(
+        deposit = %entry.id, producer = %entry.producer, error = %err, rotated = rotated.is_ok(),
+        spool = %shared.spool.root.display(),
+        "the spool record failed {max} times: the deposit ends as FAILURE; what is left of it in the spool is the operator's"
+    );
+    if let Ok(true) = shared.status.terminal(&entry, &outcome, &[]).await {
+        tell(shared, &shared.config(), &entry, &outcome);
+    }
+    if rotated.is_ok() {
+        let (sh, en) = (shared.clone(), entry.clone());
+        let _ = off_runtime(move || sh.spool.remove(&en)).await;
+    }
+    shared.done(&entry, true);
+}
+
+/// Out of file descriptors (EMFILE, ENFILE): the host's state at that
+/// moment, never the deposit's.
+pub fn descriptors_exhausted(e: &std::io::Error) -> bool {
+    let inner = e.get_ref().and_then(|i| i.downcast_ref::<std::io::Error>());
+    [Some(e), inner].into_iter().flatten().any(|e| matches!(e.raw_os_error(), Some(23 | 24)))
+}
+
+fn out_of_descriptors(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if descriptors_exhausted(source))
+}
+
+/// One more host fault of this deposit (for its backoff); never an attempt.
+fn host_fault(shared: &Shared, id: &str) -> u32 {
+    let mut faults = crate::state::lock(&shared.host_faults);
+    let n = faults.entry(id.to_owned()).or_default();
+    *n = n.saturating_add(1);
+    *n
+}
+
+/// The run `Spool::begin_attempt` counted, taken back: the record may
+/// refuse a write while descriptors are short, so a few tries.
+fn uncount(shared: &Shared, e: &mut Entry) {
+    for _ in 0..10 {
+        match shared.spool.interrupted(e) {
+            Ok(()) => return,
+            Err(err) if descriptors_exhausted(&err) => std::thread::sleep(Duration::from_millis(200)),
+            Err(err) => {
+                warn!(deposit = %e.id, error = %err, "cannot take back the attempt in the spool record");
+                return;
+            }
+        }
+    }
+    warn!(deposit = %e.id, "still out of descriptors: the attempt stays counted");
 }
 
 /// Exponential backoff with jitter (×0.5 to ×1.5): deposits that failed
@@ -300,7 +398,9 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
         }
         let outcome = match result {
             Err(Error::Cancelled) => return End::Cancelled,
-            Err(err) if err.is_transient() && retry => return End::Retry(err),
+            // Out of descriptors: the host's state, never a verdict, even
+            // with no attempt left (it is not counted, see below).
+            Err(err) if err.is_transient() && (retry || out_of_descriptors(&err)) => return End::Retry(err),
             Ok(p) => {
                 sh.pruned.store(true, Ordering::Relaxed);
                 success(base, &p)
@@ -362,6 +462,22 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
             let _ = off_runtime(move || sh.spool.interrupted(&mut en)).await;
             let stage = live.fields().first().map(|(_, s)| s.clone()).unwrap_or_default();
             let _ = shared.status.set(&entry, status::WAITING, &interrupted_fields(&stage)).await;
+        }
+        End::Retry(e) if out_of_descriptors(&e) => {
+            // The host ran out of descriptors (a flood of connections,
+            // another process): not this deposit's attempt. The run is
+            // taken back and the deposit waits, longer each time.
+            let n = host_fault(shared, &entry.id);
+            let wait = backoff(n);
+            warn!(deposit = %entry.id, producer = %entry.producer, error = %e, retry_in_ms = wait.as_millis() as u64,
+                "out of file descriptors: not counted as an attempt; will retry");
+            let (sh, mut en) = (shared.clone(), entry.clone());
+            let _ = off_runtime(move || uncount(&sh, &mut en)).await;
+            let _ = shared
+                .status
+                .set(&entry, status::WAITING, &[("error_code", e.code().as_str().into()), ("error", e.message())])
+                .await;
+            shared.later(&entry, wait).await;
         }
         End::Retry(e) if !retry => {
             // Only a pipeline thread that panicked comes back here with no
@@ -510,6 +626,16 @@ pub async fn finalize(shared: &Arc<Shared>, entry: &Entry, o: &Outcome) {
 /// the producer's next deposits go on.
 async fn rotation_failed(shared: &Arc<Shared>, entry: Entry, o: &Outcome, e: &Error, last: &[(&str, String)]) {
     let max = shared.config().workers.max_attempts;
+    if out_of_descriptors(e) {
+        // The host's moment, not the deposit's: not counted (see run_one).
+        let wait = backoff(host_fault(shared, &entry.id));
+        warn!(deposit = %entry.id, producer = %entry.producer, error = %e, retry_in_ms = wait.as_millis() as u64,
+            "rotation: out of file descriptors; not counted as an attempt; will retry");
+        let (sh, mut en) = (shared.clone(), entry.clone());
+        let _ = off_runtime(move || uncount(&sh, &mut en)).await;
+        shared.later(&entry, wait).await;
+        return;
+    }
     if entry.attempts < max {
         let wait = backoff(entry.attempts);
         error!(deposit = %entry.id, producer = %entry.producer, error = %e, attempt = entry.attempts, retry_in_ms = wait.as_millis() as u64, "rotation failed; will retry");

@@ -157,3 +157,176 @@ fn a_deposit_interrupted_by_shutdown_is_waiting_and_runs_again() {
     assert!(!d.contains_key("error"), "{d:?}");
     assert_eq!(stop(daemon), Some(0));
 }
+
+/// `depot run` with its descriptors bounded (`prlimit`: the daemon is the
+/// process prlimit execs, so its pid is the child's).
+fn start_limited(site: &Site, nofile: u32) -> Daemon {
+    Daemon(Some(
+        std::process::Command::new("prlimit")
+            .arg(format!("--nofile={nofile}:{nofile}"))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_depot"))
+            .args(["run", "--config"])
+            .arg(&site.config)
+            .env("RUST_LOG", "info")
+            .stderr(fs::File::create(site.root().join("daemon.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    ))
+}
+
+/// Idle connections to a port, kept at `n` (ones the server closed are
+/// opened again) until dropped.
+struct Flood {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<usize>>,
+}
+
+impl Flood {
+    fn start(port: u16, n: usize) -> Flood {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let mut held: Vec<std::net::TcpStream> = Vec::new();
+            let mut peak = 0;
+            while !s.load(Ordering::Relaxed) {
+                held.retain(|c| {
+                    let mut b = [0u8; 1];
+                    !matches!(c.peek(&mut b), Ok(0) | Err(_))
+                        || matches!(c.peek(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                });
+                let mut fails = 0;
+                while held.len() < n && fails < 20 {
+                    match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(50)) {
+                        Ok(c) => {
+                            c.set_nonblocking(true).unwrap();
+                            held.push(c);
+                        }
+                        Err(_) => fails += 1,
+                    }
+                }
+                peak = peak.max(held.len());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            peak
+        });
+        Flood { stop, thread: Some(thread) }
+    }
+    fn stop(mut self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// 1,100 idle connections to the metrics port of a daemon that may open
+/// 1,024 descriptors: the endpoint serves a bounded number at once, the
+/// rest wait in the kernel; a deposit dropped meanwhile succeeds at its
+/// first attempt.
+#[test]
+fn idle_metrics_connections_never_starve_a_deposit() {
+    let redis = Redis::start();
+    let port = free_port();
+    let site = Site::new(&redis.url(), &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let daemon = start_limited(&site, 1024);
+    wait_for(&site, "ready", 20, || site.log().contains("ready"));
+    let flood = Flood::start(port, 1100);
+    std::thread::sleep(Duration::from_secs(2));
+    site.drop_rsync("FLOD", "FLOD_1.zip", &good_theia("FLOD", "1"));
+    wait_for(&site, "the deposit ended", 40, || by_producer(&redis, "FLOD").is_some_and(|d| terminal(&d)));
+    let d = by_producer(&redis, "FLOD").unwrap();
+    let peak = flood.stop();
+    // Past the endpoint's bound, connections wait in the accept queue
+    // (somaxconn): the flood holds far fewer than it asked for, which is
+    // the point.
+    assert!(peak >= 100, "the flood held only {peak} connections");
+    assert_eq!((d["state"].as_str(), d["attempts"].as_str()), ("SUCCESS", "1"), "{d:?}\n{}", site.log());
+    assert!(!site.log().contains("Too many open files"), "{}", site.log());
+    assert!(http_get(port, "/metrics").starts_with("HTTP/1.0 200"));
+    assert_eq!(stop(daemon), Some(0));
+}
+
+fn by_file(redis: &Redis, file: &str) -> Option<std::collections::HashMap<String, String>> {
+    redis.deposits().into_iter().find(|d| d.get("file").map(String::as_str) == Some(file))
+}
+
+/// A deposit whose spool record cannot be read (made a folder under it)
+/// ends as FAILURE IO_ERROR after workers.max_attempts tries, instead of
+/// being retried forever; the producer's next deposit goes on.
+#[test]
+fn a_spool_record_that_cannot_be_read_ends_its_deposit_and_the_next_goes_on() {
+    let redis = Redis::start();
+    let site = Site::new(&redis.url(), "[workers]\nmax_attempts = 2\n");
+    let holder = LockHolder::hold(&site, "RECD");
+    let daemon = site.start();
+    site.drop_rsync("RECD", "RECD_1.zip", &good_theia("RECD", "1"));
+    wait_for(&site, "the first in PROGRESS", 30, || {
+        by_file(&redis, "RECD_1.zip").is_some_and(|d| d["state"] == "PROGRESS")
+    });
+    site.drop_rsync("RECD", "RECD_2.zip", &good_theia("RECD", "2"));
+    wait_for(&site, "the second claimed", 30, || by_file(&redis, "RECD_2.zip").is_some());
+    let id = by_file(&redis, "RECD_2.zip").unwrap()["id"].clone();
+    let record = site.root().join(format!("drop/.depot/spool/{id}.json"));
+    fs::remove_file(&record).unwrap();
+    fs::create_dir(&record).unwrap();
+    drop(holder);
+    wait_for(&site, "the first SUCCESS", 30, || by_file(&redis, "RECD_1.zip").is_some_and(|d| d["state"] == "SUCCESS"));
+    wait_for(&site, "the second ended", 60, || by_file(&redis, "RECD_2.zip").is_some_and(|d| terminal(&d)));
+    let d = by_file(&redis, "RECD_2.zip").unwrap();
+    assert_eq!((d["state"].as_str(), d["error_code"].as_str()), ("FAILURE", "IO_ERROR"), "{d:?}");
+    site.drop_rsync("RECD", "RECD_3.zip", &good_theia("RECD", "3"));
+    wait_for(&site, "the next SUCCESS", 30, || by_file(&redis, "RECD_3.zip").is_some_and(|d| d["state"] == "SUCCESS"));
+    assert_eq!(stop(daemon), Some(0));
+    // A restart with the broken record still there recovers the rest.
+    site.drop_rsync("RECD", "RECD_4.zip", &good_theia("RECD", "4"));
+    let daemon = site.start();
+    wait_for(&site, "SUCCESS after a restart", 30, || {
+        by_file(&redis, "RECD_4.zip").is_some_and(|d| d["state"] == "SUCCESS")
+    });
+    assert_eq!(stop(daemon), Some(0));
+}
+
+fn open_fds(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+fn set_nofile(pid: u32, soft: usize) {
+    let ok = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--nofile={soft}:")])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "prlimit --pid {pid}");
+}
+
+/// The daemon runs out of descriptors in the middle of a deposit (its
+/// limit lowered under it, as a flood from anywhere would): not the
+/// deposit's attempt, even with workers.max_attempts = 1; it waits and
+/// succeeds once descriptors are back, with attempts = 1.
+#[test]
+fn running_out_of_descriptors_is_never_a_deposits_attempt() {
+    let redis = Redis::start();
+    let site = Site::new(&redis.url(), "[workers]\nmax_attempts = 1\n");
+    let holder = LockHolder::hold(&site, "FDEX");
+    let daemon = site.start();
+    let pid = daemon.0.as_ref().unwrap().id();
+    site.drop_rsync("FDEX", "FDEX_1.zip", &good_theia("FDEX", "1"));
+    wait_for(&site, "PROGRESS", 30, || by_file(&redis, "FDEX_1.zip").is_some_and(|d| d["state"] == "PROGRESS"));
+    std::thread::sleep(Duration::from_millis(300));
+    set_nofile(pid, open_fds(pid) - 1);
+    drop(holder);
+    wait_for(&site, "descriptors ran out", 20, || site.log().contains("Too many open files"));
+    std::thread::sleep(Duration::from_millis(1500));
+    set_nofile(pid, 4096);
+    wait_for(&site, "the deposit ended", 60, || by_file(&redis, "FDEX_1.zip").is_some_and(|d| terminal(&d)));
+    let d = by_file(&redis, "FDEX_1.zip").unwrap();
+    assert_eq!((d["state"].as_str(), d["attempts"].as_str()), ("SUCCESS", "1"), "{d:?}\n{}", site.log());
+    assert_eq!(stop(daemon), Some(0));
+}

@@ -7,7 +7,7 @@
 //! most one job per producer (bounded, whatever is waiting in `new/`), and
 //! no lock has to outlive a publish.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -679,10 +679,23 @@ fn claim_batch(
         })
         .collect();
     let mut done: Vec<(PathBuf, std::collections::VecDeque<PathBuf>)> = Vec::new();
+    // limits.max_backlog: what each producer may still claim now; the rest
+    // waits in new/ (its listing kept, in drop order).
+    let mut room: HashMap<String, u64> = {
+        let idx = lock(&shared.index);
+        turns
+            .iter()
+            .map(|(p, _, _)| {
+                let held = idx.get(p).map_or(0, BTreeMap::len) as u64;
+                (p.clone(), cfg.settings_for(p).limits.max_backlog.saturating_sub(held))
+            })
+            .collect()
+    };
     while budget > 0 && !turns.is_empty() {
         let mut i = 0;
         while i < turns.len() {
             let (p, _, files) = &mut turns[i];
+            let left = room.get_mut(p.as_str());
             // One claim per producer per round; a producer stops at its
             // first file not settled yet (it keeps its place).
             let mut took = false;
@@ -690,6 +703,11 @@ fn claim_batch(
             // Files a writer holds open are not dropped yet (their place in
             // the order is their close): passed over, kept in the listing.
             let mut open = Vec::new();
+            let Some(left) = left.filter(|n| **n > 0) else {
+                let (_, dir, files) = turns.swap_remove(i);
+                done.push((dir, files));
+                continue;
+            };
             while budget > 0 {
                 let Some(path) = files.pop_front() else {
                     stop = true;
@@ -710,6 +728,7 @@ fn claim_batch(
                     continue; // gone, or not a regular file: skip it
                 }
                 budget -= 1;
+                *left -= 1;
                 settler.forget(&path);
                 match shared.spool.claim(p, &path) {
                     Ok(e) => {

@@ -330,3 +330,46 @@ fn running_out_of_descriptors_is_never_a_deposits_attempt() {
     assert_eq!((d["state"].as_str(), d["attempts"].as_str()), ("SUCCESS", "1"), "{d:?}\n{}", site.log());
     assert_eq!(stop(daemon), Some(0));
 }
+
+/// limits.max_backlog: what one producer may have claimed and not ended.
+/// The rest waits in new/ and is claimed, in drop order, as the backlog
+/// drains; every deposit ends.
+#[test]
+fn a_producers_backlog_is_bounded_and_drains_in_drop_order() {
+    let redis = Redis::start();
+    let site = Site::new(&redis.url(), "[limits]\nmax_backlog = 3\n");
+    let holder = LockHolder::hold(&site, "BKLG");
+    let daemon = site.start();
+    let new = site.new_dir("BKLG");
+    for i in 0..10 {
+        site.drop_rsync("BKLG", &format!("BKLG_{i:02}.zip"), &good_theia("BKLG", &i.to_string()));
+    }
+    wait_for(&site, "three claimed", 30, || redis.deposits().len() == 3);
+    // Held there: the first runs (waiting for the lock), two wait.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(redis.deposits().len(), 3);
+    assert_eq!(fs::read_dir(&new).unwrap().count(), 7);
+    drop(holder);
+    let t0 = Instant::now();
+    let mut peak = 0;
+    loop {
+        let d = redis.deposits();
+        peak = peak.max(d.iter().filter(|d| !terminal(d)).count());
+        if d.len() == 10 && d.iter().all(terminal) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "not all ended: {d:?}\n{}", site.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(peak <= 3, "{peak} claimed at once");
+    let ends: Vec<String> =
+        redis.events().into_iter().filter(|e| e["state"] == "SUCCESS").map(|e| by_id_file(&redis, &e["id"])).collect();
+    let want: Vec<String> = (0..10).map(|i| format!("BKLG_{i:02}.zip")).collect();
+    assert_eq!(ends, want);
+    assert_eq!(fs::read_dir(&new).unwrap().count(), 0);
+    assert_eq!(stop(daemon), Some(0));
+}
+
+fn by_id_file(redis: &Redis, id: &str) -> String {
+    redis.hgetall(&format!("depot:deposit:{id}"))["file"].clone()
+}

@@ -67,6 +67,9 @@ pub struct Shared {
     /// Deposits ended without their spool record (see
     /// `worker::record_fault`): never scheduled again by this process.
     pub abandoned: Mutex<std::collections::HashSet<String>>,
+    /// (producer, file name) → times the upload was given back to `new/`
+    /// for changing after its claim (see `watch.max_give_backs`).
+    pub give_backs: Mutex<HashMap<(String, String), u32>>,
     /// Deposit → when a transient failure may be retried.
     pub retry_at: Mutex<HashMap<String, Instant>>,
     /// Wakes the scheduler (a job finished, a retry is due).
@@ -107,6 +110,7 @@ impl Shared {
             record_faults: Mutex::default(),
             host_faults: Mutex::default(),
             abandoned: Mutex::default(),
+            give_backs: Mutex::default(),
             space: Space::default(),
             recent: Mutex::default(),
             wake: Notify::new(),

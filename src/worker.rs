@@ -30,6 +30,8 @@ struct Live {
     /// The deposit as claimed: a file that still changes is never judged.
     entry: Entry,
     changed: AtomicBool,
+    /// Judged as it is, changed or not (see `watch.max_give_backs`).
+    as_is: bool,
     last_look: Mutex<Instant>,
     total: AtomicU64,
     files: AtomicU64,
@@ -88,6 +90,9 @@ impl Live {
     /// Has the archive changed since its claim? Looked at no more than
     /// every [`LOOK_EVERY`] (this is asked between buffers).
     fn changed(&self) -> bool {
+        if self.as_is {
+            return false;
+        }
         if self.changed.load(Ordering::Relaxed) {
             return true;
         }
@@ -337,6 +342,14 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
     // spool decides, so run it either way.
     let _ = shared.status.start(&entry, &fields).await;
     info!(deposit = %entry.id, producer = %entry.producer, stage = "unpack", state = PROGRESS, attempt = attempts, "started");
+    // Polling has the settle rule alone: a writer pausing longer than
+    // settle_ms has its file claimed and given back at each pause. Bounded.
+    let gave_back = crate::state::lock(&shared.give_backs).get(&give_back_key(&entry)).copied().unwrap_or(0);
+    let as_is = cfg.watch.poll_ms > 0 && gave_back >= cfg.watch.max_give_backs;
+    if as_is {
+        warn!(deposit = %entry.id, producer = %entry.producer, file = %entry.name, given_back = gave_back,
+            "still changing after each of its claims (watch.max_give_backs): judged as it is");
+    }
 
     let live = Arc::new(Live {
         stage: AtomicU8::new(0),
@@ -344,6 +357,7 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
         id: entry.id.clone(),
         entry: entry.clone(),
         changed: AtomicBool::new(false),
+        as_is,
         last_look: Mutex::new(Instant::now()),
         total: AtomicU64::new(0),
         files: AtomicU64::new(0),
@@ -379,7 +393,7 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
             sidecar: sidecar.as_deref(),
             settings: &settings,
         };
-        if sh.spool.changed_since_claim(&e).unwrap_or(false) {
+        if !as_is && sh.spool.changed_since_claim(&e).unwrap_or(false) {
             return End::Changed;
         }
         // custody: a name the claim could not store fails at once (NAME_INVALID), unrun.
@@ -391,10 +405,19 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
         // across our rename): what was read is not the upload. A success
         // stands (every byte published was verified as read); anything
         // else is not a verdict on the upload.
-        let changed =
-            l.changed.load(Ordering::Relaxed) || (result.is_err() && sh.spool.changed_since_claim(&e).unwrap_or(false));
+        let changed = !as_is
+            && (l.changed.load(Ordering::Relaxed)
+                || (result.is_err() && sh.spool.changed_since_claim(&e).unwrap_or(false)));
         if changed && result.is_err() {
             return End::Changed;
+        }
+        // The producer is told why a file that kept changing was judged.
+        let mut result = result;
+        if as_is && let Err(Error::Rejected(r)) = &mut result {
+            r.message = format!(
+                "{} (the file kept changing after {gave_back} claims: judged as it was read; upload it in one go, or send its .md5 sidecar when done)",
+                r.message
+            );
         }
         let outcome = match result {
             Err(Error::Cancelled) => return End::Cancelled,
@@ -436,6 +459,13 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
             });
             match back.await.and_then(|r| r) {
                 Ok(what) => {
+                    {
+                        let mut counts = crate::state::lock(&shared.give_backs);
+                        if counts.len() >= MAX_GIVE_BACK_NAMES {
+                            counts.clear();
+                        }
+                        *counts.entry(give_back_key(&entry)).or_default() += 1;
+                    }
                     info!(deposit = %entry.id, producer = %entry.producer, file = %entry.name, change = %what,
                         "still being written after its claim: not judged, given back to new/ to wait for its writer");
                     let _ = shared.status.forget(&entry).await;
@@ -540,6 +570,16 @@ impl Drop for InProgress<'_> {
     fn drop(&mut self) {
         crate::state::lock(&self.0.in_progress).remove(&self.1);
     }
+}
+
+/// Uploads whose give-backs are counted at once, at most (a producer
+/// making fresh names forever must not grow the daemon).
+const MAX_GIVE_BACK_NAMES: usize = 10_000;
+
+/// An upload as its give-backs are counted: its producer and name (each
+/// claim gives it a new deposit id).
+fn give_back_key(e: &Entry) -> (String, String) {
+    (e.producer.clone(), e.name.clone())
 }
 
 /// How a run of the pipeline ended, as the blocking side saw it.
@@ -662,6 +702,7 @@ async fn rotation_failed(shared: &Arc<Shared>, entry: Entry, o: &Outcome, e: &Er
 /// The terminal state in Redis (and the notify hook, once), then the
 /// spool entry forgotten. `last`: the job's final progress fields.
 async fn record(shared: &Arc<Shared>, entry: &Entry, o: &Outcome, last: &[(&str, String)]) {
+    crate::state::lock(&shared.give_backs).remove(&give_back_key(entry));
     let left = match shared.status.terminal(entry, o, last).await {
         Ok(first) => {
             if first {

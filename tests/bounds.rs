@@ -373,3 +373,43 @@ fn a_producers_backlog_is_bounded_and_drains_in_drop_order() {
 fn by_id_file(redis: &Redis, id: &str) -> String {
     redis.hgetall(&format!("depot:deposit:{id}"))["file"].clone()
 }
+
+/// Polling mode (watch.poll_ms) has only the settle rule: a writer that
+/// pauses longer than settle_ms gets its file claimed, and given back when
+/// it writes again. Bounded: after watch.max_give_backs give-backs the
+/// upload is judged as it is (here, once complete: SUCCESS), not claimed
+/// and given back for as long as the writer goes on.
+#[test]
+fn a_pausing_writer_in_polling_mode_is_given_back_a_bounded_number_of_times() {
+    use std::io::Write;
+    let redis = Redis::start();
+    let site = Site::new(&redis.url(), "[watch]\npoll_ms = 100\nmax_give_backs = 3\n");
+    // settle_ms (300) comes from Site's own [watch] table: merged below.
+    let text = fs::read_to_string(&site.config).unwrap().replacen("[watch]\nsettle_ms = 300\n", "", 1);
+    let text = text.replacen("[watch]\npoll_ms = 100\n", "[watch]\nsettle_ms = 300\npoll_ms = 100\n", 1);
+    fs::write(&site.config, text).unwrap();
+    // The pipeline waits on the producer's lock, so that each claim is
+    // still running when the writer writes again.
+    let holder = LockHolder::hold(&site, "POLL");
+    let daemon = site.start();
+    wait_for(&site, "ready", 20, || site.log().contains("ready"));
+    let bytes = good_theia("POLL", "1");
+    let new = site.new_dir("POLL");
+    let mut f = fs::File::create(new.join("POLL_1.zip")).unwrap();
+    let pieces = 10;
+    let step = bytes.len().div_ceil(pieces);
+    for chunk in bytes.chunks(step) {
+        f.write_all(chunk).unwrap();
+        std::thread::sleep(Duration::from_millis(900));
+    }
+    drop(f);
+    let given_back = || site.log().lines().filter(|l| l.contains("given back to new/")).count();
+    assert!(given_back() >= 1, "never given back:\n{}", site.log());
+    assert!(given_back() <= 3, "given back {} times:\n{}", given_back(), site.log());
+    drop(holder);
+    wait_for(&site, "judged", 30, || by_file(&redis, "POLL_1.zip").is_some_and(|d| terminal(&d)));
+    let d = by_file(&redis, "POLL_1.zip").unwrap();
+    assert_eq!(d["state"], "SUCCESS", "{d:?}\n{}", site.log());
+    assert!(given_back() <= 3);
+    assert_eq!(stop(daemon), Some(0));
+}

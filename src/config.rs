@@ -50,11 +50,15 @@ pub struct Watch {
     /// is at its next claim, rather than claimed and given back for as
     /// long as the writer goes on (each cycle adds events).
     pub max_give_backs: u32,
+    /// Inotify: files one producer may have marked open for writing at
+    /// once. Past it, that producer's own further uploads are judged by
+    /// the settle rule alone; other producers' marks are untouched.
+    pub max_open_marks: usize,
 }
 
 impl Default for Watch {
     fn default() -> Self {
-        Watch { settle_ms: 2000, sidecar_marks_done: true, poll_ms: 0, max_give_backs: 5 }
+        Watch { settle_ms: 2000, sidecar_marks_done: true, poll_ms: 0, max_give_backs: 5, max_open_marks: 8192 }
     }
 }
 

@@ -300,6 +300,7 @@ async fn scheduler(
         .ok();
     let mut watched = std::collections::HashSet::new();
     let mut settler = Settler::new(Duration::from_millis(cfg.watch.settle_ms), cfg.watch.sidecar_marks_done);
+    settler.bound_marks(cfg.watch.max_open_marks);
     let mut last_scan = Instant::now() - Duration::from_secs(3600);
     let mut redis_ok = true;
     let mut instance = None::<String>;
@@ -330,6 +331,7 @@ async fn scheduler(
         shared.beat.beat();
         let cfg = shared.config();
         settler.reconfigure(Duration::from_millis(cfg.watch.settle_ms), cfg.watch.sidecar_marks_done);
+        settler.bound_marks(cfg.watch.max_open_marks);
         // Redis back after an outage, or back empty: everything it should
         // know is re-sent from the spool.
         // Redis liveness (and emptiness) once a second, or when a write failed.
@@ -415,6 +417,7 @@ async fn scheduler(
             // it judges anything.
             (settler, watcher, watched) = state;
             settler.reconfigure(Duration::from_millis(cfg.watch.settle_ms), cfg.watch.sidecar_marks_done);
+            settler.bound_marks(cfg.watch.max_open_marks);
         }
         shared.redis_up.store(redis_ok, Ordering::Relaxed);
         claim_settled(&shared, &storage, &cfg, &mut settler).await;

@@ -413,3 +413,45 @@ fn a_pausing_writer_in_polling_mode_is_given_back_a_bounded_number_of_times() {
     assert!(given_back() <= 3);
     assert_eq!(stop(daemon), Some(0));
 }
+
+/// The "still open" marks are bounded per producer: one producer holding
+/// more write handles than watch.max_open_marks only has its own further
+/// uploads judged by the settle rule; another producer's stalled sftp
+/// upload (its handle open, paused longer than settle_ms) still waits.
+#[test]
+fn one_producers_open_files_never_get_anothers_stalled_upload_claimed() {
+    use std::io::Write;
+    let redis = Redis::start();
+    let site = Site::new(&redis.url(), "");
+    let text = fs::read_to_string(&site.config).unwrap();
+    fs::write(&site.config, text.replacen("settle_ms = 300\n", "settle_ms = 300\nmax_open_marks = 8\n", 1)).unwrap();
+    let hog = site.new_dir("HOGG");
+    let stal = site.new_dir("STAL");
+    let daemon = site.start();
+    wait_for(&site, "ready", 20, || site.log().contains("ready"));
+    // HOGG holds 20 files open for writing (never closed while this runs).
+    let held: Vec<fs::File> = (0..20)
+        .map(|i| {
+            let mut f = fs::File::create(hog.join(format!("HOGG_{i:02}.zip"))).unwrap();
+            f.write_all(b"x").unwrap();
+            f
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // STAL's upload: half, a pause with the handle open, the rest.
+    let bytes = good_theia("STAL", "1");
+    let mut f = fs::File::create(stal.join("STAL_1.zip")).unwrap();
+    f.write_all(&bytes[..bytes.len() / 2]).unwrap();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(3) {
+        assert!(by_file(&redis, "STAL_1.zip").is_none(), "a stalled upload was claimed:\n{}", site.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f.write_all(&bytes[bytes.len() / 2..]).unwrap();
+    drop(f);
+    wait_for(&site, "STAL judged", 30, || by_file(&redis, "STAL_1.zip").is_some_and(|d| terminal(&d)));
+    let d = by_file(&redis, "STAL_1.zip").unwrap();
+    assert_eq!(d["state"], "SUCCESS", "{d:?}");
+    drop(held);
+    assert_eq!(stop(daemon), Some(0));
+}

@@ -599,6 +599,30 @@ impl Spool {
         remove_if_there(&self.outcome_path(&e.id))
     }
 
+    /// A record that cannot be read or written, moved aside as
+    /// `<id>.json.broken` for the operator: the deposit it held has ended
+    /// (see `worker::record_fault`) and must not look held any more.
+    pub fn set_aside(&self, id: &str) -> io::Result<()> {
+        let path = self.entry_path(id);
+        fs::rename(&path, path.with_extension("json.broken"))
+    }
+
+    /// The entry of a deposit whose record cannot be read, as its archive's
+    /// spool name tells (`<id>=<name>`), for a process that has no index
+    /// (`--role worker`).
+    pub fn entry_without_record(&self, id: &str) -> io::Result<Entry> {
+        let prefix = format!("{id}=");
+        let mut archive = None;
+        for d in fs::read_dir(&self.root)? {
+            let name = d?.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) || name == id {
+                archive = Some(name);
+                break;
+            }
+        }
+        self.orphan_entry(id, archive.as_deref())
+    }
+
     /// The deposit is rotated and its state recorded: forget it. The entry
     /// goes last, so that a crash half-way leaves something `list` mends.
     pub fn remove(&self, e: &Entry) -> io::Result<()> {

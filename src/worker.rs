@@ -207,11 +207,24 @@ async fn record_fault(shared: &Arc<Shared>, job: &DepositJob, err: &std::io::Err
         *n += 1;
         *n
     };
-    let entry =
-        crate::state::lock(&shared.index).get(&job.producer).and_then(|m| m.values().find(|e| e.id == job.id).cloned());
     let counted = crate::state::lock(&shared.record_faults).get(&job.id).copied().unwrap_or(0);
+    let entry = if counted >= max && !descriptors_exhausted(err) {
+        let known = crate::state::lock(&shared.index)
+            .get(&job.producer)
+            .and_then(|m| m.values().find(|e| e.id == job.id).cloned());
+        match known {
+            Some(e) => Some(e),
+            // No index here (`--role worker`): what the spool's names tell.
+            None => {
+                let (sh, id) = (shared.clone(), job.id.clone());
+                off_runtime(move || sh.spool.entry_without_record(&id)).await.and_then(|r| r).ok()
+            }
+        }
+    } else {
+        None
+    };
     match entry {
-        Some(entry) if counted >= max && !descriptors_exhausted(err) => abandon(shared, entry, err).await,
+        Some(entry) => abandon(shared, entry, err).await,
         _ => {
             let wait = backoff(n);
             warn!(deposit = %job.id, producer = %job.producer, error = %err, tries = counted, retry_in_ms = wait.as_millis() as u64,
@@ -256,10 +269,18 @@ async fn abandon(shared: &Arc<Shared>, entry: Entry, err: &std::io::Error) {
     if let Ok(true) = shared.status.terminal(&entry, &outcome, &[]).await {
         tell(shared, &shared.config(), &entry, &outcome);
     }
-    if rotated.is_ok() {
-        let (sh, en) = (shared.clone(), entry.clone());
-        let _ = off_runtime(move || sh.spool.remove(&en)).await;
-    }
+    let (sh, en, gone) = (shared.clone(), entry.clone(), rotated.is_ok());
+    let _ = off_runtime(move || {
+        // Aside, so that no scheduler (another process, the next start)
+        // takes the deposit for one still held.
+        if let Err(e) = sh.spool.set_aside(&en.id) {
+            warn!(deposit = %en.id, error = %e, "cannot move the broken spool record aside");
+        }
+        if gone {
+            let _ = sh.spool.remove(&en);
+        }
+    })
+    .await;
     shared.done(&entry, true);
 }
 

@@ -45,11 +45,20 @@ pub struct Watch {
     pub sidecar_marks_done: bool,
     /// 0: inotify. Otherwise poll every this many ms (NFS/CIFS).
     pub poll_ms: u64,
+    /// Polling only: a file given back this many times (it changed after
+    /// each claim: a writer pausing longer than settle_ms) is judged as it
+    /// is at its next claim, rather than claimed and given back for as
+    /// long as the writer goes on (each cycle adds events).
+    pub max_give_backs: u32,
+    /// Inotify: files one producer may have marked open for writing at
+    /// once. Past it, that producer's own further uploads are judged by
+    /// the settle rule alone; other producers' marks are untouched.
+    pub max_open_marks: usize,
 }
 
 impl Default for Watch {
     fn default() -> Self {
-        Watch { settle_ms: 2000, sidecar_marks_done: true, poll_ms: 0 }
+        Watch { settle_ms: 2000, sidecar_marks_done: true, poll_ms: 0, max_give_backs: 5, max_open_marks: 8192 }
     }
 }
 

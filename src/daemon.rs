@@ -7,7 +7,7 @@
 //! most one job per producer (bounded, whatever is waiting in `new/`), and
 //! no lock has to outlive a publish.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -188,6 +188,7 @@ pub async fn run(config_path: PathBuf, role: Role) -> Result<()> {
     }
     // Jobs still running past the grace period see `abort` and stop.
     shared.abort.store(true, Ordering::SeqCst);
+    interrupted(&shared).await;
     signals.abort();
     for t in [watchdog, worker_beat, metrics, pruner].into_iter().flatten() {
         t.abort();
@@ -195,6 +196,28 @@ pub async fn run(config_path: PathBuf, role: Role) -> Result<()> {
     ready.abort();
     info!("depot stopped");
     Ok(())
+}
+
+/// How long jobs that see `abort` get to stop and record themselves.
+const INTERRUPT_WAIT: Duration = Duration::from_secs(5);
+
+/// The grace period is over: the jobs still running stop (they see
+/// `abort`) and record their deposit as WAITING, interrupted. Their tasks
+/// would die with the runtime when `run` returns, leaving PROGRESS in
+/// Redis until the next start: they are given a moment, and a deposit
+/// whose pipeline does not stop in time is recorded here.
+async fn interrupted(shared: &Arc<Shared>) {
+    let t0 = Instant::now();
+    while shared.running.load(Ordering::SeqCst) > 0 && t0.elapsed() < INTERRUPT_WAIT {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left: Vec<Entry> = lock(&shared.in_progress).values().cloned().collect();
+    for e in left {
+        warn!(deposit = %e.id, producer = %e.producer, "still running at exit: recorded as WAITING; resumes at the next start");
+        let (sh, mut en) = (shared.clone(), e.clone());
+        let _ = tokio::task::spawn_blocking(move || sh.spool.interrupted(&mut en)).await;
+        let _ = redis_within(shared.status.set(&e, status::WAITING, &worker::interrupted_fields(""))).await;
+    }
 }
 
 /// Deletes the releases that publishing set aside (`jobs::publish::prune`)
@@ -277,6 +300,7 @@ async fn scheduler(
         .ok();
     let mut watched = std::collections::HashSet::new();
     let mut settler = Settler::new(Duration::from_millis(cfg.watch.settle_ms), cfg.watch.sidecar_marks_done);
+    settler.bound_marks(cfg.watch.max_open_marks);
     let mut last_scan = Instant::now() - Duration::from_secs(3600);
     let mut redis_ok = true;
     let mut instance = None::<String>;
@@ -307,6 +331,7 @@ async fn scheduler(
         shared.beat.beat();
         let cfg = shared.config();
         settler.reconfigure(Duration::from_millis(cfg.watch.settle_ms), cfg.watch.sidecar_marks_done);
+        settler.bound_marks(cfg.watch.max_open_marks);
         // Redis back after an outage, or back empty: everything it should
         // know is re-sent from the spool.
         // Redis liveness (and emptiness) once a second, or when a write failed.
@@ -392,6 +417,7 @@ async fn scheduler(
             // it judges anything.
             (settler, watcher, watched) = state;
             settler.reconfigure(Duration::from_millis(cfg.watch.settle_ms), cfg.watch.sidecar_marks_done);
+            settler.bound_marks(cfg.watch.max_open_marks);
         }
         shared.redis_up.store(redis_ok, Ordering::Relaxed);
         claim_settled(&shared, &storage, &cfg, &mut settler).await;
@@ -656,10 +682,23 @@ fn claim_batch(
         })
         .collect();
     let mut done: Vec<(PathBuf, std::collections::VecDeque<PathBuf>)> = Vec::new();
+    // limits.max_backlog: what each producer may still claim now; the rest
+    // waits in new/ (its listing kept, in drop order).
+    let mut room: HashMap<String, u64> = {
+        let idx = lock(&shared.index);
+        turns
+            .iter()
+            .map(|(p, _, _)| {
+                let held = idx.get(p).map_or(0, BTreeMap::len) as u64;
+                (p.clone(), cfg.settings_for(p).limits.max_backlog.saturating_sub(held))
+            })
+            .collect()
+    };
     while budget > 0 && !turns.is_empty() {
         let mut i = 0;
         while i < turns.len() {
             let (p, _, files) = &mut turns[i];
+            let left = room.get_mut(p.as_str());
             // One claim per producer per round; a producer stops at its
             // first file not settled yet (it keeps its place).
             let mut took = false;
@@ -667,6 +706,11 @@ fn claim_batch(
             // Files a writer holds open are not dropped yet (their place in
             // the order is their close): passed over, kept in the listing.
             let mut open = Vec::new();
+            let Some(left) = left.filter(|n| **n > 0) else {
+                let (_, dir, files) = turns.swap_remove(i);
+                done.push((dir, files));
+                continue;
+            };
             while budget > 0 {
                 let Some(path) = files.pop_front() else {
                     stop = true;
@@ -687,6 +731,7 @@ fn claim_batch(
                     continue; // gone, or not a regular file: skip it
                 }
                 budget -= 1;
+                *left -= 1;
                 settler.forget(&path);
                 match shared.spool.claim(p, &path) {
                     Ok(e) => {

@@ -96,18 +96,50 @@ fn running() -> usize {
     RUNNING.load(Ordering::SeqCst)
 }
 
+/// The `PATH` a hook gets when the daemon has none.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// How long the pipe is still read once the program has exited: what it
+/// wrote before exiting is there at once; a background child it left
+/// holding the pipe must not keep the run (and its place) open.
+const PIPE_GRACE: Duration = Duration::from_millis(200);
+
+/// The program's process group, killed whole when dropped: its children
+/// must not outlive it (they would escape `notify.timeout_s` and
+/// `notify.max_running`).
+struct Group(Option<rustix::process::Pid>);
+
+impl Group {
+    fn kill(&mut self) {
+        if let Some(pid) = self.0.take() {
+            // ESRCH: nobody left in the group.
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Start the program in the background, once a place is free; the caller
 /// does not wait.
+///
+/// It runs in a process group of its own, with an environment of `PATH`
+/// and the `DEPOT_*` values only: the daemon's may hold secrets
+/// (`AWS_SECRET_ACCESS_KEY` of the S3 target) and systemd's
+/// `NOTIFY_SOCKET`, which a mail script has no use for.
 pub fn spawn(cfg: &Notify, ev: Event, metrics: Arc<Metrics>) {
     let Some((program, args)) = cfg.command.split_first() else { return };
     let max = cfg.max_running.max(1);
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()))
         .envs(ev.env())
-        // The program is not the service: it must not talk to systemd.
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("WATCHDOG_USEC")
-        .env_remove("WATCHDOG_PID")
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -124,36 +156,54 @@ pub fn spawn(cfg: &Notify, ev: Event, metrics: Arc<Metrics>) {
                 return;
             }
         };
-        let mut stderr = child.stderr.take();
-        let read_err = async {
-            let mut s = Vec::new();
-            if let Some(e) = stderr.as_mut() {
-                // Drained to the end (a full pipe would block the program),
-                // kept bounded (a chatty program cannot grow the daemon).
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = e.read(&mut buf).await {
-                    if n == 0 {
-                        break;
+        // process_group(0): the group's id is the program's pid.
+        let mut group = Group(child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32)));
+        let err = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reader = {
+            let (mut stderr, err) = (child.stderr.take(), err.clone());
+            tokio::spawn(async move {
+                if let Some(e) = stderr.as_mut() {
+                    // Drained to the end (a full pipe would block the
+                    // program), kept bounded (a chatty program cannot grow
+                    // the daemon).
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = e.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let mut s = err.lock().unwrap_or_else(|p| p.into_inner());
+                        let room = 4096usize.saturating_sub(s.len());
+                        s.extend_from_slice(&buf[..n.min(room)]);
                     }
-                    let room = 4096usize.saturating_sub(s.len());
-                    s.extend_from_slice(&buf[..n.min(room)]);
                 }
-            }
-            s
+            })
         };
-        match tokio::time::timeout(timeout, async { tokio::join!(child.wait(), read_err) }).await {
-            Ok((Ok(st), _)) if st.success() => {
+        let waited = tokio::time::timeout(timeout, child.wait()).await;
+        if waited.is_err() {
+            // Killed whole before the program is reaped (its pid, the
+            // group's id, cannot be taken by another process meanwhile).
+            group.kill();
+            let _ = child.kill().await;
+        }
+        let mut reader = reader;
+        if tokio::time::timeout(PIPE_GRACE, &mut reader).await.is_err() {
+            reader.abort();
+        }
+        // Whatever it left running goes with it.
+        group.kill();
+        let err = std::mem::take(&mut *err.lock().unwrap_or_else(|p| p.into_inner()));
+        match waited {
+            Ok(Ok(st)) if st.success() => {
                 info!(deposit = %ev.deposit, producer = %ev.producer, state = %ev.state, "notify.command done");
             }
-            Ok((st, err)) => {
+            Ok(st) => {
                 let status = st.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
                 let err = String::from_utf8_lossy(&err);
                 warn!(deposit = %ev.deposit, command = %program, status = %status, stderr = %err.trim(), "notify.command failed");
                 metrics.notify_failed();
             }
             Err(_) => {
-                let _ = child.kill().await;
-                warn!(deposit = %ev.deposit, command = %program, timeout_s = timeout.as_secs(), "notify.command timed out; killed");
+                warn!(deposit = %ev.deposit, command = %program, timeout_s = timeout.as_secs(), "notify.command timed out; killed with its process group");
                 metrics.notify_failed();
             }
         }

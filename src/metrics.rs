@@ -193,6 +193,11 @@ pub struct Gauges {
     pub redis_up: bool,
 }
 
+/// At most this many scrapes are served at once (a scraper needs one).
+const MAX_CONNECTIONS: usize = 16;
+/// A connection's whole life: the request read, the answer written.
+const CONNECTION_TIME: Duration = Duration::from_secs(5);
+
 /// Bind now (a bad address is a start-up error), serve in the background.
 pub async fn serve(addr: &str, shared: Arc<Shared>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("metrics.listen {addr:?}: {e}"))?;
@@ -205,13 +210,20 @@ pub async fn serve(addr: &str, shared: Arc<Shared>) -> anyhow::Result<tokio::tas
             );
         }
     });
+    // Connections served at once: each holds a descriptor, and idle ones
+    // by the thousand (1,100 under `ulimit -n 1024`) starved the spool of
+    // descriptors. The others wait in the kernel's accept queue, costing
+    // the daemon nothing; each served one has CONNECTION_TIME in all.
+    let places = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     Ok(tokio::spawn(async move {
         loop {
+            let Ok(place) = places.clone().acquire_owned().await else { return };
             match listener.accept().await {
                 Ok((sock, _)) => {
                     let sh = shared.clone();
                     tokio::spawn(async move {
-                        let _ = tokio::time::timeout(Duration::from_secs(5), answer(sock, &sh)).await;
+                        let _ = tokio::time::timeout(CONNECTION_TIME, answer(sock, &sh)).await;
+                        drop(place);
                     });
                 }
                 Err(e) => {

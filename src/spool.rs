@@ -599,6 +599,30 @@ impl Spool {
         remove_if_there(&self.outcome_path(&e.id))
     }
 
+    /// A record that cannot be read or written, moved aside as
+    /// `<id>.json.broken` for the operator: the deposit it held has ended
+    /// (see `worker::record_fault`) and must not look held any more.
+    pub fn set_aside(&self, id: &str) -> io::Result<()> {
+        let path = self.entry_path(id);
+        fs::rename(&path, path.with_extension("json.broken"))
+    }
+
+    /// The entry of a deposit whose record cannot be read, as its archive's
+    /// spool name tells (`<id>=<name>`), for a process that has no index
+    /// (`--role worker`).
+    pub fn entry_without_record(&self, id: &str) -> io::Result<Entry> {
+        let prefix = format!("{id}=");
+        let mut archive = None;
+        for d in fs::read_dir(&self.root)? {
+            let name = d?.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) || name == id {
+                archive = Some(name);
+                break;
+            }
+        }
+        self.orphan_entry(id, archive.as_deref())
+    }
+
     /// The deposit is rotated and its state recorded: forget it. The entry
     /// goes last, so that a crash half-way leaves something `list` mends.
     pub fn remove(&self, e: &Entry) -> io::Result<()> {
@@ -643,6 +667,27 @@ impl Spool {
         }
         let mut out = Vec::new();
         for (id, archive) in ids {
+            // One record that cannot be read or mended (made a folder, an
+            // I/O error) must not stop the recovery of every other one: it
+            // is left for the operator, with a log line.
+            // Out of descriptors is the host's moment, not the record's:
+            // the whole listing fails, to be made again.
+            match self.list_one(&id, archive, &mut out) {
+                Err(e) if matches!(e.raw_os_error(), Some(23 | 24)) => return Err(e),
+                Err(e) => {
+                    warn!(deposit = %id, error = %e, "spool record unreadable: left in the spool for the operator")
+                }
+                Ok(()) => {}
+            }
+        }
+        out.sort_by_key(|e| (e.claimed_ns, e.id.clone()));
+        Ok(out)
+    }
+
+    /// One id of [`Spool::list`]: kept in `out`, given back, or forgotten.
+    fn list_one(&self, id: &str, archive: Option<String>, out: &mut Vec<Entry>) -> io::Result<()> {
+        let id = id.to_owned();
+        {
             match self.load_with_outcome(&id) {
                 Ok(Some((e, o))) if o.is_some() || self.archive(&e).exists() => {
                     if self.outcome_path(&id).exists() {
@@ -664,8 +709,7 @@ impl Spool {
                 }
             }
         }
-        out.sort_by_key(|e| (e.claimed_ns, e.id.clone()));
-        Ok(out)
+        Ok(())
     }
 
     /// An entry for an archive whose entry file was lost, named as its spool

@@ -55,6 +55,21 @@ pub struct Shared {
     pub space: Space,
     /// Deposits whose job runs in this process now.
     pub active: Mutex<std::collections::HashSet<String>>,
+    /// Deposits whose pipeline runs in this process now: a shutdown
+    /// records the ones it interrupts as WAITING (see `daemon::run`).
+    pub in_progress: Mutex<HashMap<String, Entry>>,
+    /// Deposit → how many times its spool record could not be read or
+    /// written (the record cannot count that itself).
+    pub record_faults: Mutex<HashMap<String, u32>>,
+    /// Deposit → host faults not counted as attempts (out of descriptors),
+    /// for their backoff.
+    pub host_faults: Mutex<HashMap<String, u32>>,
+    /// Deposits ended without their spool record (see
+    /// `worker::record_fault`): never scheduled again by this process.
+    pub abandoned: Mutex<std::collections::HashSet<String>>,
+    /// (producer, file name) → times the upload was given back to `new/`
+    /// for changing after its claim (see `watch.max_give_backs`).
+    pub give_backs: Mutex<HashMap<(String, String), u32>>,
     /// Deposit → when a transient failure may be retried.
     pub retry_at: Mutex<HashMap<String, Instant>>,
     /// Wakes the scheduler (a job finished, a retry is due).
@@ -91,6 +106,11 @@ impl Shared {
             retry_at: Mutex::default(),
             tasks: Mutex::default(),
             active: Mutex::default(),
+            in_progress: Mutex::default(),
+            record_faults: Mutex::default(),
+            host_faults: Mutex::default(),
+            abandoned: Mutex::default(),
+            give_backs: Mutex::default(),
             space: Space::default(),
             recent: Mutex::default(),
             wake: Notify::new(),
@@ -141,7 +161,8 @@ impl Shared {
         let mut idx = lock(&self.index);
         idx.clear();
         // A parked deposit has ended; it waits for the operator, not a worker.
-        for e in entries.into_iter().filter(|e| !e.parked) {
+        let abandoned = lock(&self.abandoned);
+        for e in entries.into_iter().filter(|e| !e.parked && !abandoned.contains(&e.id)) {
             idx.entry(e.producer.clone()).or_default().insert((e.claimed_ns, e.id.clone()), e);
         }
         Ok(())
@@ -183,6 +204,8 @@ impl Shared {
         if left {
             self.index_remove(e);
             lock(&self.tasks).remove(&e.id);
+            lock(&self.host_faults).remove(&e.id);
+            lock(&self.record_faults).remove(&e.id);
         }
         let mut q = lock(&self.queued);
         if q.get(&e.producer) == Some(&e.id) {

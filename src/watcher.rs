@@ -54,10 +54,67 @@ pub fn changed_at(m: &fs::Metadata) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::new(secs, nanos)
 }
 
-/// Files being written, as inotify tells: more than this many at once (a
-/// producer creating files without end) and the oldest marks are dropped,
-/// those files falling back to the settle rule.
-const MAX_WRITING: usize = 65_536;
+/// Files one producer may have marked as being written, as inotify tells
+/// (`watch.max_open_marks`'s default): past it (a producer creating files
+/// without end), that producer's further files have the settle rule alone.
+/// Per producer: one producer at its bound must not switch the others'
+/// stalled uploads to the settle rule.
+const MAX_WRITING: usize = 8192;
+
+/// The open/closed marks, counted per folder (a producer's `new/`).
+#[derive(Default)]
+struct Marks {
+    map: HashMap<PathBuf, Writer>,
+    per_dir: HashMap<PathBuf, usize>,
+}
+
+fn dir_of(p: &Path) -> &Path {
+    p.parent().unwrap_or(Path::new(""))
+}
+
+fn uncount(per_dir: &mut HashMap<PathBuf, usize>, p: &Path) {
+    let dir = dir_of(p);
+    if let Some(n) = per_dir.get_mut(dir) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            per_dir.remove(dir);
+        }
+    }
+}
+
+impl Marks {
+    fn get(&self, p: &Path) -> Option<&Writer> {
+        self.map.get(p)
+    }
+    fn contains_key(&self, p: &Path) -> bool {
+        self.map.contains_key(p)
+    }
+    fn insert(&mut self, p: PathBuf, w: Writer) {
+        let dir = dir_of(&p).to_path_buf();
+        if self.map.insert(p, w).is_none() {
+            *self.per_dir.entry(dir).or_default() += 1;
+        }
+    }
+    fn remove(&mut self, p: &Path) {
+        if self.map.remove(p).is_some() {
+            uncount(&mut self.per_dir, p);
+        }
+    }
+    fn retain(&mut self, mut keep: impl FnMut(&Path, &Writer) -> bool) {
+        let Marks { map, per_dir } = self;
+        map.retain(|p, w| {
+            let k = keep(p, w);
+            if !k {
+                uncount(per_dir, p);
+            }
+            k
+        });
+    }
+    /// Marks of files in `dir`.
+    fn in_dir(&self, dir: &Path) -> usize {
+        self.per_dir.get(dir).copied().unwrap_or(0)
+    }
+}
 
 /// The settle rule, kept apart from the I/O so it reads like the SPEC.
 /// What it has seen is kept per folder (a producer's `new/`), so that the
@@ -83,12 +140,14 @@ pub struct Settler {
     /// close-after-write): never settled, however long the writer pauses.
     /// Only inotify fills it; a rescan after a lost event empties it (the
     /// settle rule then applies).
-    writing: HashMap<PathBuf, Writer>,
+    writing: Marks,
     /// Sidecars seen without their archive, for the next scan.
     lone_sidecars: HashSet<PathBuf>,
     /// When events were last lost: an open mark older than that may have
     /// missed its close.
     lost_at: Option<Instant>,
+    /// See [`Settler::bound_marks`]; 0: the default.
+    max_marks: usize,
 }
 
 /// An open mark that may have missed its close (events were lost) holds its
@@ -127,6 +186,15 @@ impl Settler {
     pub fn reconfigure(&mut self, settle: Duration, sidecar_marks_done: bool) {
         self.settle = settle;
         self.sidecar_marks_done = sidecar_marks_done;
+    }
+
+    /// `watch.max_open_marks`: open marks one producer may hold.
+    pub fn bound_marks(&mut self, n: usize) {
+        self.max_marks = n;
+    }
+
+    fn max_marks(&self) -> usize {
+        if self.max_marks == 0 { MAX_WRITING } else { self.max_marks }
     }
 
     fn insert(&mut self, path: &Path, seen: Seen) {
@@ -309,18 +377,21 @@ impl Settler {
         }
     }
 
-    /// A new mark fits: at the bound, closed marks past their quiet time
-    /// (they no longer change anything) go, in one sweep; an open mark,
-    /// whoever's, is never dropped for another (a producer making files
-    /// without end must not get another's stalled upload claimed). When
-    /// every mark is open, the new file has the settle rule alone.
+    /// A new mark fits: the bound is the producer's own (its `new/`); at
+    /// it, that folder's closed marks past their quiet time (they no
+    /// longer change anything) go, in one sweep; an open mark is never
+    /// dropped for another, and another producer's marks are never
+    /// touched. When every mark of the folder is open, the new file has
+    /// the settle rule alone.
     fn room_for(&mut self, path: &Path, now: Instant) -> bool {
-        if self.writing.len() < MAX_WRITING || self.writing.contains_key(path) {
+        let dir = dir_of(path);
+        if self.writing.in_dir(dir) < self.max_marks() || self.writing.contains_key(path) {
             return true;
         }
         let settle = self.settle;
-        self.writing.retain(|_, w| !matches!(w, Writer::Closed(t) if now.duration_since(*t) >= settle));
-        self.writing.len() < MAX_WRITING
+        self.writing
+            .retain(|p, w| dir_of(p) != dir || !matches!(w, Writer::Closed(t) if now.duration_since(*t) >= settle));
+        self.writing.in_dir(dir) < self.max_marks()
     }
 
     /// Removed or renamed away: its marks go (a sidecar renamed while open

@@ -30,6 +30,8 @@ struct Live {
     /// The deposit as claimed: a file that still changes is never judged.
     entry: Entry,
     changed: AtomicBool,
+    /// Judged as it is, changed or not (see `watch.max_give_backs`).
+    as_is: bool,
     last_look: Mutex<Instant>,
     total: AtomicU64,
     files: AtomicU64,
@@ -88,6 +90,9 @@ impl Live {
     /// Has the archive changed since its claim? Looked at no more than
     /// every [`LOOK_EVERY`] (this is asked between buffers).
     fn changed(&self) -> bool {
+        if self.as_is {
+            return false;
+        }
         if self.changed.load(Ordering::Relaxed) {
             return true;
         }
@@ -182,17 +187,136 @@ async fn handle_one(job: DepositJob, shared: &Arc<Shared>) -> Result<(), BoxDynE
         Ok(Some((e, Some(o)))) => finalize(shared, &e, &o).await,
         // Already finished (a duplicate or re-queued orphan): nothing to do.
         Ok(None) => {}
-        Err(err) => {
-            // The spool cannot be read or written: a host fault. Back off
-            // in memory (the record could not take it) and let the
-            // scheduler queue it again.
-            warn!(deposit = %job.id, producer = %job.producer, error = %err, "cannot read or update the spool record; will retry");
-            let wait = backoff(1);
-            shared.retry_at.lock().map(|mut r| r.insert(job.id.clone(), Instant::now() + wait)).ok();
+        Err(err) => record_fault(shared, &job, &err).await,
+    }
+    Ok(())
+}
+
+/// The spool record cannot be read or written: a host fault, whose count
+/// the record cannot take, so it is kept in memory. Retried with backoff;
+/// after `workers.max_attempts` the deposit ends (FAILURE IO_ERROR, its
+/// archive to `rejected/` if it can go) so that the producer's next
+/// deposit goes on. Running out of descriptors is not counted.
+async fn record_fault(shared: &Arc<Shared>, job: &DepositJob, err: &std::io::Error) {
+    let max = shared.config().workers.max_attempts;
+    let n = if descriptors_exhausted(err) {
+        host_fault(shared, &job.id)
+    } else {
+        let mut faults = crate::state::lock(&shared.record_faults);
+        let n = faults.entry(job.id.clone()).or_default();
+        *n += 1;
+        *n
+    };
+    let counted = crate::state::lock(&shared.record_faults).get(&job.id).copied().unwrap_or(0);
+    let entry = if counted >= max && !descriptors_exhausted(err) {
+        let known = crate::state::lock(&shared.index)
+            .get(&job.producer)
+            .and_then(|m| m.values().find(|e| e.id == job.id).cloned());
+        match known {
+            Some(e) => Some(e),
+            // No index here (`--role worker`): what the spool's names tell.
+            None => {
+                let (sh, id) = (shared.clone(), job.id.clone());
+                off_runtime(move || sh.spool.entry_without_record(&id)).await.and_then(|r| r).ok()
+            }
+        }
+    } else {
+        None
+    };
+    match entry {
+        Some(entry) => abandon(shared, entry, err).await,
+        _ => {
+            let wait = backoff(n);
+            warn!(deposit = %job.id, producer = %job.producer, error = %err, tries = counted, retry_in_ms = wait.as_millis() as u64,
+                "cannot read or update the spool record; will retry");
+            // In memory: the record could not take it.
+            crate::state::lock(&shared.retry_at).insert(job.id.clone(), Instant::now() + wait);
             shared.requeue(&job.producer, &job.id);
         }
     }
-    Ok(())
+}
+
+/// A deposit whose spool record failed `workers.max_attempts` times: it
+/// ends as FAILURE IO_ERROR. The outcome goes into the record if it can;
+/// else the archive goes to `rejected/` with its report, if it can, and
+/// whatever stays in the spool is the operator's (logged at ERROR, no
+/// longer scheduled by this process).
+async fn abandon(shared: &Arc<Shared>, entry: Entry, err: &std::io::Error) {
+    let max = shared.config().workers.max_attempts;
+    let e = Error::io(
+        Stage::Unpack,
+        format!("the deposit's spool record could not be read or written {max} times (workers.max_attempts)"),
+        std::io::Error::new(err.kind(), err.to_string()),
+    );
+    let outcome = failure(report_base(&entry, &jobs::deposit::now_rfc3339()), &e);
+    let (sh, en, o) = (shared.clone(), entry.clone(), outcome.clone());
+    if let Ok(Ok(())) = off_runtime(move || sh.spool.set_outcome(&en, &o)).await {
+        crate::state::lock(&shared.record_faults).remove(&entry.id);
+        finalize(shared, &entry, &outcome).await;
+        return;
+    }
+    let (sh, c, en, o) = (shared.clone(), shared.config(), entry.clone(), outcome.clone());
+    let rotated = off_runtime(move || rotate_entry(&sh, &c, &en, &o))
+        .await
+        .unwrap_or_else(|e| Err(Error::io(Stage::Rotate, "rotation thread", e)));
+    crate::state::lock(&shared.abandoned).insert(entry.id.clone());
+    crate::state::lock(&shared.record_faults).remove(&entry.id);
+    error!(
+        deposit = %entry.id, producer = %entry.producer, error = %err, rotated = rotated.is_ok(),
+        spool = %shared.spool.root.display(),
+        "the spool record failed {max} times: the deposit ends as FAILURE; what is left of it in the spool is the operator's"
+    );
+    if let Ok(true) = shared.status.terminal(&entry, &outcome, &[]).await {
+        tell(shared, &shared.config(), &entry, &outcome);
+    }
+    let (sh, en, gone) = (shared.clone(), entry.clone(), rotated.is_ok());
+    let _ = off_runtime(move || {
+        // Aside, so that no scheduler (another process, the next start)
+        // takes the deposit for one still held.
+        if let Err(e) = sh.spool.set_aside(&en.id) {
+            warn!(deposit = %en.id, error = %e, "cannot move the broken spool record aside");
+        }
+        if gone {
+            let _ = sh.spool.remove(&en);
+        }
+    })
+    .await;
+    shared.done(&entry, true);
+}
+
+/// Out of file descriptors (EMFILE, ENFILE): the host's state at that
+/// moment, never the deposit's.
+pub fn descriptors_exhausted(e: &std::io::Error) -> bool {
+    let inner = e.get_ref().and_then(|i| i.downcast_ref::<std::io::Error>());
+    [Some(e), inner].into_iter().flatten().any(|e| matches!(e.raw_os_error(), Some(23 | 24)))
+}
+
+fn out_of_descriptors(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if descriptors_exhausted(source))
+}
+
+/// One more host fault of this deposit (for its backoff); never an attempt.
+fn host_fault(shared: &Shared, id: &str) -> u32 {
+    let mut faults = crate::state::lock(&shared.host_faults);
+    let n = faults.entry(id.to_owned()).or_default();
+    *n = n.saturating_add(1);
+    *n
+}
+
+/// The run `Spool::begin_attempt` counted, taken back: the record may
+/// refuse a write while descriptors are short, so a few tries.
+fn uncount(shared: &Shared, e: &mut Entry) {
+    for _ in 0..10 {
+        match shared.spool.interrupted(e) {
+            Ok(()) => return,
+            Err(err) if descriptors_exhausted(&err) => std::thread::sleep(Duration::from_millis(200)),
+            Err(err) => {
+                warn!(deposit = %e.id, error = %err, "cannot take back the attempt in the spool record");
+                return;
+            }
+        }
+    }
+    warn!(deposit = %e.id, "still out of descriptors: the attempt stays counted");
 }
 
 /// Exponential backoff with jitter (×0.5 to ×1.5): deposits that failed
@@ -230,6 +354,7 @@ async fn give_up(shared: &Arc<Shared>, entry: Entry) {
 }
 
 async fn run_one(shared: &Arc<Shared>, entry: Entry) {
+    let _listed = InProgress::new(shared, &entry);
     let cfg = shared.config();
     let started = jobs::deposit::now_rfc3339();
     let attempts = entry.attempts.max(1);
@@ -238,6 +363,14 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
     // spool decides, so run it either way.
     let _ = shared.status.start(&entry, &fields).await;
     info!(deposit = %entry.id, producer = %entry.producer, stage = "unpack", state = PROGRESS, attempt = attempts, "started");
+    // Polling has the settle rule alone: a writer pausing longer than
+    // settle_ms has its file claimed and given back at each pause. Bounded.
+    let gave_back = crate::state::lock(&shared.give_backs).get(&give_back_key(&entry)).copied().unwrap_or(0);
+    let as_is = cfg.watch.poll_ms > 0 && gave_back >= cfg.watch.max_give_backs;
+    if as_is {
+        warn!(deposit = %entry.id, producer = %entry.producer, file = %entry.name, given_back = gave_back,
+            "still changing after each of its claims (watch.max_give_backs): judged as it is");
+    }
 
     let live = Arc::new(Live {
         stage: AtomicU8::new(0),
@@ -245,6 +378,7 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
         id: entry.id.clone(),
         entry: entry.clone(),
         changed: AtomicBool::new(false),
+        as_is,
         last_look: Mutex::new(Instant::now()),
         total: AtomicU64::new(0),
         files: AtomicU64::new(0),
@@ -280,7 +414,7 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
             sidecar: sidecar.as_deref(),
             settings: &settings,
         };
-        if sh.spool.changed_since_claim(&e).unwrap_or(false) {
+        if !as_is && sh.spool.changed_since_claim(&e).unwrap_or(false) {
             return End::Changed;
         }
         // custody: a name the claim could not store fails at once (NAME_INVALID), unrun.
@@ -292,14 +426,25 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
         // across our rename): what was read is not the upload. A success
         // stands (every byte published was verified as read); anything
         // else is not a verdict on the upload.
-        let changed =
-            l.changed.load(Ordering::Relaxed) || (result.is_err() && sh.spool.changed_since_claim(&e).unwrap_or(false));
+        let changed = !as_is
+            && (l.changed.load(Ordering::Relaxed)
+                || (result.is_err() && sh.spool.changed_since_claim(&e).unwrap_or(false)));
         if changed && result.is_err() {
             return End::Changed;
         }
+        // The producer is told why a file that kept changing was judged.
+        let mut result = result;
+        if as_is && let Err(Error::Rejected(r)) = &mut result {
+            r.message = format!(
+                "{} (the file kept changing after {gave_back} claims: judged as it was read; upload it in one go, or send its .md5 sidecar when done)",
+                r.message
+            );
+        }
         let outcome = match result {
             Err(Error::Cancelled) => return End::Cancelled,
-            Err(err) if err.is_transient() && retry => return End::Retry(err),
+            // Out of descriptors: the host's state, never a verdict, even
+            // with no attempt left (it is not counted, see below).
+            Err(err) if err.is_transient() && (retry || out_of_descriptors(&err)) => return End::Retry(err),
             Ok(p) => {
                 sh.pruned.store(true, Ordering::Relaxed);
                 success(base, &p)
@@ -335,6 +480,13 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
             });
             match back.await.and_then(|r| r) {
                 Ok(what) => {
+                    {
+                        let mut counts = crate::state::lock(&shared.give_backs);
+                        if counts.len() >= MAX_GIVE_BACK_NAMES {
+                            counts.clear();
+                        }
+                        *counts.entry(give_back_key(&entry)).or_default() += 1;
+                    }
                     info!(deposit = %entry.id, producer = %entry.producer, file = %entry.name, change = %what,
                         "still being written after its claim: not judged, given back to new/ to wait for its writer");
                     let _ = shared.status.forget(&entry).await;
@@ -359,7 +511,24 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
             info!(deposit = %entry.id, producer = %entry.producer, "interrupted by shutdown; resumes at the next start");
             let (sh, mut en) = (shared.clone(), entry.clone());
             let _ = off_runtime(move || sh.spool.interrupted(&mut en)).await;
-            let _ = shared.status.set(&entry, status::WAITING, &[("stage", String::new())]).await;
+            let stage = live.fields().first().map(|(_, s)| s.clone()).unwrap_or_default();
+            let _ = shared.status.set(&entry, status::WAITING, &interrupted_fields(&stage)).await;
+        }
+        End::Retry(e) if out_of_descriptors(&e) => {
+            // The host ran out of descriptors (a flood of connections,
+            // another process): not this deposit's attempt. The run is
+            // taken back and the deposit waits, longer each time.
+            let n = host_fault(shared, &entry.id);
+            let wait = backoff(n);
+            warn!(deposit = %entry.id, producer = %entry.producer, error = %e, retry_in_ms = wait.as_millis() as u64,
+                "out of file descriptors: not counted as an attempt; will retry");
+            let (sh, mut en) = (shared.clone(), entry.clone());
+            let _ = off_runtime(move || uncount(&sh, &mut en)).await;
+            let _ = shared
+                .status
+                .set(&entry, status::WAITING, &[("error_code", e.code().as_str().into()), ("error", e.message())])
+                .await;
+            shared.later(&entry, wait).await;
         }
         End::Retry(e) if !retry => {
             // Only a pipeline thread that panicked comes back here with no
@@ -399,6 +568,39 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
             record(shared, &entry, &outcome, &last).await;
         }
     }
+}
+
+/// What a deposit that shutdown interrupted shows in its hash: WAITING,
+/// and why, so that status never shows work that is not happening.
+pub fn interrupted_fields(stage: &str) -> [(&'static str, String); 2] {
+    let during = if stage.is_empty() { String::new() } else { format!(" during {stage}") };
+    [("stage", String::new()), ("error", format!("interrupted by shutdown{during}; runs again at the next start"))]
+}
+
+/// A deposit's run, listed in `Shared::in_progress` while it lasts.
+struct InProgress<'a>(&'a Shared, String);
+
+impl<'a> InProgress<'a> {
+    fn new(shared: &'a Shared, e: &Entry) -> Self {
+        crate::state::lock(&shared.in_progress).insert(e.id.clone(), e.clone());
+        InProgress(shared, e.id.clone())
+    }
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        crate::state::lock(&self.0.in_progress).remove(&self.1);
+    }
+}
+
+/// Uploads whose give-backs are counted at once, at most (a producer
+/// making fresh names forever must not grow the daemon).
+const MAX_GIVE_BACK_NAMES: usize = 10_000;
+
+/// An upload as its give-backs are counted: its producer and name (each
+/// claim gives it a new deposit id).
+fn give_back_key(e: &Entry) -> (String, String) {
+    (e.producer.clone(), e.name.clone())
 }
 
 /// How a run of the pipeline ended, as the blocking side saw it.
@@ -485,6 +687,16 @@ pub async fn finalize(shared: &Arc<Shared>, entry: &Entry, o: &Outcome) {
 /// the producer's next deposits go on.
 async fn rotation_failed(shared: &Arc<Shared>, entry: Entry, o: &Outcome, e: &Error, last: &[(&str, String)]) {
     let max = shared.config().workers.max_attempts;
+    if out_of_descriptors(e) {
+        // The host's moment, not the deposit's: not counted (see run_one).
+        let wait = backoff(host_fault(shared, &entry.id));
+        warn!(deposit = %entry.id, producer = %entry.producer, error = %e, retry_in_ms = wait.as_millis() as u64,
+            "rotation: out of file descriptors; not counted as an attempt; will retry");
+        let (sh, mut en) = (shared.clone(), entry.clone());
+        let _ = off_runtime(move || uncount(&sh, &mut en)).await;
+        shared.later(&entry, wait).await;
+        return;
+    }
     if entry.attempts < max {
         let wait = backoff(entry.attempts);
         error!(deposit = %entry.id, producer = %entry.producer, error = %e, attempt = entry.attempts, retry_in_ms = wait.as_millis() as u64, "rotation failed; will retry");
@@ -511,6 +723,7 @@ async fn rotation_failed(shared: &Arc<Shared>, entry: Entry, o: &Outcome, e: &Er
 /// The terminal state in Redis (and the notify hook, once), then the
 /// spool entry forgotten. `last`: the job's final progress fields.
 async fn record(shared: &Arc<Shared>, entry: &Entry, o: &Outcome, last: &[(&str, String)]) {
+    crate::state::lock(&shared.give_backs).remove(&give_back_key(entry));
     let left = match shared.status.terminal(entry, o, last).await {
         Ok(first) => {
             if first {

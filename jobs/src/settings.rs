@@ -60,6 +60,10 @@ pub struct Limits {
     /// they are read into memory, so this bounds what one deposit's
     /// metadata can cost a worker, whatever the archive declares.
     pub max_metadata_bytes: u64,
+    /// Deposits one producer may have claimed and not ended (the daemon's
+    /// spool index costs memory per deposit); the rest wait in `new/`,
+    /// costing nothing, and are claimed in drop order as these end.
+    pub max_backlog: u64,
 }
 
 impl Default for Limits {
@@ -71,6 +75,7 @@ impl Default for Limits {
             max_path_len: 1024,
             min_free_bytes: 1 << 30,
             max_metadata_bytes: 16 << 20,
+            max_backlog: 10_000,
         }
     }
 }
@@ -181,6 +186,7 @@ impl Settings {
             ("limits.max_entries", l.max_entries),
             ("limits.max_path_len", l.max_path_len),
             ("limits.max_metadata_bytes", l.max_metadata_bytes),
+            ("limits.max_backlog", l.max_backlog),
         ] {
             if v == 0 {
                 return Err(format!("{key} must be greater than 0"));

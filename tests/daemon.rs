@@ -580,7 +580,7 @@ fn notify_command_and_metrics() {
     assert!(states.contains(&"SUCCESS".to_owned()) && states.contains(&"FAILURE".to_owned()));
 
     let metrics = http_get(port, "/metrics");
-    assert!(metrics.starts_with("HTTP/1.0 200"), "{metrics}");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     for line in [
         "depot_deposits_total{producer=\"GOOD\",state=\"SUCCESS\"} 1",
         "depot_deposits_total{producer=\"BADD\",state=\"FAILURE\"} 1",
@@ -593,7 +593,7 @@ fn notify_command_and_metrics() {
     ] {
         assert!(metrics.contains(line), "missing {line}:\n{metrics}");
     }
-    assert!(http_get(port, "/other").starts_with("HTTP/1.0 404"));
+    assert!(http_get(port, "/other").starts_with("HTTP/1.1 404"));
     assert_eq!(stop(daemon), Some(0));
 }
 

@@ -37,11 +37,14 @@ fn htpasswd(file: &Path, flag: &str, user: &str, pw: &str) {
 
 impl Door {
     fn start(redis: &Redis, extra: &str) -> Door {
+        Self::start_idle(redis, extra, IDLE_S)
+    }
+    fn start_idle(redis: &Redis, extra: &str, idle_s: u64) -> Door {
         let port = free_port();
         let site = Site::new(
             &redis.url(),
             &format!(
-                "[http]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"server.pem\"\ntls_key = \"server.key\"\nusers_file = \"users\"\nidle_timeout_s = {IDLE_S}\noperators = [\"ops\"]\n{extra}"
+                "[http]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"server.pem\"\ntls_key = \"server.key\"\nusers_file = \"users\"\nidle_timeout_s = {idle_s}\noperators = [\"ops\"]\n{extra}"
             ),
         );
         private_ca(site.root());
@@ -228,9 +231,11 @@ fn b64(b: &[u8]) -> String {
 #[test]
 fn every_answer_code() {
     let redis = Redis::start();
-    let door = Door::start(
+    // Long enough for curl --limit-rate's pauses: the slow upload stays.
+    let door = Door::start_idle(
         &redis,
         "max_uploads_per_producer = 1\n[limits]\nmax_archive_bytes = 200000\n[producers.FULL.limits]\nmin_free_bytes = 1000000000000000000\n[producers.MSEC]\nhttp_users = [\"ann\"]\n",
+        20,
     );
     let small = door.file("MSEC_A.zip", &good_theia("MSEC", "a"));
     let put = |user: &str, path: &str, extra: &[&str]| {
@@ -310,7 +315,8 @@ fn md5_bytes(b: &[u8]) -> Vec<u8> {
 #[test]
 fn cut_uploads_leave_nothing() {
     let redis = Redis::start();
-    let mut door = Door::start(&redis, "");
+    // Not the idle timeout: the closed connection itself removes the upload.
+    let mut door = Door::start_idle(&redis, "", 60);
     let slow = door.slow_put("MSEC:pw", "MSEC", "MSEC_CUT.zip", &vec![3u8; 400_000], "20k");
     wait_until(&door, "the upload to start", || door.leftovers("MSEC").iter().any(|n| n.starts_with(".depot-")));
     std::thread::sleep(Duration::from_millis(500));
@@ -486,4 +492,139 @@ fn producer_add_http_user() {
         Command::new("htpasswd").arg("-vb").arg(&users).args([u, p]).output().unwrap().status.success()
     };
     assert!(verify("MSEC", "changed") && verify("bob", "second") && !verify("MSEC", "first"));
+}
+
+/// `--role http` serves the door alone; the watcher and the workers run
+/// elsewhere (here: two other processes on the same folders and Redis)
+/// and take its deposits.
+#[test]
+fn role_http_hands_deposits_to_the_scheduler_elsewhere() {
+    let redis = Redis::start();
+    let port = free_port();
+    let site = Site::new(
+        &redis.url(),
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\nusers_file = \"users\"\nidle_timeout_s = {IDLE_S}\n"),
+    );
+    htpasswd(&site.root().join("users"), "-B", "MSEC", "pw");
+    let _watcher = site.start_role("watcher");
+    let _worker = site.start_role("worker");
+    let _http = site.start_role("http");
+    wait_for(&site, "the door", 30, || TcpStream::connect(("127.0.0.1", port)).is_ok());
+    let zip = site.root().join("MSEC_R.zip");
+    fs::write(&zip, good_theia("MSEC", "r")).unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "-u", "MSEC:pw", "-T"])
+        .arg(&zip)
+        .arg(format!("http://127.0.0.1:{port}/data/MSEC/new/"))
+        .output()
+        .unwrap();
+    let v = json(&String::from_utf8_lossy(&out.stdout));
+    let id = v["id"].as_str().unwrap().to_owned();
+    wait_for(&site, "SUCCESS", 30, || state(&redis, &id) == "SUCCESS");
+    let log = fs::read_to_string(site.root().join("watcher.log")).unwrap();
+    assert!(log.contains("claimed by the HTTP door"), "{log}");
+    assert!(site.root().join("drop/MSEC/previous/MSEC_R.zip").is_file());
+}
+
+/// A non-loopback address without TLS is refused by `depot config check`
+/// and at start, naming the key; behind_proxy allows it.
+#[test]
+fn clear_text_off_loopback_is_refused() {
+    let redis = Redis::start();
+    let site = Site::new(&redis.url(), "[http]\nlisten = \"0.0.0.0:18480\"\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_depot"))
+        .args(["config", "check", "--config"])
+        .arg(&site.config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("http.listen") && err.contains("behind_proxy"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_depot")).args(["run", "--config"]).arg(&site.config).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("http.listen"));
+    let site = Site::new(&redis.url(), "[http]\nlisten = \"0.0.0.0:18480\"\nbehind_proxy = true\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_depot"))
+        .args(["config", "check", "--config"])
+        .arg(&site.config)
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("http.listen"), "{out:?}");
+}
+
+/// SIGHUP reads the certificate again: new connections get the new one,
+/// an upload running across the reload still ends in 201.
+#[test]
+fn tls_certificate_reloads_on_sighup() {
+    let redis = Redis::start();
+    // curl --limit-rate sends in bursts, seconds apart.
+    let door = Door::start_idle(&redis, "", 20);
+    let slow = door.file("slow.zip", &vec![5u8; 200_000]);
+    let running = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(door.ca())
+        .args(["-u", "MSEC:pw", "--limit-rate", "20k", "-T"])
+        .arg(&slow)
+        .arg(door.url("/data/MSEC/new/MSEC_SLOW.zip"))
+        .args(["-o", "-", "-w", "\n%{http_code}"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(&door, "the slow upload", || door.leftovers("MSEC").iter().any(|n| n.starts_with(".depot-")));
+    // A new CA and certificate in place of the old ones.
+    let ca2 = door.site.root().join("ca2");
+    fs::create_dir_all(&ca2).unwrap();
+    private_ca(&ca2);
+    fs::copy(ca2.join("server.pem"), door.site.root().join("server.pem")).unwrap();
+    fs::copy(ca2.join("server.key"), door.site.root().join("server.key")).unwrap();
+    let pid = door.daemon.as_ref().unwrap().0.as_ref().unwrap().id().to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    wait_until(&door, "the new certificate", || {
+        Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "--cacert"])
+            .arg(ca2.join("ca.pem"))
+            .arg(door.url("/data/availability"))
+            .status()
+            .unwrap()
+            .success()
+    });
+    let (code, _) = door.curl(&[&door.url("/data/availability")]);
+    assert_eq!(code, 0, "the old CA no longer verifies the door");
+    let out = running.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.trim_end().ends_with("201"), "{text}");
+    assert!(door.site.log().contains("TLS certificate reloaded"));
+}
+
+/// A sidecar PUT before its archive pairs with it, as over sftp: the
+/// listing of previous/ gives its MD5, the file is served with Content-MD5.
+#[test]
+fn sidecar_before_archive_pairs() {
+    let redis = Redis::start();
+    let door = Door::start(&redis, "");
+    let bytes = good_theia("MSEC", "side");
+    let zip = door.file("MSEC_S.zip", &bytes);
+    let side = door.file("MSEC_S.zip.md5", format!("{}  MSEC_S.zip\n", md5_hex(&bytes)).as_bytes());
+    let (code, body) = door.curl(&["-u", "MSEC:pw", "-T", side.to_str().unwrap(), &door.url("/data/MSEC/new/")]);
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = door.curl(&["-u", "MSEC:pw", "-T", zip.to_str().unwrap(), &door.url("/data/MSEC/new/")]);
+    assert_eq!(code, 201, "{body}");
+    let id = json(&body)["id"].as_str().unwrap().to_owned();
+    wait_until(&door, "SUCCESS", || state(&redis, &id) == "SUCCESS");
+    let prev = door.site.root().join("drop/MSEC/previous");
+    wait_until(&door, "both in previous/", || {
+        prev.join("MSEC_S.zip.md5").is_file() && prev.join("MSEC_S.zip").is_file()
+    });
+    let (_, headers) =
+        door.curl(&["-u", "MSEC:pw", "-D", "-", "-o", "/dev/null", &door.url("/data/MSEC/previous/MSEC_S.zip")]);
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains(&format!("content-md5: {}", b64(&md5_bytes(&bytes)).to_ascii_lowercase())),
+        "{headers}"
+    );
+    // The fail2ban line ends with the address.
+    assert_eq!(door.curl(&["-u", "MSEC:bad", &door.url("/data/MSEC/deposits")]).0, 401);
+    let log = door.site.log();
+    assert!(log.lines().any(|l| l.trim_end().ends_with("HTTP login failed: user=\"MSEC\" from=127.0.0.1")), "{log}");
 }

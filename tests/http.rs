@@ -628,3 +628,61 @@ fn sidecar_before_archive_pairs() {
     let log = door.site.log();
     assert!(log.lines().any(|l| l.trim_end().ends_with("HTTP login failed: user=\"MSEC\" from=127.0.0.1")), "{log}");
 }
+
+/// A body that stops coming: dropped after idle_timeout_s, nothing kept,
+/// 408 to the client.
+#[test]
+fn idle_body_leaves_nothing() {
+    use std::io::Write;
+    let redis = Redis::start();
+    let door = Door::start(&redis, "");
+    let mut client = Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect", &format!("127.0.0.1:{}", door.port), "-CAfile"])
+        .arg(door.ca())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = client.stdin.take().unwrap();
+    write!(
+        stdin,
+        "PUT /data/MSEC/new/MSEC_IDLE.zip HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {}\r\nContent-Length: 100000\r\n\r\n",
+        b64(b"MSEC:pw")
+    )
+    .unwrap();
+    stdin.write_all(&[9u8; 1000]).unwrap();
+    stdin.flush().unwrap();
+    wait_until(&door, "the upload to start", || door.leftovers("MSEC").iter().any(|n| n.starts_with(".depot-")));
+    let t0 = Instant::now();
+    wait_until(&door, "the idle upload removed", || door.leftovers("MSEC").is_empty());
+    assert!(t0.elapsed() >= Duration::from_secs(IDLE_S - 1), "removed before the client was idle long enough");
+    let mut out = String::new();
+    client.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    drop(stdin);
+    kill(client);
+    assert!(redis.deposits().is_empty());
+}
+
+/// http.max_connections: one address holds at most half; over that a
+/// connection is closed at once, and the door takes it again once the
+/// idle ones are gone.
+#[test]
+fn connection_cap_per_address() {
+    let redis = Redis::start();
+    let door = Door::start(&redis, "max_connections = 8\n");
+    let held: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(("127.0.0.1", door.port)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut over = TcpStream::connect(("127.0.0.1", door.port)).unwrap();
+    over.set_read_timeout(Some(Duration::from_secs(IDLE_S))).unwrap();
+    let mut b = [0u8; 1];
+    match over.read(&mut b) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("a fifth connection from one address was kept: {other:?}"),
+    }
+    assert!(door.site.log().contains("http.max_connections reached"), "{}", door.site.log());
+    wait_until(&door, "the door to take connections again", || door.curl(&[&door.url("/data/availability")]).0 == 200);
+    drop(held);
+}

@@ -139,9 +139,17 @@ fn refused_space(why: &str) -> Response {
     )
 }
 
-async fn write_batch(sink: Sink, batch: Vec<Bytes>) -> std::io::Result<Sink> {
+/// Write a batch; with `margin` (a body of unknown length), refuse to go
+/// on once the drop filesystem is down to it.
+async fn write_batch(sink: Sink, batch: Vec<Bytes>, margin: Option<(PathBuf, u64)>) -> std::io::Result<Sink> {
     tokio::task::spawn_blocking(move || {
         let mut sink = sink;
+        let n: usize = batch.iter().map(Bytes::len).sum();
+        if let Some((root, margin)) = margin
+            && jobs::publish::check_free_space(&root, n as u64, margin).is_err()
+        {
+            return Err(std::io::Error::from_raw_os_error(28));
+        }
         for b in &batch {
             sink.md5.update(b);
             sink.file.write_all(b)?;
@@ -290,7 +298,8 @@ pub async fn put(
             batch.push(b);
         }
         if batched >= WRITE_BATCH || (end && !batch.is_empty()) {
-            sink = match write_batch(sink, std::mem::take(&mut batch)).await {
+            let margin = length.is_none().then(|| (cfg.drop_root.clone(), limits.min_free_bytes));
+            sink = match write_batch(sink, std::mem::take(&mut batch), margin).await {
                 Ok(s) => s,
                 Err(e) if no_space(&e) => return refused_space(&e.to_string()),
                 Err(e) => {

@@ -310,6 +310,7 @@ fn cmd_config_check(config: &ConfigArg) -> Result<u8> {
     findings.push(runtime()?.block_on(selfcheck::redis(&cfg)));
     findings.extend(selfcheck::buckets(&cfg));
     findings.extend(selfcheck::operator(&cfg));
+    findings.extend(http::check(&cfg));
     print!("{}", selfcheck::render(&findings));
     Ok(if findings.iter().all(|f| f.ok) { ACCEPTED } else { TROUBLE })
 }

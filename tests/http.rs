@@ -686,3 +686,38 @@ fn connection_cap_per_address() {
     wait_until(&door, "the door to take connections again", || door.curl(&[&door.url("/data/availability")]).0 == 200);
     drop(held);
 }
+
+/// `depot config check` loads the certificate and reads the users file.
+#[test]
+fn config_check_reads_the_door_files() {
+    let redis = Redis::start();
+    let site = Site::new(
+        &redis.url(),
+        "[http]\nlisten = \"127.0.0.1:18481\"\ntls_cert = \"server.pem\"\ntls_key = \"server.key\"\nusers_file = \"users\"\noperators = [\"ops\"]\n[producers.MSEC]\nhttp_users = [\"ann\"]\n",
+    );
+    private_ca(site.root());
+    let users = site.root().join("users");
+    htpasswd(&users, "-B", "MSEC", "pw");
+    htpasswd(&users, "-p", "plain", "pw");
+    let check = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_depot"))
+            .args(["config", "check", "--config"])
+            .arg(&site.config)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, out) = check();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("http.tls_cert") && out.contains("load"), "{out}");
+    assert!(out.contains("use a scheme depot refuses") && out.contains("plain"), "{out}");
+    assert!(out.contains("no line for ann, ops"), "{out}");
+    // A key that is not the certificate's.
+    let other = site.root().join("other");
+    fs::create_dir_all(&other).unwrap();
+    private_ca(&other);
+    fs::copy(other.join("server.key"), site.root().join("server.key")).unwrap();
+    let (code, out) = check();
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("do not make a pair"), "{out}");
+}

@@ -54,13 +54,18 @@ impl Users {
 }
 
 /// `user:hash` lines; blank lines and `#` comments skipped.
-fn parse(text: &str) -> HashMap<String, String> {
+pub fn parse(text: &str) -> HashMap<String, String> {
     text.lines()
         .map(str::trim_end)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .filter_map(|l| l.split_once(':'))
         .map(|(u, h)| (u.to_owned(), h.to_owned()))
         .collect()
+}
+
+/// A hash of a scheme [`verify`] checks.
+pub fn supported(hash: &str) -> bool {
+    ["$2y$", "$2b$", "$2a$", "$apr1$"].iter().any(|p| hash.starts_with(p))
 }
 
 /// Does `password` match an htpasswd `hash`?

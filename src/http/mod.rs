@@ -57,6 +57,9 @@ pub struct Door {
     /// Password checks running at once: each costs a bcrypt, a burst of
     /// wrong passwords must not take every core.
     verifying: tokio::sync::Semaphore,
+    /// MD5s of files in `previous/` without a sidecar, by (device, inode,
+    /// size, mtime): a listing must not read a large archive each time.
+    md5s: Mutex<HashMap<(u64, u64, u64, i64), String>>,
 }
 
 type Shared_ = Arc<Door>;
@@ -100,6 +103,7 @@ pub async fn serve(
         uploads: Mutex::default(),
         receiving: Mutex::default(),
         verifying: tokio::sync::Semaphore::new(2),
+        md5s: Mutex::default(),
     });
     let router = if metrics_only { metrics_router(door) } else { router(door) };
     info!(listen = %addr, tls = tls.is_some(), what = if metrics_only { "metrics" } else { "HTTP door" }, "listening");
@@ -141,6 +145,58 @@ async fn not_found() -> Response {
 async fn metrics(State(door): State<Shared_>) -> Response {
     let body = door.shared.metrics.render(&door.shared.gauges());
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+}
+
+/// What `depot config check` says of the door: the certificate loads, the
+/// users file is there and holds lines depot can check.
+pub fn check(cfg: &crate::config::Config) -> Vec<crate::selfcheck::Finding> {
+    use crate::selfcheck::Finding;
+    let h = &cfg.http;
+    let mut out = Vec::new();
+    if h.listen.is_empty() {
+        return out;
+    }
+    let ok = |what: String| Finding { ok: true, warning: false, what };
+    let fail = |what: String| Finding { ok: false, warning: false, what };
+    let warn = |what: String| Finding { ok: true, warning: true, what };
+    if h.tls() {
+        match tls::Reloadable::new(&h.tls_cert, &h.tls_key) {
+            Ok(_) => out.push(ok(format!("http.tls_cert {} and http.tls_key load", h.tls_cert))),
+            Err(e) => out.push(fail(format!("{e:#}"))),
+        }
+    }
+    if h.users_file.is_empty() {
+        out.push(warn("http.users_file is not set: the HTTP door refuses every login".into()));
+        return out;
+    }
+    match std::fs::read_to_string(&h.users_file) {
+        Err(e) => out.push(fail(format!("http.users_file {}: {e}", h.users_file))),
+        Ok(text) => {
+            let users = auth::parse(&text);
+            let mut odd: Vec<&str> =
+                users.iter().filter(|(_, hash)| !auth::supported(hash)).map(|(u, _)| u.as_str()).collect();
+            odd.sort_unstable();
+            if !odd.is_empty() {
+                out.push(warn(format!(
+                    "http.users_file: {} use a scheme depot refuses (only bcrypt `htpasswd -B` and apr1 `htpasswd -m`): {}",
+                    odd.len(),
+                    odd.join(", ")
+                )));
+            }
+            let named = cfg.producers.http_users.values().flatten().chain(h.operators.iter());
+            let mut missing: Vec<&str> = named.filter(|u| !users.contains_key(*u)).map(String::as_str).collect();
+            missing.sort_unstable();
+            missing.dedup();
+            if !missing.is_empty() {
+                out.push(warn(format!(
+                    "http.users_file has no line for {} (named in http_users or http.operators)",
+                    missing.join(", ")
+                )));
+            }
+            out.push(ok(format!("http.users_file {}: {} users", h.users_file, users.len())));
+        }
+    }
+    out
 }
 
 /// A one-line reason in plain words, as text: what a scientist reading

@@ -26,6 +26,7 @@ use serde_json::json as j;
 use super::upload::hex;
 use super::{Door, Peer, Serves, answer, json};
 use crate::ops;
+use crate::state::lock;
 
 const CHUNK: usize = 256 * 1024;
 
@@ -106,6 +107,7 @@ pub async fn previous(
     }
     let root = door.shared.config().drop_root.clone();
     let pp = p.clone();
+    let d = door.clone();
     let files = blocking(move || {
         let Some(dir) = real_folder(&root, &pp, jobs::rotate::PREVIOUS) else { return Vec::new() };
         let mut names: Vec<String> = std::fs::read_dir(&dir)
@@ -120,7 +122,16 @@ pub async fn previous(
             .filter_map(|n| {
                 let (f, m) = open_regular(&dir, &n)?;
                 let md5 = if n.ends_with(".md5") { None } else { sidecar_md5(&dir, &n) };
-                let md5 = md5.or_else(|| md5_of(f));
+                let key = (m.dev(), m.ino(), m.len(), m.mtime());
+                let md5 = md5.or_else(|| lock(&d.md5s).get(&key).cloned()).or_else(|| {
+                    let h = md5_of(f)?;
+                    let mut cache = lock(&d.md5s);
+                    if cache.len() >= 1024 {
+                        cache.clear();
+                    }
+                    cache.insert(key, h.clone());
+                    Some(h)
+                });
                 Some(j!({ "name": n, "size": m.len(), "time": rfc3339(m.mtime()), "md5": md5 }))
             })
             .collect()

@@ -118,6 +118,83 @@ pub struct Metrics {
     pub listen: String,
 }
 
+/// `[http]`: the HTTP door (SPEC "HTTP door").
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Http {
+    /// `host:port`; empty = off.
+    pub listen: String,
+    /// PEM certificate chain and key; both or neither. Reloaded on SIGHUP.
+    pub tls_cert: String,
+    pub tls_key: String,
+    /// An Apache htpasswd file (bcrypt `$2y$` and apr1 `$apr1$` lines).
+    pub users_file: String,
+    /// Users who act for every producer.
+    pub operators: Vec<String>,
+    /// A connection that sends nothing for this long (no request head, no
+    /// body byte) is closed, and an upload it left is removed.
+    pub idle_timeout_s: u64,
+    /// Uploads of one producer being received at once.
+    pub max_uploads_per_producer: usize,
+    /// A TLS-terminating proxy (nginx, Apache) on this host forwards to a
+    /// plain listen address: allowed without tls_cert/tls_key.
+    pub behind_proxy: bool,
+    /// Connections open at once; one client address holds at most half.
+    pub max_connections: usize,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            listen: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            users_file: String::new(),
+            operators: Vec::new(),
+            idle_timeout_s: 30,
+            max_uploads_per_producer: 4,
+            behind_proxy: false,
+            max_connections: 1024,
+        }
+    }
+}
+
+impl Http {
+    /// Checked at load: a bad address, half a TLS pair, credentials in
+    /// clear over a non-loopback address.
+    fn check(&self) -> Result<()> {
+        if self.listen.is_empty() {
+            return Ok(());
+        }
+        let addr: std::net::SocketAddr = self.listen.parse().map_err(|_| {
+            anyhow!("http.listen must be host:port with a numeric host (e.g. 127.0.0.1:8480), or empty for off")
+        })?;
+        if self.tls_cert.is_empty() != self.tls_key.is_empty() {
+            bail!("http.tls_cert and http.tls_key go together: set both, or neither");
+        }
+        if self.tls_cert.is_empty() && !addr.ip().is_loopback() && !self.behind_proxy {
+            bail!(
+                "http.listen {} is not a loopback address and there is no http.tls_cert/http.tls_key: passwords would cross the network in clear (set both, or http.behind_proxy = true when a TLS proxy on this host forwards to it)",
+                self.listen
+            );
+        }
+        if self.idle_timeout_s == 0 {
+            bail!("http.idle_timeout_s must be at least 1");
+        }
+        if self.max_uploads_per_producer == 0 {
+            bail!("http.max_uploads_per_producer must be at least 1");
+        }
+        if self.max_connections < 2 {
+            bail!("http.max_connections must be at least 2");
+        }
+        Ok(())
+    }
+
+    pub fn tls(&self) -> bool {
+        !self.tls_cert.is_empty()
+    }
+}
+
 /// The whole file, typed.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -130,6 +207,7 @@ pub struct Config {
     pub producers: Producers,
     pub notify: Notify,
     pub metrics: Metrics,
+    pub http: Http,
     pub retention: Retention,
     /// The untyped global tables, kept to merge per-producer overrides in.
     base: BTreeMap<&'static str, Table>,
@@ -142,6 +220,8 @@ pub struct Producers {
     pub profile: Profile,
     /// `[producers.<P>]` tables, checked at load.
     overrides: BTreeMap<String, Table>,
+    /// `[producers.<P>] http_users`: who else deposits for P over HTTP.
+    pub http_users: BTreeMap<String, Vec<String>>,
 }
 
 const MERGED: [&str; 3] = ["checks", "limits", "publish"];
@@ -185,6 +265,13 @@ impl Config {
         let producers = parse_producers(take_table(&mut root, "producers")?)?;
         let notify: Notify = typed(take_table(&mut root, "notify")?, "notify")?;
         let metrics: Metrics = typed(take_table(&mut root, "metrics")?, "metrics")?;
+        let mut http: Http = typed(take_table(&mut root, "http")?, "http")?;
+        http.check()?;
+        for f in [&mut http.tls_cert, &mut http.tls_key, &mut http.users_file] {
+            if !f.is_empty() {
+                *f = base_dir.join(&*f).display().to_string();
+            }
+        }
         let retention: Retention = typed(take_table(&mut root, "retention")?, "retention")?;
         let mut base = BTreeMap::new();
         for key in MERGED {
@@ -230,6 +317,7 @@ impl Config {
             producers,
             notify,
             metrics,
+            http,
             retention,
             base,
         };
@@ -266,6 +354,7 @@ impl Config {
         if let Some(over) = over {
             for (k, v) in over {
                 match (k.as_str(), v) {
+                    ("http_users", _) => {}
                     ("profile", v) => {
                         profile = typed(Table::from_iter([("v".to_string(), v.clone())]), &format!("{prefix}profile"))
                             .map(|w: Wrap<Profile>| w.v)?;
@@ -287,7 +376,7 @@ impl Config {
                         }
                     }
                     (k, _) => bail!(
-                        "unknown key `{prefix}{k}` (a producer table may set profile, [checks], [limits], [publish])"
+                        "unknown key `{prefix}{k}` (a producer table may set profile, http_users, [checks], [limits], [publish])"
                     ),
                 }
             }
@@ -320,6 +409,7 @@ impl Config {
             producers: ProducersView<'a>,
             notify: &'a Notify,
             metrics: &'a Metrics,
+            http: &'a Http,
             retention: &'a Retention,
             checks: Checks,
             limits: Limits,
@@ -350,6 +440,7 @@ impl Config {
             },
             notify: &self.notify,
             metrics: &self.metrics,
+            http: &self.http,
             retention: &self.retention,
             checks: global.checks,
             limits: global.limits,
@@ -358,6 +449,15 @@ impl Config {
         let mut out = format!("# effective configuration of {}\n", self.path.display());
         out.push_str(&toml::to_string(&view).unwrap_or_else(|e| format!("# cannot render: {e}\n")));
         out
+    }
+
+    /// May `user` act for producer `p` over HTTP: its own name, one of its
+    /// `http_users`, or an operator.
+    pub fn acts_for(&self, user: &str, p: &str) -> bool {
+        self.is_producer(p)
+            && (user == p
+                || self.http.operators.iter().any(|o| o == user)
+                || self.producers.http_users.get(p).is_some_and(|u| u.iter().any(|x| x == user)))
     }
 
     /// Is `name` a producer folder this config serves?
@@ -467,16 +567,22 @@ fn parse_producers(mut t: Table) -> Result<Producers> {
         bail!("producers.allow: {bad:?} does not match producers.pattern");
     }
     let mut overrides = BTreeMap::new();
+    let mut http_users = BTreeMap::new();
     for (k, v) in t {
         match v {
             toml::Value::Table(tab) if pattern.is_match(&k) => {
+                if let Some(u) = tab.get("http_users") {
+                    let users = Vec::<String>::deserialize(u.clone())
+                        .map_err(|e| anyhow!("producers.{k}.http_users must be a list of user names: {e}"))?;
+                    http_users.insert(k.clone(), users);
+                }
                 overrides.insert(k, tab);
             }
             toml::Value::Table(_) => bail!("producers.{k}: not a producer name (producers.pattern is {pattern_src})"),
             _ => bail!("unknown key `producers.{k}`"),
         }
     }
-    Ok(Producers { pattern, allow, profile, overrides })
+    Ok(Producers { pattern, allow, profile, overrides, http_users })
 }
 
 #[cfg(test)]
@@ -596,6 +702,25 @@ mod tests {
             assert!(err.contains(key), "{extra}: {err}");
         }
         assert!(c.effective().contains("[retention]"));
+    }
+
+    #[test]
+    fn http_is_checked_and_safe_by_default() {
+        let c = parse(&format!("{MIN}[http]\nlisten = \"127.0.0.1:8480\"\noperators = [\"ops\"]\n[producers.MSEC]\nhttp_users = [\"ann\"]\n")).unwrap();
+        assert!(c.acts_for("MSEC", "MSEC") && c.acts_for("ann", "MSEC") && c.acts_for("ops", "IGNF"));
+        assert!(!c.acts_for("ann", "IGNF") && !c.acts_for("IGNF", "MSEC"));
+        for (extra, key) in [
+            ("[http]\nlisten = \"0.0.0.0:8480\"\n", "http.listen"),
+            ("[http]\nlisten = \"127.0.0.1:8480\"\ntls_cert = \"c.pem\"\n", "http.tls_key"),
+            ("[http]\nlisten = \"here\"\n", "http.listen"),
+            ("[http]\nlisten = \"127.0.0.1:1\"\nidle_timeout_s = 0\n", "http.idle_timeout_s"),
+            ("[producers.MSEC]\nhttp_users = \"ann\"\n", "producers.MSEC.http_users"),
+        ] {
+            let err = format!("{:#}", parse(&format!("{MIN}{extra}")).unwrap_err());
+            assert!(err.contains(key), "{extra}: {err}");
+        }
+        parse(&format!("{MIN}[http]\nlisten = \"0.0.0.0:8480\"\nbehind_proxy = true\n")).unwrap();
+        parse(&format!("{MIN}[http]\nlisten = \"0.0.0.0:8480\"\ntls_cert = \"c\"\ntls_key = \"k\"\n")).unwrap();
     }
 
     #[test]

@@ -32,10 +32,15 @@ pub enum Role {
     All,
     Watcher,
     Worker,
+    /// The HTTP door alone (a front host sharing the folders and Redis).
+    Http,
 }
 
 pub async fn run(config_path: PathBuf, role: Role) -> Result<()> {
     let cfg = Arc::new(Config::load(&config_path)?);
+    if role == Role::Http && cfg.http.listen.is_empty() {
+        anyhow::bail!("--role http runs the HTTP door alone: set http.listen in {}", config_path.display());
+    }
     // The checks of `depot config check`: refuse to start on a failed one
     // rather than fail every deposit later.
     let failed: Vec<String> = selfcheck::filesystem(&cfg).into_iter().filter(|f| !f.ok).map(|f| f.what).collect();
@@ -47,7 +52,7 @@ pub async fn run(config_path: PathBuf, role: Role) -> Result<()> {
     for r in removed {
         info!(path = %r.display(), "removed stale staging");
     }
-    if role != Role::Watcher {
+    if role != Role::Watcher && role != Role::Http {
         // Not awaited: a slow or unreachable bucket must not hold up the start.
         let c = cfg.clone();
         tokio::task::spawn_blocking(move || crate::target::clean_s3_debris(&c));
@@ -55,10 +60,21 @@ pub async fn run(config_path: PathBuf, role: Role) -> Result<()> {
     let spool = Spool::new(&cfg.drop_root).context("creating the spool")?;
     let status = Status { conn: conn.clone(), prefix: cfg.redis.prefix.clone() };
     let shared = Arc::new(Shared::new(cfg.clone(), spool, status));
+    let serves = if role == Role::Http { crate::http::Serves::DoorOnly } else { crate::http::Serves::Everything };
+    // `metrics.listen`: /metrics alone on an address of its own (the door
+    // serves it too).
     let metrics = match cfg.metrics.listen.as_str() {
         "" => None,
-        addr => Some(crate::metrics::serve(addr, shared.clone()).await?),
+        addr => Some(crate::http::serve(addr, shared.clone(), serves, true).await?),
     };
+    let door = match cfg.http.listen.as_str() {
+        "" => None,
+        _ if !matches!(role, Role::All | Role::Http) => None,
+        addr => Some(crate::http::serve(addr, shared.clone(), serves, false).await?),
+    };
+    if metrics.is_some() || door.is_some() {
+        crate::metrics::spawn_seed(shared.clone());
+    }
     // The queue gets a connection of its own: its commands must not hold up
     // status writes on a shared multiplexed connection, nor the reverse.
     let storage = queue(connect(&cfg).await?, &cfg);
@@ -67,11 +83,11 @@ pub async fn run(config_path: PathBuf, role: Role) -> Result<()> {
     let signals = tokio::spawn(handle_signals(shared.clone(), config_path.clone(), stop_tx));
 
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
-    let scheduler = (role != Role::Worker)
+    let scheduler = matches!(role, Role::All | Role::Watcher)
         .then(|| tokio::spawn(scheduler(shared.clone(), storage.clone(), stop_rx.clone(), ready_tx)));
     let watchdog = service::spawn_watchdog(shared.beat.clone());
-    let pruner = (role != Role::Watcher).then(|| tokio::spawn(pruner(shared.clone())));
-    let worker_beat = (role == Role::Worker).then(|| {
+    let pruner = matches!(role, Role::All | Role::Worker).then(|| tokio::spawn(pruner(shared.clone())));
+    let worker_beat = matches!(role, Role::Worker | Role::Http).then(|| {
         // No scheduler loop here; the beat proves the runtime still turns.
         let beat = shared.beat.clone();
         tokio::spawn(async move {
@@ -82,14 +98,14 @@ pub async fn run(config_path: PathBuf, role: Role) -> Result<()> {
         })
     });
     let ready = tokio::spawn(async move {
-        if role == Role::Worker || ready_rx.await.is_ok() {
+        if matches!(role, Role::Worker | Role::Http) || ready_rx.await.is_ok() {
             service::ready(&format!("running ({role:?})"));
             info!(role = ?role, "ready");
         }
     });
     info!(role = ?role, drop_root = %cfg.drop_root.display(), publish_root = %cfg.publish_root.display(), "depot running");
 
-    if role != Role::Watcher {
+    if matches!(role, Role::All | Role::Worker) {
         let concurrency = cfg.workers.concurrency;
         let shutdown = Duration::from_secs(cfg.workers.shutdown_timeout_s);
         // Woken by this process's scheduler when it queues; the timer is
@@ -190,7 +206,7 @@ pub async fn run(config_path: PathBuf, role: Role) -> Result<()> {
     shared.abort.store(true, Ordering::SeqCst);
     interrupted(&shared).await;
     signals.abort();
-    for t in [watchdog, worker_beat, metrics, pruner].into_iter().flatten() {
+    for t in [watchdog, worker_beat, metrics, door, pruner].into_iter().flatten() {
         t.abort();
     }
     ready.abort();
@@ -262,6 +278,9 @@ async fn handle_signals(shared: Arc<Shared>, config_path: PathBuf, stop: tokio::
                 Ok(c) => {
                     if c.metrics.listen != shared.config().metrics.listen {
                         warn!("metrics.listen changed: takes effect at the next start");
+                    }
+                    if c.http.listen != shared.config().http.listen {
+                        warn!("http.listen changed: takes effect at the next start");
                     }
                     shared.set_config(c);
                     info!(config = %config_path.display(), "configuration reloaded");
@@ -420,6 +439,9 @@ async fn scheduler(
             settler.bound_marks(cfg.watch.max_open_marks);
         }
         shared.redis_up.store(redis_ok, Ordering::Relaxed);
+        if redis_ok {
+            adopt_door_claims(&shared).await;
+        }
         claim_settled(&shared, &storage, &cfg, &mut settler).await;
         if redis_ok {
             schedule(&shared, &storage, true).await;
@@ -448,6 +470,39 @@ async fn scheduler(
         }
     }
     drop(watcher);
+}
+
+/// Deposits a door elsewhere (`--role http`) claimed into the spool: into
+/// this scheduler's index, to be queued in their producer's order.
+async fn adopt_door_claims(shared: &Arc<Shared>) {
+    let mut conn = shared.status.conn.clone();
+    let ids: Vec<String> = match redis_within(
+        redis::cmd("RPOP").arg(shared.status.door_claims_key()).arg(256).query_async::<Option<Vec<String>>>(&mut conn),
+    )
+    .await
+    {
+        Ok(Some(ids)) => ids,
+        Ok(None) => return,
+        Err(e) => {
+            warn!(error = %e, "cannot read the HTTP door's claims; they wait in Redis");
+            return;
+        }
+    };
+    let sh = shared.clone();
+    let entries = tokio::task::spawn_blocking(move || {
+        ids.iter()
+            .filter(|id| jobs::deposit::is_id(id))
+            .filter_map(|id| sh.spool.load_with_outcome(id).ok().flatten())
+            .filter(|(e, _)| !e.parked)
+            .map(|(e, _)| e)
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    for e in &entries {
+        shared.index_add(e);
+        info!(deposit = %e.id, producer = %e.producer, "claimed by the HTTP door");
+    }
 }
 
 /// How often every `new/` is looked through for sidecars without archive.

@@ -5,6 +5,7 @@
 mod config;
 mod daemon;
 mod hook;
+mod http;
 mod lease;
 mod logging;
 mod metrics;
@@ -104,7 +105,8 @@ enum Command {
     Run {
         #[command(flatten)]
         config: ConfigArg,
-        /// Run only the watcher (claims and queues) or only the workers.
+        /// Run only the watcher (claims and queues), only the workers, or
+        /// only the HTTP door.
         #[arg(long, value_enum, default_value = "all")]
         role: RoleArg,
         /// Log format: text (plain off a terminal; to the journal with
@@ -183,6 +185,11 @@ enum ProducerCommand {
         /// The sshd port of rsync sessions, in the printed block.
         #[arg(long, default_value_t = producer::RSYNC_PORT)]
         rsync_port: u16,
+        /// An HTTP user of the producer's (or NAME = P itself): a bcrypt
+        /// line in http.users_file, the password from a prompt or from
+        /// standard input, never from the command line. Only this is done.
+        #[arg(long, value_name = "NAME")]
+        http_user: Option<String>,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -198,6 +205,8 @@ enum RoleArg {
     All,
     Watcher,
     Worker,
+    /// The HTTP door alone ([http] listen).
+    Http,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -239,7 +248,10 @@ fn main() -> ExitCode {
         }
         Command::Sample { producer, out, profile, config } => cmd_sample(&producer, &out, profile, &config),
         Command::Config { command: ConfigCommand::Check { config } } => cmd_config_check(&config),
-        Command::Producer { command: ProducerCommand::Add { producer, user, key, rsync_port, config } } => {
+        Command::Producer { command: ProducerCommand::Add { http_user: Some(u), producer, config, .. } } => {
+            config.load().and_then(|c| http::users::add(&c, &producer, &u))
+        }
+        Command::Producer { command: ProducerCommand::Add { producer, user, key, rsync_port, config, .. } } => {
             config.load().and_then(|c| producer::add(&c, &producer, user.as_deref(), key.as_deref(), rsync_port))
         }
         Command::Producer { command: ProducerCommand::List { config } } => {
@@ -274,6 +286,7 @@ fn cmd_run(config: &ConfigArg, role: RoleArg, log_format: LogFormat) -> Result<u
         RoleArg::All => daemon::Role::All,
         RoleArg::Watcher => daemon::Role::Watcher,
         RoleArg::Worker => daemon::Role::Worker,
+        RoleArg::Http => daemon::Role::Http,
     };
     // The blocking pool runs each job's pipeline and the scheduler's file
     // work: bounded (tokio's default is 512 threads), so that TasksMax= in
@@ -297,6 +310,7 @@ fn cmd_config_check(config: &ConfigArg) -> Result<u8> {
     findings.push(runtime()?.block_on(selfcheck::redis(&cfg)));
     findings.extend(selfcheck::buckets(&cfg));
     findings.extend(selfcheck::operator(&cfg));
+    findings.extend(http::check(&cfg));
     print!("{}", selfcheck::render(&findings));
     Ok(if findings.iter().all(|f| f.ok) { ACCEPTED } else { TROUBLE })
 }

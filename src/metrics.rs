@@ -1,41 +1,42 @@
-//! `metrics.listen`: a Prometheus text endpoint (`GET /metrics`). Counters
-//! live in this process (they restart at zero, as Prometheus expects of a
-//! counter); gauges are read from the daemon's state at scrape time. A
-//! hand-written HTTP/1.0 responder is enough for one scraper and keeps a web
-//! framework out of the daemon.
-
+//! The Prometheus metrics served at `GET /metrics` by the HTTP door (and
+//! by `metrics.listen`, its alias): counters live in this process (they
+//! restart at zero, as Prometheus expects of a counter); gauges are read
+//! from the daemon's state at scrape time. The `prometheus-client` crate
+//! (the Prometheus project's own) types and encodes them, so escaping and
+//! the exposition format are not ours to get wrong.
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tracing::{info, warn};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 use crate::state::Shared;
 
-#[derive(Default)]
-struct Counters {
-    /// (producer, state) → deposits that reached that terminal state.
-    deposits: BTreeMap<(String, String), u64>,
-    /// (producer, error_code) → failures.
-    failures: BTreeMap<(String, String), u64>,
-    /// producer → bytes and files published.
-    bytes: BTreeMap<String, u64>,
-    files: BTreeMap<String, u64>,
-    claimed: BTreeMap<String, u64>,
-    /// stage → (seconds, runs).
-    stages: BTreeMap<&'static str, (f64, u64)>,
-    notify_failures: u64,
-    /// producer → when its last deposit succeeded (s since the epoch):
-    /// from Redis at start, then from this process's successes.
-    last_success: BTreeMap<String, f64>,
-    /// Claim to terminal state, per bucket of [`DURATION_BUCKETS`] (not
-    /// cumulative here), then the sum and count.
-    duration: [u64; DURATION_BUCKETS.len()],
-    duration_sum: f64,
-    duration_count: u64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProducerState {
+    producer: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProducerCode {
+    producer: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProducerLabel {
+    producer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabel {
+    stage: String,
 }
 
 /// Upper bounds (s) of `depot_deposit_duration_seconds`: a small deposit
@@ -47,144 +48,147 @@ fn now_s() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
-#[derive(Default)]
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+type LastSuccess = Family<ProducerLabel, Gauge<f64, AtomicU64>>;
+
 pub struct Metrics {
-    c: Mutex<Counters>,
+    deposits: Family<ProducerState, Counter>,
+    failures: Family<ProducerCode, Counter>,
+    claimed: Family<ProducerLabel, Counter>,
+    bytes: Family<ProducerLabel, Counter>,
+    files: Family<ProducerLabel, Counter>,
+    stages: Family<StageLabel, Histogram>,
+    notify_failures: Counter,
+    /// When the producer's last deposit succeeded (s since the epoch):
+    /// from Redis at start, then from this process's successes.
+    last_success: LastSuccess,
+    duration: Histogram,
+    /// Logins refused by the HTTP door (unknown user, wrong password).
+    login_failures: Counter,
+    /// Deposits received over HTTP.
+    http_uploads: Family<ProducerLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            deposits: Family::default(),
+            failures: Family::default(),
+            claimed: Family::default(),
+            bytes: Family::default(),
+            files: Family::default(),
+            stages: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
+            notify_failures: Counter::default(),
+            last_success: Family::default(),
+            duration: duration_histogram(),
+            login_failures: Counter::default(),
+            http_uploads: Family::default(),
+        }
+    }
+}
+
+fn producer(p: &str) -> ProducerLabel {
+    ProducerLabel { producer: p.to_owned() }
 }
 
 impl Metrics {
-    fn with(&self, f: impl FnOnce(&mut Counters)) {
-        let mut g = self.c.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut g);
+    pub fn claimed(&self, p: &str) {
+        self.claimed.get_or_create(&producer(p)).inc();
     }
-    pub fn claimed(&self, producer: &str) {
-        self.with(|c| *c.claimed.entry(producer.to_owned()).or_default() += 1);
-    }
-    pub fn finished(&self, producer: &str, state: &str, code: Option<&str>, files: u64, bytes: u64) {
-        self.with(|c| {
-            *c.deposits.entry((producer.to_owned(), state.to_owned())).or_default() += 1;
-            if let Some(code) = code {
-                *c.failures.entry((producer.to_owned(), code.to_owned())).or_default() += 1;
-            }
-            *c.files.entry(producer.to_owned()).or_default() += files;
-            *c.bytes.entry(producer.to_owned()).or_default() += bytes;
-            if state == crate::status::SUCCESS {
-                c.last_success.insert(producer.to_owned(), now_s().floor());
-            }
-        });
+    pub fn finished(&self, p: &str, state: &str, code: Option<&str>, files: u64, bytes: u64) {
+        self.deposits.get_or_create(&ProducerState { producer: p.to_owned(), state: state.to_owned() }).inc();
+        if let Some(code) = code {
+            self.failures.get_or_create(&ProducerCode { producer: p.to_owned(), code: code.to_owned() }).inc();
+        }
+        self.files.get_or_create(&producer(p)).inc_by(files);
+        self.bytes.get_or_create(&producer(p)).inc_by(bytes);
+        if state == crate::status::SUCCESS {
+            self.last_success.get_or_create(&producer(p)).set(now_s().floor());
+        }
     }
     /// A deposit claimed at `claimed_ns` (ns since the epoch) just ended.
     pub fn deposit_took(&self, claimed_ns: u128) {
-        let took = (now_s() - claimed_ns as f64 / 1e9).max(0.0);
-        self.with(|c| {
-            if let Some(i) = DURATION_BUCKETS.iter().position(|b| took <= *b) {
-                c.duration[i] += 1;
-            }
-            c.duration_sum += took;
-            c.duration_count += 1;
-        });
+        self.duration.observe((now_s() - claimed_ns as f64 / 1e9).max(0.0));
     }
     /// A producer's last success as Redis knows it (a restart must not make
     /// every producer look quiet, nor forget them): kept unless this
     /// process saw a later one.
-    pub fn seed_last_success(&self, producer: &str, at_s: f64) {
-        self.with(|c| {
-            let e = c.last_success.entry(producer.to_owned()).or_insert(at_s);
-            *e = e.max(at_s);
-        });
+    pub fn seed_last_success(&self, p: &str, at_s: f64) {
+        let g = self.last_success.get_or_create(&producer(p));
+        if g.get() < at_s {
+            g.set(at_s);
+        }
     }
     pub fn stage(&self, stage: &'static str, took: Duration) {
-        self.with(|c| {
-            let e = c.stages.entry(stage).or_default();
-            e.0 += took.as_secs_f64();
-            e.1 += 1;
-        });
+        self.stages.get_or_create(&StageLabel { stage: stage.to_owned() }).observe(took.as_secs_f64());
     }
     pub fn notify_failed(&self) {
-        self.with(|c| c.notify_failures += 1);
+        self.notify_failures.inc();
+    }
+    pub fn login_failed(&self) {
+        self.login_failures.inc();
+    }
+    pub fn http_upload(&self, p: &str) {
+        self.http_uploads.get_or_create(&producer(p)).inc();
     }
 
-    /// The exposition text (format 0.0.4).
+    /// The exposition text (OpenMetrics, which Prometheus reads).
     pub fn render(&self, gauges: &Gauges) -> String {
-        let c = self.c.lock().unwrap_or_else(|p| p.into_inner());
-        let mut s = String::new();
-        let head = |s: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
-        head(&mut s, "depot_deposits_total", "counter", "Deposits that reached a terminal state.");
-        for ((p, st), n) in &c.deposits {
-            let _ = writeln!(s, "depot_deposits_total{{producer=\"{}\",state=\"{st}\"}} {n}", esc(p));
-        }
-        head(&mut s, "depot_failures_total", "counter", "Failed deposits by error code.");
-        for ((p, code), n) in &c.failures {
-            let _ = writeln!(s, "depot_failures_total{{producer=\"{}\",code=\"{code}\"}} {n}", esc(p));
-        }
-        head(&mut s, "depot_claimed_total", "counter", "Uploads claimed from new/ into the spool.");
-        for (p, n) in &c.claimed {
-            let _ = writeln!(s, "depot_claimed_total{{producer=\"{}\"}} {n}", esc(p));
-        }
-        head(&mut s, "depot_published_bytes_total", "counter", "Bytes published in releases.");
-        for (p, n) in &c.bytes {
-            let _ = writeln!(s, "depot_published_bytes_total{{producer=\"{}\"}} {n}", esc(p));
-        }
-        head(&mut s, "depot_published_files_total", "counter", "Files published in releases.");
-        for (p, n) in &c.files {
-            let _ = writeln!(s, "depot_published_files_total{{producer=\"{}\"}} {n}", esc(p));
-        }
-        head(
-            &mut s,
-            "depot_s3_bytes_sent_total",
-            "counter",
+        let mut r = Registry::default();
+        r.register("depot_deposits", "Deposits that reached a terminal state.", self.deposits.clone());
+        r.register("depot_failures", "Failed deposits by error code.", self.failures.clone());
+        r.register("depot_claimed", "Uploads claimed from new/ into the spool.", self.claimed.clone());
+        r.register("depot_published_bytes", "Bytes published in releases.", self.bytes.clone());
+        r.register("depot_published_files", "Files published in releases.", self.files.clone());
+        let sent = Counter::<u64>::default();
+        sent.inc_by(jobs::s3::BYTES_SENT.load(std::sync::atomic::Ordering::Relaxed));
+        r.register(
+            "depot_s3_bytes_sent",
             "Bytes of object data the S3 publish target sent and the server accepted (parts and objects).",
+            sent,
         );
-        let sent = jobs::s3::BYTES_SENT.load(std::sync::atomic::Ordering::Relaxed);
-        let _ = writeln!(s, "depot_s3_bytes_sent_total {sent}");
-        head(&mut s, "depot_stage_seconds", "summary", "Time spent in each pipeline stage.");
-        for (st, (sum, n)) in &c.stages {
-            let _ = writeln!(s, "depot_stage_seconds_sum{{stage=\"{st}\"}} {sum:.6}");
-            let _ = writeln!(s, "depot_stage_seconds_count{{stage=\"{st}\"}} {n}");
-        }
-        head(
-            &mut s,
+        r.register("depot_stage_seconds", "Time spent in each pipeline stage.", self.stages.clone());
+        r.register(
             "depot_last_success_timestamp_seconds",
-            "gauge",
             "When the producer's last deposit succeeded (Unix time).",
+            self.last_success.clone(),
         );
-        for (p, t) in &c.last_success {
-            let _ = writeln!(s, "depot_last_success_timestamp_seconds{{producer=\"{}\"}} {t}", esc(p));
-        }
-        head(
-            &mut s,
+        r.register(
             "depot_deposit_duration_seconds",
-            "histogram",
             "Time from a deposit's claim to its terminal state.",
+            self.duration.clone(),
         );
-        let mut cumulative = 0;
-        for (b, n) in DURATION_BUCKETS.iter().zip(c.duration) {
-            cumulative += n;
-            let _ = writeln!(s, "depot_deposit_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}");
-        }
-        let _ = writeln!(s, "depot_deposit_duration_seconds_bucket{{le=\"+Inf\"}} {}", c.duration_count);
-        let _ = writeln!(s, "depot_deposit_duration_seconds_sum {:.6}", c.duration_sum);
-        let _ = writeln!(s, "depot_deposit_duration_seconds_count {}", c.duration_count);
-        head(&mut s, "depot_notify_failures_total", "counter", "notify.command runs that failed or timed out.");
-        let _ = writeln!(s, "depot_notify_failures_total {}", c.notify_failures);
-        head(&mut s, "depot_spool_deposits", "gauge", "Claimed deposits not finished yet, by producer.");
+        r.register(
+            "depot_notify_failures",
+            "notify.command runs that failed or timed out.",
+            self.notify_failures.clone(),
+        );
+        r.register(
+            "depot_http_login_failures",
+            "Logins the HTTP door refused (unknown user or wrong password).",
+            self.login_failures.clone(),
+        );
+        r.register("depot_http_uploads", "Deposits received over HTTP.", self.http_uploads.clone());
+        let spool = Family::<ProducerLabel, Gauge>::default();
         for (p, n) in &gauges.spool {
-            let _ = writeln!(s, "depot_spool_deposits{{producer=\"{}\"}} {n}", esc(p));
+            spool.get_or_create(&producer(p)).set(*n as i64);
         }
-        head(&mut s, "depot_queue_depth", "gauge", "Jobs this daemon has in the Redis queue.");
-        let _ = writeln!(s, "depot_queue_depth {}", gauges.queued);
-        head(&mut s, "depot_redis_up", "gauge", "1 when the last Redis check succeeded.");
-        let _ = writeln!(s, "depot_redis_up {}", u8::from(gauges.redis_up));
+        r.register("depot_spool_deposits", "Claimed deposits not finished yet, by producer.", spool);
+        let queued = Gauge::<i64>::default();
+        queued.set(gauges.queued as i64);
+        r.register("depot_queue_depth", "Jobs this daemon has in the Redis queue.", queued);
+        let up = Gauge::<i64>::default();
+        up.set(i64::from(gauges.redis_up));
+        r.register("depot_redis_up", "1 when the last Redis check succeeded.", up);
+        let mut s = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut s, &r) {
+            tracing::warn!(error = %e, "cannot encode the metrics");
+        }
         s
     }
-}
-
-/// Label values are producer folder names (the pattern is the operator's),
-/// so quote them as the format requires.
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 pub struct Gauges {
@@ -193,46 +197,16 @@ pub struct Gauges {
     pub redis_up: bool,
 }
 
-/// At most this many scrapes are served at once (a scraper needs one).
-const MAX_CONNECTIONS: usize = 16;
-/// A connection's whole life: the request read, the answer written.
-const CONNECTION_TIME: Duration = Duration::from_secs(5);
-
-/// Bind now (a bad address is a start-up error), serve in the background.
-pub async fn serve(addr: &str, shared: Arc<Shared>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("metrics.listen {addr:?}: {e}"))?;
-    info!(listen = %addr, "metrics endpoint up");
-    let sh = shared.clone();
+/// Read the producers' last successes from Redis once, in the background
+/// (a slow Redis must not hold up the start).
+pub fn spawn_seed(shared: std::sync::Arc<Shared>) {
     tokio::spawn(async move {
-        if tokio::time::timeout(Duration::from_secs(10), seed(&sh)).await.is_err() {
-            warn!(
+        if tokio::time::timeout(Duration::from_secs(10), seed(&shared)).await.is_err() {
+            tracing::warn!(
                 "cannot read producers' last successes from Redis; depot_last_success_timestamp_seconds starts empty"
             );
         }
     });
-    // Connections served at once: each holds a descriptor, and idle ones
-    // by the thousand (1,100 under `ulimit -n 1024`) starved the spool of
-    // descriptors. The others wait in the kernel's accept queue, costing
-    // the daemon nothing; each served one has CONNECTION_TIME in all.
-    let places = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    Ok(tokio::spawn(async move {
-        loop {
-            let Ok(place) = places.clone().acquire_owned().await else { return };
-            match listener.accept().await {
-                Ok((sock, _)) => {
-                    let sh = shared.clone();
-                    tokio::spawn(async move {
-                        let _ = tokio::time::timeout(CONNECTION_TIME, answer(sock, &sh)).await;
-                        drop(place);
-                    });
-                }
-                Err(e) => {
-                    warn!(error = %e, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-    }))
 }
 
 /// `depot_last_success_timestamp_seconds` from the producers' hashes.
@@ -273,35 +247,6 @@ pub fn rfc3339_s(t: &str) -> Option<f64> {
     Some((days * 86_400 + hh * 3600 + mm * 60 + ss) as f64)
 }
 
-async fn answer(mut sock: TcpStream, shared: &Shared) -> std::io::Result<()> {
-    // Read the request head only (bounded); a scrape has no body.
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
-        let n = sock.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, ctype, body) = if method == "GET" && (path == "/metrics" || path.starts_with("/metrics?")) {
-        ("200 OK", "text/plain; version=0.0.4; charset=utf-8", shared.metrics.render(&shared.gauges()))
-    } else {
-        ("404 Not Found", "text/plain; charset=utf-8", "only GET /metrics here\n".to_owned())
-    };
-    let head = format!(
-        "HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    sock.write_all(head.as_bytes()).await?;
-    sock.write_all(body.as_bytes()).await?;
-    sock.shutdown().await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,12 +269,12 @@ mod tests {
         m.deposit_took(now_ns);
         let g = Gauges { spool: BTreeMap::new(), queued: 0, redis_up: true };
         let text = m.render(&g);
-        assert!(text.contains("depot_last_success_timestamp_seconds{producer=\"MSEC\"} 100\n"), "{text}");
+        assert!(text.contains("depot_last_success_timestamp_seconds{producer=\"MSEC\"} 100.0\n"), "{text}");
         assert!(!text.contains("depot_last_success_timestamp_seconds{producer=\"IGNF\"}"), "{text}");
         assert!(text.contains("# TYPE depot_deposit_duration_seconds histogram"), "{text}");
         assert!(text.contains("depot_deposit_duration_seconds_bucket{le=\"0.1\"} 1\n"), "{text}");
         assert!(text.contains("depot_deposit_duration_seconds_bucket{le=\"2.5\"} 1\n"), "{text}");
-        assert!(text.contains("depot_deposit_duration_seconds_bucket{le=\"5\"} 2\n"), "{text}");
+        assert!(text.contains("depot_deposit_duration_seconds_bucket{le=\"5.0\"} 2\n"), "{text}");
         assert!(text.contains("depot_deposit_duration_seconds_bucket{le=\"+Inf\"} 2\n"), "{text}");
         assert!(text.contains("depot_deposit_duration_seconds_count 2\n"), "{text}");
         m.finished("MSEC", crate::status::SUCCESS, None, 1, 1);

@@ -28,7 +28,7 @@ pub const NOT_FOUND: u8 = 2;
 const NUMERIC: [&str; 5] = ["size", "attempts", "bytes_total", "bytes_done", "files"];
 
 /// A deposit's hash as JSON: numbers as numbers, the rest as strings.
-fn typed(h: &HashMap<String, String>) -> serde_json::Value {
+pub fn typed(h: &HashMap<String, String>) -> serde_json::Value {
     let mut m = serde_json::Map::new();
     let mut keys: Vec<&String> = h.keys().collect();
     keys.sort();
@@ -105,14 +105,14 @@ fn print_hash(title: &str, h: &HashMap<String, String>) {
     }
 }
 
-fn producer_of(id: &str) -> &str {
+pub fn producer_of(id: &str) -> &str {
     id.split('-').nth(1).unwrap_or_default()
 }
 
 /// The newest deposits (newest first) whose id passes `by_id` (a cheap
 /// test: ids hold their producer) and whose hash passes `keep`, reading
 /// the deposits index back from its newest end, at most 100,000 ids.
-async fn recent(
+pub async fn recent(
     st: &Status,
     by_id: impl Fn(&str) -> bool,
     keep: impl Fn(&HashMap<String, String>) -> bool,
@@ -388,17 +388,12 @@ pub async fn history(config: Option<&Path>, p: &str, limit: usize, json: bool) -
             Vec::new()
         }
     };
-    let mut by_id: BTreeMap<String, Row> = redis_rows.into_iter().map(|r| (r.id.clone(), r)).collect();
-    let from_redis = by_id.len();
-    let disk = from_disk(&cfg, p);
-    for r in disk {
-        by_id.entry(r.id.clone()).or_insert(r);
-    }
-    if by_id.is_empty() && !known_on_disk(&cfg, p) {
+    let from_redis = redis_rows.len();
+    let rows = merge_history(redis_rows, from_disk(&cfg, p), limit);
+    if rows.is_empty() && !known_on_disk(&cfg, p) {
         eprintln!("depot: no producer {p}: no folder under drop_root or publish_root, and nothing in Redis");
         return Ok(NOT_FOUND);
     }
-    let rows: Vec<Row> = by_id.into_values().rev().take(limit).collect();
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(0);
@@ -412,6 +407,17 @@ pub async fn history(config: Option<&Path>, p: &str, limit: usize, json: bool) -
         print_rows(&rows);
     }
     Ok(0)
+}
+
+/// A producer's history, newest first: Redis' rows, and the folders' for
+/// what Redis no longer knows (`depot history --json`, `GET
+/// /data/P/deposits`).
+pub fn merge_history(redis_rows: Vec<Row>, disk: Vec<Row>, limit: usize) -> Vec<Row> {
+    let mut by_id: BTreeMap<String, Row> = redis_rows.into_iter().map(|r| (r.id.clone(), r)).collect();
+    for r in disk {
+        by_id.entry(r.id.clone()).or_insert(r);
+    }
+    by_id.into_values().rev().take(limit).collect()
 }
 
 /// A FAILURE deposit goes back to `new/` (with its sidecar) from its

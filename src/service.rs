@@ -29,7 +29,7 @@ impl Heartbeat {
     pub fn beat(&self) {
         self.last_ms.store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
-    fn age(&self) -> Duration {
+    pub fn age(&self) -> Duration {
         let now = self.origin.elapsed().as_millis() as u64;
         Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
     }

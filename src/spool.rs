@@ -347,8 +347,19 @@ impl Spool {
     /// A name that cannot be stored is claimed all the same, under
     /// `<id>.zip`, and fails at once as NAME_INVALID (see `invalid_name`).
     pub fn claim(&self, producer: &str, path: &Path) -> io::Result<Entry> {
-        let (Some(dropped), Some(new)) = (path.file_name(), path.parent()) else {
+        let Some(dropped) = path.file_name() else {
             return Err(io::Error::other("no name"));
+        };
+        self.claim_as(producer, path, dropped)
+    }
+
+    /// [`Spool::claim`] of a file in `new/` under another name than its
+    /// own: the HTTP door's upload, written under a hidden name the watcher
+    /// ignores, becomes the deposit `dropped` (and pairs with
+    /// `<dropped>.md5` in `new/`, as an sftp upload would).
+    pub fn claim_as(&self, producer: &str, path: &Path, dropped: &OsStr) -> io::Result<Entry> {
+        let Some(new) = path.parent() else {
+            return Err(io::Error::other("no folder"));
         };
         let meta = checked(path, true).map_err(|e| io::Error::new(e.kind(), format!("not claimed: {e}")))?;
         let claimed_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());

@@ -100,6 +100,11 @@ impl Status {
     pub fn producers_key(&self) -> String {
         format!("{}:producers", self.prefix)
     }
+    /// Deposits an HTTP door without a scheduler of its own (`--role
+    /// http`) claimed: a list the scheduler pops and takes into its index.
+    pub fn door_claims_key(&self) -> String {
+        format!("{}:door:claimed", self.prefix)
+    }
 
     /// A script invocation with the ENSURE prelude's keys and arguments.
     fn invocation<'a>(&self, script: &'a redis::Script, e: &Entry) -> redis::ScriptInvocation<'a> {

@@ -580,7 +580,7 @@ fn notify_command_and_metrics() {
     assert!(states.contains(&"SUCCESS".to_owned()) && states.contains(&"FAILURE".to_owned()));
 
     let metrics = http_get(port, "/metrics");
-    assert!(metrics.starts_with("HTTP/1.0 200"), "{metrics}");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     for line in [
         "depot_deposits_total{producer=\"GOOD\",state=\"SUCCESS\"} 1",
         "depot_deposits_total{producer=\"BADD\",state=\"FAILURE\"} 1",
@@ -593,7 +593,7 @@ fn notify_command_and_metrics() {
     ] {
         assert!(metrics.contains(line), "missing {line}:\n{metrics}");
     }
-    assert!(http_get(port, "/other").starts_with("HTTP/1.0 404"));
+    assert!(http_get(port, "/other").starts_with("HTTP/1.1 404"));
     assert_eq!(stop(daemon), Some(0));
 }
 
@@ -833,6 +833,10 @@ fn readme_commands_run() {
     let text = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml")).unwrap();
     assert!(text.contains("url = \"redis://127.0.0.1:6379\""));
     let text = text.replace("url = \"redis://127.0.0.1:6379\"", &format!("url = {:?}", redis.url()));
+    // The HTTP door on a free port (tests run side by side).
+    assert!(text.contains("listen = \"127.0.0.1:8480\""));
+    let door = free_port();
+    let text = text.replace("listen = \"127.0.0.1:8480\"", &format!("listen = \"127.0.0.1:{door}\""));
     let config = dir.path().join("config.toml");
     fs::write(&config, text).unwrap();
     fs::create_dir_all(dir.path().join("var/drop")).unwrap();
@@ -855,6 +859,9 @@ fn readme_commands_run() {
     }
     wait_for(&site, "both deposits", 60, || redis.deposits().iter().filter(|d| terminal(d)).count() == 2);
     let id = redis.deposits().into_iter().find(|d| d["state"] == "SUCCESS").unwrap()["id"].clone();
+    // The quick start serves the HTTP door.
+    let avail = http_get(door, "/data/availability");
+    assert!(avail.starts_with("HTTP/1.1 200"), "{avail}");
 
     let bin = env!("CARGO_BIN_EXE_depot");
     let cfg = site.config.to_str().unwrap();

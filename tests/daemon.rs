@@ -175,6 +175,8 @@ fn unreachable_redis_at_start_is_one_clear_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot reach Redis") && err.contains("redis-server"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // Its cause said once, not once per layer of the error.
+    assert_eq!(err.matches("Connection refused").count(), 1, "{err}");
 }
 
 #[test]

@@ -76,6 +76,10 @@ enum Command {
         /// Producer id (default: the archive name before its first `_`).
         #[arg(long)]
         producer: Option<String>,
+        /// Judge it as this profile (default: the producer's in the config,
+        /// else theia).
+        #[arg(long, value_enum)]
+        profile: Option<CheckProfile>,
         /// Config whose checks and limits apply (looked up as for every
         /// command; built-in defaults when there is none).
         #[command(flatten)]
@@ -88,11 +92,17 @@ enum Command {
         quiet: bool,
     },
     /// Ingest one deposit now, without the queue: check, publish, and move
-    /// the archive to <drop_root>/<P>/previous or rejected.
+    /// the archive to <drop_root>/<P>/previous or rejected. An archive from
+    /// outside <drop_root>/<P>/new/ is copied there first (the original
+    /// stays), unless --move.
     Ingest {
         archive: PathBuf,
         #[arg(long)]
         producer: String,
+        /// Move an archive from outside the producer's new/ into
+        /// previous/ or rejected/ rather than a copy of it.
+        #[arg(long = "move")]
+        move_it: bool,
         #[command(flatten)]
         config: ConfigArg,
         #[arg(long)]
@@ -193,6 +203,14 @@ enum ProducerCommand {
     },
 }
 
+/// The profiles of the SPEC; bagit is not implemented yet.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CheckProfile {
+    Theia,
+    Plain,
+    Bagit,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum RoleArg {
     All,
@@ -221,11 +239,11 @@ enum ConfigCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
-        Command::Check { archive, producer, config, json, quiet } => {
-            cmd_check(&archive, producer.as_deref(), &config, json, quiet)
+        Command::Check { archive, producer, profile, config, json, quiet } => {
+            cmd_check(&archive, producer.as_deref(), profile, &config, json, quiet)
         }
-        Command::Ingest { archive, producer, config, json, quiet } => {
-            cmd_ingest(&archive, &producer, &config, json, quiet)
+        Command::Ingest { archive, producer, move_it, config, json, quiet } => {
+            cmd_ingest(&archive, &producer, move_it, &config, json, quiet)
         }
         Command::Run { config, role, log_format } => cmd_run(&config, role, log_format),
         Command::Status { what, failed, config, json } => {
@@ -353,7 +371,20 @@ fn print_report(report: &Report, json: bool) {
     }
 }
 
-fn cmd_check(archive: &Path, producer: Option<&str>, config: &ConfigArg, json: bool, quiet: bool) -> Result<u8> {
+fn cmd_check(
+    archive: &Path,
+    producer: Option<&str>,
+    profile: Option<CheckProfile>,
+    config: &ConfigArg,
+    json: bool,
+    quiet: bool,
+) -> Result<u8> {
+    let profile = match profile {
+        None => None,
+        Some(CheckProfile::Theia) => Some(jobs::Profile::Theia),
+        Some(CheckProfile::Plain) => Some(jobs::Profile::Plain),
+        Some(CheckProfile::Bagit) => bail!("the bagit profile is not supported yet: theia or plain"),
+    };
     // A file that is not there or cannot be read is the caller's mistake
     // (a usage error), not a verdict on a deposit.
     match std::fs::File::open(archive) {
@@ -391,6 +422,7 @@ fn cmd_check(archive: &Path, producer: Option<&str>, config: &ConfigArg, json: b
             Settings::default()
         }
     };
+    let settings = Settings { profile: profile.unwrap_or(settings.profile), ..settings };
     let sidecar = sidecar_of(archive);
     let job = Job {
         id: "check",
@@ -425,7 +457,59 @@ fn cmd_check(archive: &Path, producer: Option<&str>, config: &ConfigArg, json: b
     Ok(if report.accepted { ACCEPTED } else { REJECTED })
 }
 
-fn cmd_ingest(archive: &Path, producer: &str, config: &ConfigArg, json: bool, quiet: bool) -> Result<u8> {
+/// A copy of an archive (and its sidecar) taken in by `depot ingest` from
+/// outside the producer's `new/`, in `<drop_root>/.depot/ingest/<id>/`
+/// (the drop filesystem, so that rotation renames it): the folder goes
+/// when this does, with whatever rotation left in it.
+struct CopyIn {
+    dir: PathBuf,
+    archive: PathBuf,
+    sidecar: Option<PathBuf>,
+}
+
+impl CopyIn {
+    fn make(drop_root: &Path, id: &str, archive: &Path, sidecar: Option<&Path>, name: &str) -> Result<CopyIn> {
+        let dir = drop_root.join(".depot/ingest").join(id);
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut c = CopyIn { archive: dir.join(name), sidecar: None, dir };
+        std::fs::copy(archive, &c.archive)
+            .with_context(|| format!("cannot copy {} to {}", archive.display(), c.archive.display()))?;
+        if let Some(s) = sidecar {
+            let to = c.dir.join(format!("{name}.md5"));
+            std::fs::copy(s, &to).with_context(|| format!("cannot copy {}", s.display()))?;
+            c.sidecar = Some(to);
+        }
+        Ok(c)
+    }
+}
+
+impl Drop for CopyIn {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Is `archive` in the producer's own `new/` (where the daemon would have
+/// taken it from)? Only such a file is moved by default.
+fn in_new(drop_root: &Path, producer: &str, archive: &Path) -> bool {
+    let parent = match archive.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match (std::fs::canonicalize(parent), std::fs::canonicalize(drop_root.join(producer).join("new"))) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+fn cmd_ingest(
+    archive: &Path,
+    producer: &str,
+    move_it: bool,
+    config: &ConfigArg,
+    json: bool,
+    quiet: bool,
+) -> Result<u8> {
     let cfg = config.load()?;
     if !cfg.is_producer(producer) {
         bail!("{producer:?} is not a producer of this config (producers.pattern / producers.allow)");
@@ -437,6 +521,25 @@ fn cmd_ingest(archive: &Path, producer: &str, config: &ConfigArg, json: bool, qu
     let settings = cfg.settings_for(producer);
     let sidecar = sidecar_of(archive);
     let id = jobs::deposit::new_id(producer);
+    // Rotation moves the deposit into previous/ (where the next success
+    // deletes it) or rejected/: a file from elsewhere is copied in first,
+    // so that its original stays, unless the operator said --move.
+    let copied = if move_it || in_new(&cfg.drop_root, producer, archive) {
+        None
+    } else {
+        let c = CopyIn::make(&cfg.drop_root, &id, archive, sidecar.as_deref(), &name)?;
+        if !quiet {
+            eprintln!(
+                "depot: {} is outside {producer}'s new/: a copy is ingested, the file itself stays (--move to move it)",
+                archive.display()
+            );
+        }
+        Some(c)
+    };
+    let (archive, sidecar) = match &copied {
+        Some(c) => (c.archive.as_path(), c.sidecar.clone()),
+        None => (archive, sidecar),
+    };
     let job = Job { id: &id, producer, archive, name: &name, sidecar: sidecar.as_deref(), settings: &settings };
     let started = jobs::deposit::now_rfc3339();
     // Recorded in Redis under the daemon's keys when it answers, so that

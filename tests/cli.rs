@@ -125,18 +125,37 @@ fn ingest_publishes_and_rotates() {
     assert!(tmp.path().join("publish/MSEC/current/MSEC_DAT_1/obs1.txt").is_file());
     assert!(tmp.path().join("drop/MSEC/previous/MSEC_THEIA.zip").is_file());
     assert!(tmp.path().join("drop/MSEC/previous/MSEC_THEIA.zip.md5").is_file());
-    assert!(!a.exists());
+    // From outside the producer's new/: a copy went to previous/ (where the
+    // next success deletes it), the file itself stays, and it says so.
+    assert!(a.is_file() && tmp.path().join("MSEC_THEIA.zip.md5").is_file());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a copy is ingested"), "{out:?}");
+    assert_eq!(fs::read_dir(tmp.path().join("drop/.depot/ingest")).unwrap().count(), 0);
 
+    // --move moves it.
     let bad = tmp.path().join("MSEC_BAD.zip");
     fs::write(&bad, b"not a zip").unwrap();
-    let out =
-        depot(&["ingest", bad.to_str().unwrap(), "--producer", "MSEC", "--config", cfg.to_str().unwrap()], tmp.path());
+    let out = depot(
+        &["ingest", bad.to_str().unwrap(), "--producer", "MSEC", "--move", "--config", cfg.to_str().unwrap()],
+        tmp.path(),
+    );
     assert_eq!(out.status.code(), Some(1));
+    assert!(!bad.exists());
     let folder = fs::read_dir(tmp.path().join("drop/MSEC/rejected")).unwrap().next().unwrap().unwrap().path();
     assert!(folder.join("MSEC_BAD.zip").is_file());
     let txt = fs::read_to_string(folder.join("report.txt")).unwrap();
     assert!(txt.contains("NOT_A_ZIP"), "{txt}");
     assert!(tmp.path().join("publish/MSEC/current/MSEC_DAT_1/obs1.txt").is_file());
+
+    // In the producer's own new/: moved, as the daemon would.
+    let new = tmp.path().join("drop/MSEC/new");
+    fs::create_dir_all(&new).unwrap();
+    fs::write(new.join("MSEC_2.zip"), good_theia("MSEC", "v2")).unwrap();
+    let out = depot(
+        &["ingest", "drop/MSEC/new/MSEC_2.zip", "--producer", "MSEC", "--config", cfg.to_str().unwrap()],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(!new.join("MSEC_2.zip").exists() && tmp.path().join("drop/MSEC/previous/MSEC_2.zip").is_file());
 }
 
 #[test]
@@ -151,4 +170,28 @@ fn ingest_refuses_a_bad_config_naming_the_key() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_entries"), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(a.exists());
+}
+
+/// The docs' plain example as written, under the shipped config.toml
+/// (IGNF's plain profile enabled there), and `check --profile`.
+#[test]
+fn check_profile_and_the_shipped_plain_example() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+    let c = shipped.to_str().unwrap();
+    let out = depot(&["sample", "IGNF", "IGNF_delivery.zip", "--profile", "plain", "-c", c], tmp.path());
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = depot(&["check", "IGNF_delivery.zip", "-c", c], tmp.path());
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    // Without a config IGNF is a theia producer: rejected, unless the
+    // profile is given.
+    let empty = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("IGNF_delivery.zip");
+    let a = a.to_str().unwrap();
+    assert_eq!(depot(&["check", a], empty.path()).status.code(), Some(1));
+    let out = depot(&["check", a, "--profile", "plain"], empty.path());
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = depot(&["check", a, "--profile", "bagit"], empty.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not supported yet"), "{out:?}");
 }

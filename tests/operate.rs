@@ -373,6 +373,13 @@ fn status_and_history_tell_the_truth() {
     }
     let o = run(&["status"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("TRUE_BAD.zip"), "{}", text(&o));
+    // Headers that say what each column is.
+    let head = String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or_default().to_owned();
+    assert!(head.starts_with("PRODUCER") && head.contains("LAST STATE") && head.contains("LAST FILE"), "{head}");
+    let out = String::from_utf8_lossy(&run(&["status", "--failed"]).stdout).into_owned();
+    assert!(out.lines().next().unwrap_or_default().contains("PRODUCER"), "{out}");
+    let row = out.lines().find(|l| l.starts_with(&bad_id)).unwrap_or_default();
+    assert!(row.split_whitespace().nth(1) == Some("TRUE"), "{out}");
     // --json: numbers are numbers.
     let v: serde_json::Value = serde_json::from_slice(&run(&["status", &good_id, "--json"]).stdout).unwrap();
     assert!(v["size"].is_u64() && v["attempts"].is_u64() && v["files"].is_u64() && v["bytes_done"].is_u64(), "{v}");
@@ -417,10 +424,34 @@ fn status_and_history_tell_the_truth() {
     let o = run(&["ingest", "TRUE_2.zip", "--producer", "TRUE"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("not recorded in Redis"), "{}", text(&o));
-    // history still answers, from disk.
+    // A deposit waiting in the spool (claimed by a daemon, Redis down
+    // since), as the daemon writes it.
+    let waiting = "20991231T000000Z-TRUE-0000abcd";
+    let spool = root.join("drop/.depot/spool");
+    fs::create_dir_all(&spool).unwrap();
+    fs::write(spool.join(format!("{waiting}=TRUE_3.zip")), good_theia("TRUE", "3")).unwrap();
+    fs::write(
+        spool.join(format!("{waiting}.json")),
+        format!(
+            r#"{{"id":"{waiting}","producer":"TRUE","name":"TRUE_3.zip","claimed_ns":1,"size":1,"sidecar":false,"created":"2099-12-31T00:00:00Z"}}"#
+        ),
+    )
+    .unwrap();
+    // history still answers, from disk, and says why.
     let o = run(&["history", "TRUE"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains(&bad_id));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(out.contains(&bad_id), "{out}");
+    assert!(out.contains("Redis is unreachable") && !out.contains("Redis has no record"), "{out}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Redis is unreachable"), "{}", text(&o));
+    let w = out.lines().find(|l| l.starts_with(waiting)).unwrap_or_default();
+    assert!(w.contains("TRUE_3.zip") && w.contains("WAITING") && w.contains("(from spool)"), "{out}");
+    // Every row read from disk has its FILE: the archive's name, or that
+    // it was not kept (only previous/ keeps the current release's).
+    let old = out.lines().find(|l| l.starts_with(&good_id)).unwrap_or_default();
+    assert!(old.contains("(name not kept)"), "{out}");
+    // The spool was only read.
+    assert!(spool.join(format!("{waiting}=TRUE_3.zip")).is_file());
 }
 
 // ---------------------------------------------------------------- point 5

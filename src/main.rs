@@ -7,6 +7,7 @@ mod daemon;
 mod hook;
 mod lease;
 mod logging;
+mod manpage;
 mod metrics;
 mod ops;
 mod poll;
@@ -176,6 +177,23 @@ enum Command {
         #[command(subcommand)]
         command: ProducerCommand,
     },
+    /// Print the shell completion script for bash, zsh or fish (the Debian
+    /// package installs all three).
+    Completions {
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Write the man pages into OUTDIR: depot.1, one page per subcommand,
+    /// depot.toml.5 (packaging: .ci/run runs it before `cargo deb`).
+    #[command(hide = true)]
+    Man { outdir: PathBuf },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Subcommand)]
@@ -262,6 +280,23 @@ fn main() -> ExitCode {
         }
         Command::Producer { command: ProducerCommand::List { config } } => {
             config.load().and_then(|c| producer::list(&c))
+        }
+        Command::Completions { shell } => {
+            let shell = match shell {
+                CompletionShell::Bash => clap_complete::Shell::Bash,
+                CompletionShell::Zsh => clap_complete::Shell::Zsh,
+                CompletionShell::Fish => clap_complete::Shell::Fish,
+            };
+            // Into a buffer: clap_complete panics on a write error (a
+            // closed pipe), this says it.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "depot", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)
+                .context("cannot write the completion script")
+                .map(|()| ACCEPTED)
+        }
+        Command::Man { outdir } => {
+            manpage::write_all(<Cli as clap::CommandFactory>::command(), &outdir).map(|()| ACCEPTED)
         }
     };
     match r {

@@ -195,3 +195,52 @@ fn check_profile_and_the_shipped_plain_example() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not supported yet"), "{out:?}");
 }
+
+/// The man pages (depot(1), one per subcommand, depot.toml(5)) render with
+/// `man -l`, and each shell's completion script knows the subcommands.
+#[test]
+fn man_pages_render_and_completions_know_the_subcommands() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = depot(&["man", "pages"], tmp.path());
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let dir = tmp.path().join("pages");
+    let mut names: Vec<String> =
+        fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    for want in
+        ["depot.1", "depot-check.1", "depot-run.1", "depot-producer-add.1", "depot-completions.1", "depot.toml.5"]
+    {
+        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+    }
+    // The hidden packaging command has no page of its own.
+    assert!(!names.iter().any(|n| n == "depot-man.1"), "{names:?}");
+    let man = Command::new("man").arg("--version").output().is_ok_and(|o| o.status.success());
+    if man {
+        for n in &names {
+            let o = Command::new("man")
+                .arg("-l")
+                .arg(dir.join(n))
+                .env("MANWIDTH", "80")
+                .env("MANPAGER", "cat")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&o.stdout);
+            assert!(o.status.success() && text.contains("NAME"), "{n}: {text}{}", String::from_utf8_lossy(&o.stderr));
+            assert!(!String::from_utf8_lossy(&o.stderr).contains("warning"), "{n}: {o:?}");
+        }
+        let o = Command::new("man").arg("-l").arg(dir.join("depot.toml.5")).env("MANPAGER", "cat").output().unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains("watch.settle_ms") && text.contains("publish.s3.region"), "{text}");
+    } else {
+        eprintln!("man is not installed (scripts/test.sh installs man-db): pages written, not rendered");
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let o = depot(&["completions", shell], tmp.path());
+        let script = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(0), "{shell}");
+        for sub in ["check", "ingest", "status", "history", "producer", "completions"] {
+            assert!(script.contains(sub), "{shell} completions lack {sub}");
+        }
+    }
+    assert_eq!(depot(&["completions", "tcsh"], tmp.path()).status.code(), Some(2));
+}

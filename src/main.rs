@@ -155,7 +155,7 @@ enum Command {
         config: ConfigArg,
     },
     /// Write a small deposit that depot accepts, for producer P: what a
-    /// deposit looks like (README), to try the daemon or start from.
+    /// deposit looks like (docs/producer-guide.md), to try the daemon or start from.
     Sample {
         producer: String,
         /// Where to write it (never over an existing file).
@@ -183,8 +183,10 @@ enum Command {
         #[arg(value_enum)]
         shell: CompletionShell,
     },
-    /// Write the man pages into OUTDIR: depot.1, one page per subcommand,
-    /// depot.toml.5 (packaging: .ci/run runs it before `cargo deb`).
+    /// Write the man pages into OUTDIR/man1 (depot.1, one page per
+    /// subcommand) and OUTDIR/man5 (depot.toml.5): `depot man
+    /// ~/.cargo/share/man` makes `man depot` work (scripts/deb.sh runs it
+    /// before `cargo deb`).
     #[command(hide = true)]
     Man { outdir: PathBuf },
 }
@@ -198,7 +200,7 @@ enum CompletionShell {
 
 #[derive(Subcommand)]
 enum ProducerCommand {
-    /// The producer's system account, its folders with the README's owners
+    /// The producer's system account, its folders with the operator guide's owners
     /// and modes, its authorized key; prints the sshd block. Idempotent.
     Add {
         producer: String,

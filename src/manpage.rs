@@ -10,12 +10,23 @@ use anyhow::{Context, Result};
 /// The repository's config.toml, as shipped in /usr/share/doc/depot.
 const CONFIG: &str = include_str!("../config.toml");
 
+/// A man tree: `OUTDIR/man1/depot*.1` and `OUTDIR/man5/depot.toml.5`, so
+/// that OUTDIR can be a folder `man` searches (`~/.cargo/share/man` beside
+/// `~/.cargo/bin`, or `/usr/local/share/man`).
 pub fn write_all(cmd: clap::Command, outdir: &Path) -> Result<()> {
-    std::fs::create_dir_all(outdir).with_context(|| format!("cannot create {}", outdir.display()))?;
-    clap_mangen::generate_to(cmd, outdir)
-        .with_context(|| format!("cannot write man pages into {}", outdir.display()))?;
-    let page = outdir.join("depot.toml.5");
+    let (man1, man5) = (outdir.join("man1"), outdir.join("man5"));
+    for d in [&man1, &man5] {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    clap_mangen::generate_to(cmd, &man1).with_context(|| format!("cannot write man pages into {}", man1.display()))?;
+    let page = man5.join("depot.toml.5");
     std::fs::write(&page, config_page()).with_context(|| format!("cannot write {}", page.display()))?;
+    let pages = std::fs::read_dir(&man1).map_or(0, |d| d.count());
+    println!(
+        "{}: {pages} pages in man1/ (depot and its subcommands) and depot.toml in man5/; `man depot` finds them \
+         where man looks (a share/man beside a bin folder on PATH, or MANPATH)",
+        outdir.display()
+    );
     Ok(())
 }
 

@@ -457,8 +457,7 @@ pub fn add(cfg: &Config, p: &str, user: Option<&str>, key: Option<&Path>, rsync_
     if !is_root() {
         bail!("depot producer add makes a system account and root's folders: run it as root");
     }
-    let missing =
-        "it is the daemon's, made by systemd/depot.sysusers (README, \"Install and run under systemd\", step 2)";
+    let missing = "it is the daemon's, made by systemd/depot.sysusers (docs/operator-guide.md, \"Install and run under systemd\", step 2)";
     let Some(daemon) = account(DAEMON)? else { bail!("user {DAEMON} does not exist: {missing}") };
     if group(DAEMON)?.is_none() {
         bail!("group {DAEMON} does not exist: {missing}");

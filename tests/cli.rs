@@ -203,17 +203,28 @@ fn man_pages_render_and_completions_know_the_subcommands() {
     let tmp = tempfile::tempdir().unwrap();
     let out = depot(&["man", "pages"], tmp.path());
     assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // A man tree: man1/ and man5/, so that `depot man ~/.cargo/share/man`
+    // makes `man depot` work.
     let dir = tmp.path().join("pages");
-    let mut names: Vec<String> =
-        fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = Vec::new();
+    for section in ["man1", "man5"] {
+        for e in fs::read_dir(dir.join(section)).unwrap() {
+            names.push(format!("{section}/{}", e.unwrap().file_name().to_string_lossy()));
+        }
+    }
     names.sort();
-    for want in
-        ["depot.1", "depot-check.1", "depot-run.1", "depot-producer-add.1", "depot-completions.1", "depot.toml.5"]
-    {
+    for want in [
+        "man1/depot.1",
+        "man1/depot-check.1",
+        "man1/depot-run.1",
+        "man1/depot-producer-add.1",
+        "man1/depot-completions.1",
+        "man5/depot.toml.5",
+    ] {
         assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
     }
     // The hidden packaging command has no page of its own.
-    assert!(!names.iter().any(|n| n == "depot-man.1"), "{names:?}");
+    assert!(!names.iter().any(|n| n == "man1/depot-man.1"), "{names:?}");
     let man = Command::new("man").arg("--version").output().is_ok_and(|o| o.status.success());
     if man {
         for n in &names {
@@ -228,7 +239,8 @@ fn man_pages_render_and_completions_know_the_subcommands() {
             assert!(o.status.success() && text.contains("NAME"), "{n}: {text}{}", String::from_utf8_lossy(&o.stderr));
             assert!(!String::from_utf8_lossy(&o.stderr).contains("warning"), "{n}: {o:?}");
         }
-        let o = Command::new("man").arg("-l").arg(dir.join("depot.toml.5")).env("MANPAGER", "cat").output().unwrap();
+        let o =
+            Command::new("man").arg("-l").arg(dir.join("man5/depot.toml.5")).env("MANPAGER", "cat").output().unwrap();
         let text = String::from_utf8_lossy(&o.stdout);
         assert!(text.contains("watch.settle_ms") && text.contains("publish.s3.region"), "{text}");
     } else {

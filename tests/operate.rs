@@ -181,8 +181,8 @@ fn logs_are_plain_failures_warn_and_a_redis_outage_is_two_lines() {
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
     let outside: Vec<&String> = keys.iter().filter(|k| !k.starts_with("depot:")).collect();
     assert_eq!(outside, ["core:apalis:queues:list"], "{keys:?}");
-    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    assert!(readme.contains("`core:apalis:queues:list`"));
+    let reference = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/reference.md")).unwrap();
+    assert!(reference.contains("`core:apalis:queues:list`"));
 
     // Ten seconds without Redis: one line when it goes, one when it is
     // back, in each process (the worker-only one has no scheduler to say it).
@@ -465,10 +465,10 @@ fn metric(body: &str, name_and_labels: &str) -> Option<f64> {
         .ok()
 }
 
-/// The README's alert rules, as written there.
+/// The operator guide's alert rules, as written there.
 fn readme_rules() -> String {
-    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let start = readme.find("```yaml\ngroups:").expect("the README's alert rules") + "```yaml\n".len();
+    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operator-guide.md")).unwrap();
+    let start = readme.find("```yaml\ngroups:").expect("the operator guide's alert rules") + "```yaml\n".len();
     let end = readme[start..].find("```").unwrap() + start;
     readme[start..end].to_owned()
 }
@@ -795,14 +795,18 @@ fn sample_deposits_are_accepted_and_shown_in_the_readme() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert_eq!(fs::read(dir.join("MSEC_sample.zip")).unwrap(), before);
 
-    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let section = &readme[readme.find("## What a deposit looks like").expect("the section")..];
-    let section = &section[..section[3..].find("\n## ").unwrap() + 3];
-    for word in ["**theia**", "**plain**", "depot sample", "MSEC_en.json", "MSEC_DAT_1.zip", "MD5SUMS", "dataFile"] {
-        assert!(section.contains(word), "{word}");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for guide in ["docs/producer-guide.md", "docs/guide-producteur.md"] {
+        let text = fs::read_to_string(root.join(guide)).unwrap();
+        for word in ["**theia**", "**plain**", "depot sample", "MSEC_en.json", "MSEC_DAT_1.zip", "MD5SUMS", "dataFile"]
+        {
+            assert!(text.contains(word), "{guide}: {word}");
+        }
     }
-    let quick = &readme[readme.find("## Quick start").unwrap()..readme.find("## Commands").unwrap()];
-    assert!(quick.contains("-- sample MSEC var/drop/MSEC/new/"), "{quick}");
+    let readme = fs::read_to_string(root.join("README.md")).unwrap();
+    let quick = &readme[readme.find("## Quick start").unwrap()..];
+    let quick = &quick[..quick[3..].find("\n## ").unwrap() + 3];
+    assert!(quick.contains("depot sample MSEC var/drop/MSEC/new/"), "{quick}");
 }
 
 // ---------------------------------------------------------------- point 9

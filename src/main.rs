@@ -61,8 +61,22 @@ const ACCEPTED: u8 = 0;
 const REJECTED: u8 = 1;
 const TROUBLE: u8 = 2;
 
+/// depot(1)'s description: what `man depot` opens on.
+const LONG_ABOUT: &str = "Ingest daemon of a scientific data archive.
+
+Producers upload zip archives into <drop_root>/<P>/new/ (sftp, scp, rsync). depot notices each finished \
+upload, checks it (safe names, CRC32 and MD5s, name conflicts, Theia pivot consistency, limits), publishes it \
+atomically under <publish_root>/<P>/releases/<deposit-id>/ with <publish_root>/<P>/current pointing at it, and \
+moves it to <P>/previous/, or to <P>/rejected/<deposit-id>/ with a report.txt telling the producer what was wrong.
+
+Every command finds its configuration the same way: -c/--config FILE, else $DEPOT_CONFIG, else ./config.toml if \
+it exists, else /etc/depot/config.toml (see depot.toml(5)). State is kept in Redis (redis.url) and on disk.
+
+Exit codes: 0 success (check, ingest: accepted); 1 rejected (check, ingest); 2 usage, configuration or \
+host error, or an unknown producer or deposit.";
+
 #[derive(Parser)]
-#[command(name = "depot", version, about = "Ingest daemon of a scientific data archive")]
+#[command(name = "depot", version, about = "Ingest daemon of a scientific data archive", long_about = LONG_ABOUT)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

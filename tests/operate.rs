@@ -712,6 +712,16 @@ fn config_check_catches_operator_mistakes() {
     let (code, out) = check(&base);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("# ok: drop_root and publish_root are apart"), "{out}");
+    // A site under /tmp (1777) with a producer: sshd's chroot rule is
+    // broken above drop_root, and said so without advice to chown or
+    // chmod /tmp, a folder that is not depot's.
+    fs::create_dir_all(root.join("drop/MSEC/new")).unwrap();
+    let (_, out) = check(&base);
+    assert!(!out.contains("chmod go-w /tmp") && !out.contains("chown root:root /tmp "), "{out}");
+    if root.starts_with("/tmp") && fs::metadata("/tmp").is_ok_and(|m| m.permissions().mode() & 0o002 != 0) {
+        assert!(out.contains("/tmp is not depot's to change"), "{out}");
+    }
+    fs::remove_dir_all(root.join("drop/MSEC")).unwrap();
 
     let one = base.replace("publish_root = \"publish\"", "publish_root = \"drop\"");
     let (code, out) = check(&one);

@@ -299,7 +299,8 @@ pub async fn status(config: Option<&Path>, what: Option<&str>, failed: bool, jso
     Ok(0)
 }
 
-/// The FILE of a release read from disk whose archive is no longer in
+/// The FILE of a release read from disk whose manifest does not name its
+/// archive (an older version's) and whose archive is no longer in
 /// `previous/` (only the current release's is).
 const NOT_KEPT: &str = "(name not kept)";
 
@@ -323,6 +324,8 @@ pub fn from_disk(cfg: &Config, p: &str) -> Vec<Row> {
     #[derive(serde::Deserialize)]
     struct Manifest {
         deposit: String,
+        #[serde(default)]
+        archive: String,
         created: String,
         file_count: u64,
         total_bytes: u64,
@@ -368,9 +371,14 @@ pub fn from_disk(cfg: &Config, p: &str) -> Vec<Row> {
         let is_current = current.as_deref().and_then(|c| c.file_name()) == Some(e.file_name().as_os_str());
         rows.push(Row {
             producer: p.to_owned(),
-            // The archive's name stays on disk only in previous/, for the
-            // current release; older ones say so rather than show nothing.
-            file: if is_current { previous.clone().unwrap_or_default() } else { NOT_KEPT.into() },
+            // The manifest names the archive; one of an older version does
+            // not, and only the current release's archive stays in
+            // previous/: the others say so rather than show nothing.
+            file: match (m.archive, is_current) {
+                (a, _) if !a.is_empty() => a,
+                (_, true) => previous.clone().unwrap_or_default(),
+                (_, false) => NOT_KEPT.into(),
+            },
             state: status::SUCCESS.into(),
             time: m.created,
             files: Some(m.file_count),

@@ -446,10 +446,13 @@ fn status_and_history_tell_the_truth() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("Redis is unreachable"), "{}", text(&o));
     let w = out.lines().find(|l| l.starts_with(waiting)).unwrap_or_default();
     assert!(w.contains("TRUE_3.zip") && w.contains("WAITING") && w.contains("(from spool)"), "{out}");
-    // Every row read from disk has its FILE: the archive's name, or that
-    // it was not kept (only previous/ keeps the current release's).
+    // Every row read from disk has its FILE, an older release's too: the
+    // archive's name, from its manifest.json.
     let old = out.lines().find(|l| l.starts_with(&good_id)).unwrap_or_default();
-    assert!(old.contains("(name not kept)"), "{out}");
+    assert!(old.contains("TRUE_THEIA.zip") && old.contains("(from releases/"), "{out}");
+    let manifest = root.join(format!("publish/TRUE/releases/{good_id}/manifest.json"));
+    let m: serde_json::Value = serde_json::from_slice(&fs::read(&manifest).unwrap()).unwrap();
+    assert_eq!(m["archive"], "TRUE_THEIA.zip");
     // The spool was only read.
     assert!(spool.join(format!("{waiting}=TRUE_3.zip")).is_file());
 }

@@ -259,6 +259,7 @@ pub fn ingest(job: &Job<'_>, publish_root: &Path, opts: IngestOptions, progress:
         publish_root,
         producer: job.producer,
         deposit_id: job.id,
+        archive: job.name,
         mode: s.publish.mode,
         keep_releases: s.publish.keep_releases,
         fsync: s.publish.fsync,
@@ -358,7 +359,10 @@ pub fn ingest_s3(
                 files.extend(kept);
             }
             fail_after(Step::Linked)?;
-            let m = publish::ReleaseManifest::new(id, p, files);
+            let m = publish::ReleaseManifest {
+                archive: job.name.to_owned(),
+                ..publish::ReleaseManifest::new(id, p, files)
+            };
             // The commit point, only while the lease is ours: another
             // holder may have removed this release's objects as debris.
             lease.check()?;

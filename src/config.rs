@@ -227,7 +227,52 @@ pub struct Producers {
 const MERGED: [&str; 3] = ["checks", "limits", "publish"];
 
 fn typed<T: DeserializeOwned>(table: Table, key: &str) -> Result<T> {
-    T::deserialize(table).map_err(|e| anyhow!("{key}: {}", e.to_string().trim()))
+    T::deserialize(table).map_err(|e| anyhow!("{}", worded(key, e.to_string().trim())))
+}
+
+/// serde's "invalid type: string \"x\", expected usize\nin `concurrency`"
+/// in an operator's words: "workers.concurrency: expected a whole number,
+/// got a string (\"x\")". Anything else is kept as serde said it.
+fn worded(section: &str, raw: &str) -> String {
+    let (what, key) = match raw.rsplit_once("\nin `") {
+        Some((what, rest)) => (what.trim(), Some(rest.trim_end_matches('`'))),
+        None => (raw, None),
+    };
+    let full = match key {
+        Some(k) => format!("{section}.{k}"),
+        None => section.to_owned(),
+    };
+    let parsed = what
+        .strip_prefix("invalid type: ")
+        .map(|r| (r, true))
+        .or_else(|| what.strip_prefix("invalid value: ").map(|r| (r, false)))
+        .and_then(|(r, wrong_type)| r.rsplit_once(", expected ").map(|(got, want)| (got, want, wrong_type)));
+    let Some((got, want, wrong_type)) = parsed else { return format!("{full}: {what}") };
+    let want = match want {
+        "usize" | "u64" | "u32" | "u16" | "u8" => "a whole number, 0 or more",
+        "i64" | "i32" => "a whole number",
+        "f64" | "f32" => "a number",
+        "a boolean" => "true or false",
+        "a string" => "a string, in quotes",
+        "a sequence" => "a list, [ ... ]",
+        "a map" => "a table",
+        w => w,
+    };
+    // "string \"x\"", "integer `-1`", "boolean `true`": the kind in words,
+    // the value as written.
+    let (kind, value) = got.split_once(' ').unwrap_or((got, ""));
+    let value = value.trim_matches('`');
+    let got = match (kind, wrong_type) {
+        ("string", true) => format!("a string ({value})"),
+        ("integer", true) => format!("a whole number ({value})"),
+        ("floating", true) => format!("a number with a fraction ({})", value.trim_start_matches("point ")),
+        ("boolean", true) => format!("true or false ({value})"),
+        ("sequence", true) => "a list".to_owned(),
+        ("map", true) => "a table".to_owned(),
+        (_, true) => got.to_owned(),
+        (_, false) => value.to_owned(),
+    };
+    format!("{full}: expected {want}, got {got}")
 }
 
 fn take_table(root: &mut Table, key: &str) -> Result<Table> {
@@ -587,6 +632,20 @@ fn parse_producers(mut t: Table) -> Result<Producers> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn wrong_types_named_in_words() {
+        let p = std::path::Path::new("c.toml");
+        let e = |t: &str| format!("{:#}", super::Config::parse(t, p).err().unwrap());
+        let base = "drop_root = \"d\"\npublish_root = \"p\"\n";
+        let m = e(&format!("{base}[workers]\nconcurrency = \"8\"\n"));
+        assert!(m.contains("workers.concurrency: expected a whole number, 0 or more, got a string (\"8\")"), "{m}");
+        assert!(!m.contains("usize"), "{m}");
+        let m = e(&format!("{base}[limits]\nmax_entries = -1\n"));
+        assert!(m.contains("limits.max_entries: expected a whole number, 0 or more, got -1"), "{m}");
+        let m = e(&format!("{base}[checks]\ncase_insensitive = 1\n"));
+        assert!(m.contains("checks.case_insensitive: expected true or false, got a whole number (1)"), "{m}");
+    }
+
     use super::*;
 
     fn parse(s: &str) -> Result<Config> {

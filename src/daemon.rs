@@ -371,7 +371,20 @@ async fn scheduler(
             (Ok(reset), _) => {
                 if !redis_ok || reset {
                     if !redis_ok || had_instance {
-                        info!(reset, "Redis is back; resynchronising from the spool");
+                        if reset {
+                            info!(
+                                reset,
+                                "Redis is back, but empty (it lost depot's keys: restarted without persistence, or \
+                                 flushed); every deposit in the spool is queued again and new/ rescanned, nothing \
+                                 is lost"
+                            );
+                        } else {
+                            info!(
+                                reset,
+                                "Redis is back with its keys; deposits that waited in new/ and the spool are \
+                                 queued again"
+                            );
+                        }
                     }
                     lock(&shared.queued).clear();
                     let sh = shared.clone();

@@ -8,6 +8,7 @@ mod hook;
 mod http;
 mod lease;
 mod logging;
+mod manpage;
 mod metrics;
 mod ops;
 mod poll;
@@ -61,8 +62,22 @@ const ACCEPTED: u8 = 0;
 const REJECTED: u8 = 1;
 const TROUBLE: u8 = 2;
 
+/// depot(1)'s description: what `man depot` opens on.
+const LONG_ABOUT: &str = "Ingest daemon of a scientific data archive.
+
+Producers upload zip archives into <drop_root>/<P>/new/ (sftp, scp, rsync). depot notices each finished \
+upload, checks it (safe names, CRC32 and MD5s, name conflicts, Theia pivot consistency, limits), publishes it \
+atomically under <publish_root>/<P>/releases/<deposit-id>/ with <publish_root>/<P>/current pointing at it, and \
+moves it to <P>/previous/, or to <P>/rejected/<deposit-id>/ with a report.txt telling the producer what was wrong.
+
+Every command finds its configuration the same way: -c/--config FILE, else $DEPOT_CONFIG, else ./config.toml if \
+it exists, else /etc/depot/config.toml (see depot.toml(5)). State is kept in Redis (redis.url) and on disk.
+
+Exit codes: 0 success (check, ingest: accepted); 1 rejected (check, ingest); 2 usage, configuration or \
+host error, or an unknown producer or deposit.";
+
 #[derive(Parser)]
-#[command(name = "depot", version, about = "Ingest daemon of a scientific data archive")]
+#[command(name = "depot", version, about = "Ingest daemon of a scientific data archive", long_about = LONG_ABOUT)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -77,6 +92,10 @@ enum Command {
         /// Producer id (default: the archive name before its first `_`).
         #[arg(long)]
         producer: Option<String>,
+        /// Judge it as this profile (default: the producer's in the config,
+        /// else theia).
+        #[arg(long, value_enum)]
+        profile: Option<CheckProfile>,
         /// Config whose checks and limits apply (looked up as for every
         /// command; built-in defaults when there is none).
         #[command(flatten)]
@@ -89,11 +108,17 @@ enum Command {
         quiet: bool,
     },
     /// Ingest one deposit now, without the queue: check, publish, and move
-    /// the archive to <drop_root>/<P>/previous or rejected.
+    /// the archive to <drop_root>/<P>/previous or rejected. An archive from
+    /// outside <drop_root>/<P>/new/ is copied there first (the original
+    /// stays), unless --move.
     Ingest {
         archive: PathBuf,
         #[arg(long)]
         producer: String,
+        /// Move an archive from outside the producer's new/ into
+        /// previous/ or rejected/ rather than a copy of it.
+        #[arg(long = "move")]
+        move_it: bool,
         #[command(flatten)]
         config: ConfigArg,
         #[arg(long)]
@@ -146,7 +171,7 @@ enum Command {
         config: ConfigArg,
     },
     /// Write a small deposit that depot accepts, for producer P: what a
-    /// deposit looks like (README), to try the daemon or start from.
+    /// deposit looks like (docs/producer-guide.md), to try the daemon or start from.
     Sample {
         producer: String,
         /// Where to write it (never over an existing file).
@@ -168,11 +193,30 @@ enum Command {
         #[command(subcommand)]
         command: ProducerCommand,
     },
+    /// Print the shell completion script for bash, zsh or fish (the Debian
+    /// package installs all three).
+    Completions {
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Write the man pages into OUTDIR/man1 (depot.1, one page per
+    /// subcommand) and OUTDIR/man5 (depot.toml.5): `depot man
+    /// ~/.cargo/share/man` makes `man depot` work (scripts/deb.sh runs it
+    /// before `cargo deb`).
+    #[command(hide = true)]
+    Man { outdir: PathBuf },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Subcommand)]
 enum ProducerCommand {
-    /// The producer's system account, its folders with the README's owners
+    /// The producer's system account, its folders with the operator guide's owners
     /// and modes, its authorized key; prints the sshd block. Idempotent.
     Add {
         producer: String,
@@ -198,6 +242,14 @@ enum ProducerCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
+}
+
+/// The profiles of the SPEC; bagit is not implemented yet.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CheckProfile {
+    Theia,
+    Plain,
+    Bagit,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -230,11 +282,11 @@ enum ConfigCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
-        Command::Check { archive, producer, config, json, quiet } => {
-            cmd_check(&archive, producer.as_deref(), &config, json, quiet)
+        Command::Check { archive, producer, profile, config, json, quiet } => {
+            cmd_check(&archive, producer.as_deref(), profile, &config, json, quiet)
         }
-        Command::Ingest { archive, producer, config, json, quiet } => {
-            cmd_ingest(&archive, &producer, &config, json, quiet)
+        Command::Ingest { archive, producer, move_it, config, json, quiet } => {
+            cmd_ingest(&archive, &producer, move_it, &config, json, quiet)
         }
         Command::Run { config, role, log_format } => cmd_run(&config, role, log_format),
         Command::Status { what, failed, config, json } => {
@@ -256,6 +308,23 @@ fn main() -> ExitCode {
         }
         Command::Producer { command: ProducerCommand::List { config } } => {
             config.load().and_then(|c| producer::list(&c))
+        }
+        Command::Completions { shell } => {
+            let shell = match shell {
+                CompletionShell::Bash => clap_complete::Shell::Bash,
+                CompletionShell::Zsh => clap_complete::Shell::Zsh,
+                CompletionShell::Fish => clap_complete::Shell::Fish,
+            };
+            // Into a buffer: clap_complete panics on a write error (a
+            // closed pipe), this says it.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "depot", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)
+                .context("cannot write the completion script")
+                .map(|()| ACCEPTED)
+        }
+        Command::Man { outdir } => {
+            manpage::write_all(<Cli as clap::CommandFactory>::command(), &outdir).map(|()| ACCEPTED)
         }
     };
     match r {
@@ -367,7 +436,20 @@ fn print_report(report: &Report, json: bool) {
     }
 }
 
-fn cmd_check(archive: &Path, producer: Option<&str>, config: &ConfigArg, json: bool, quiet: bool) -> Result<u8> {
+fn cmd_check(
+    archive: &Path,
+    producer: Option<&str>,
+    profile: Option<CheckProfile>,
+    config: &ConfigArg,
+    json: bool,
+    quiet: bool,
+) -> Result<u8> {
+    let profile = match profile {
+        None => None,
+        Some(CheckProfile::Theia) => Some(jobs::Profile::Theia),
+        Some(CheckProfile::Plain) => Some(jobs::Profile::Plain),
+        Some(CheckProfile::Bagit) => bail!("the bagit profile is not supported yet: theia or plain"),
+    };
     // A file that is not there or cannot be read is the caller's mistake
     // (a usage error), not a verdict on a deposit.
     match std::fs::File::open(archive) {
@@ -405,6 +487,7 @@ fn cmd_check(archive: &Path, producer: Option<&str>, config: &ConfigArg, json: b
             Settings::default()
         }
     };
+    let settings = Settings { profile: profile.unwrap_or(settings.profile), ..settings };
     let sidecar = sidecar_of(archive);
     let job = Job {
         id: "check",
@@ -439,7 +522,59 @@ fn cmd_check(archive: &Path, producer: Option<&str>, config: &ConfigArg, json: b
     Ok(if report.accepted { ACCEPTED } else { REJECTED })
 }
 
-fn cmd_ingest(archive: &Path, producer: &str, config: &ConfigArg, json: bool, quiet: bool) -> Result<u8> {
+/// A copy of an archive (and its sidecar) taken in by `depot ingest` from
+/// outside the producer's `new/`, in `<drop_root>/.depot/ingest/<id>/`
+/// (the drop filesystem, so that rotation renames it): the folder goes
+/// when this does, with whatever rotation left in it.
+struct CopyIn {
+    dir: PathBuf,
+    archive: PathBuf,
+    sidecar: Option<PathBuf>,
+}
+
+impl CopyIn {
+    fn make(drop_root: &Path, id: &str, archive: &Path, sidecar: Option<&Path>, name: &str) -> Result<CopyIn> {
+        let dir = drop_root.join(".depot/ingest").join(id);
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut c = CopyIn { archive: dir.join(name), sidecar: None, dir };
+        std::fs::copy(archive, &c.archive)
+            .with_context(|| format!("cannot copy {} to {}", archive.display(), c.archive.display()))?;
+        if let Some(s) = sidecar {
+            let to = c.dir.join(format!("{name}.md5"));
+            std::fs::copy(s, &to).with_context(|| format!("cannot copy {}", s.display()))?;
+            c.sidecar = Some(to);
+        }
+        Ok(c)
+    }
+}
+
+impl Drop for CopyIn {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Is `archive` in the producer's own `new/` (where the daemon would have
+/// taken it from)? Only such a file is moved by default.
+fn in_new(drop_root: &Path, producer: &str, archive: &Path) -> bool {
+    let parent = match archive.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match (std::fs::canonicalize(parent), std::fs::canonicalize(drop_root.join(producer).join("new"))) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+fn cmd_ingest(
+    archive: &Path,
+    producer: &str,
+    move_it: bool,
+    config: &ConfigArg,
+    json: bool,
+    quiet: bool,
+) -> Result<u8> {
     let cfg = config.load()?;
     if !cfg.is_producer(producer) {
         bail!("{producer:?} is not a producer of this config (producers.pattern / producers.allow)");
@@ -451,6 +586,25 @@ fn cmd_ingest(archive: &Path, producer: &str, config: &ConfigArg, json: bool, qu
     let settings = cfg.settings_for(producer);
     let sidecar = sidecar_of(archive);
     let id = jobs::deposit::new_id(producer);
+    // Rotation moves the deposit into previous/ (where the next success
+    // deletes it) or rejected/: a file from elsewhere is copied in first,
+    // so that its original stays, unless the operator said --move.
+    let copied = if move_it || in_new(&cfg.drop_root, producer, archive) {
+        None
+    } else {
+        let c = CopyIn::make(&cfg.drop_root, &id, archive, sidecar.as_deref(), &name)?;
+        if !quiet {
+            eprintln!(
+                "depot: {} is outside {producer}'s new/: a copy is ingested, the file itself stays (--move to move it)",
+                archive.display()
+            );
+        }
+        Some(c)
+    };
+    let (archive, sidecar) = match &copied {
+        Some(c) => (c.archive.as_path(), c.sidecar.clone()),
+        None => (archive, sidecar),
+    };
     let job = Job { id: &id, producer, archive, name: &name, sidecar: sidecar.as_deref(), settings: &settings };
     let started = jobs::deposit::now_rfc3339();
     // Recorded in Redis under the daemon's keys when it answers, so that

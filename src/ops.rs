@@ -87,12 +87,28 @@ impl Row {
 }
 
 fn print_rows(rows: &[Row]) {
+    print_rows_of(rows, false)
+}
+
+/// With `producer`, a PRODUCER column (rows of several producers:
+/// `depot status --failed`).
+fn print_rows_of(rows: &[Row], producer: bool) {
     let w = |f: fn(&Row) -> &str, min: usize| rows.iter().map(|r| f(r).chars().count()).max().unwrap_or(0).max(min);
     let (wid, wfile, wstate, wcode) = (w(|r| &r.id, 2), w(|r| &r.file, 4), w(|r| &r.state, 5), w(|r| &r.code, 4));
-    println!("{:<wid$}  {:<wfile$}  {:<wstate$}  {:<wcode$}  TIME", "ID", "FILE", "STATE", "CODE");
+    let wp = if producer { w(|r| &r.producer, 8) } else { 0 };
+    let p = |v: &str| if producer { format!("{v:<wp$}  ") } else { String::new() };
+    println!("{:<wid$}  {}{:<wfile$}  {:<wstate$}  {:<wcode$}  TIME", "ID", p("PRODUCER"), "FILE", "STATE", "CODE");
     for r in rows {
         let from = if r.source == "redis" { String::new() } else { format!("  (from {})", r.source) };
-        println!("{:<wid$}  {:<wfile$}  {:<wstate$}  {:<wcode$}  {}{from}", r.id, r.file, r.state, r.code, r.time);
+        println!(
+            "{:<wid$}  {}{:<wfile$}  {:<wstate$}  {:<wcode$}  {}{from}",
+            r.id,
+            p(&r.producer),
+            r.file,
+            r.state,
+            r.code,
+            r.time
+        );
     }
 }
 
@@ -234,7 +250,7 @@ pub async fn status(config: Option<&Path>, what: Option<&str>, failed: bool, jso
             } else if rows.is_empty() {
                 println!("no failed deposit in Redis");
             } else {
-                print_rows(&rows);
+                print_rows_of(&rows, true);
             }
         }
         None => {
@@ -268,12 +284,12 @@ pub async fn status(config: Option<&Path>, what: Option<&str>, failed: bool, jso
                 let wp = rows.iter().map(|(r, _)| r.producer.len()).max().unwrap_or(0).max(8);
                 let wf = rows.iter().map(|(r, _)| r.file.chars().count()).max().unwrap_or(0).max(9);
                 println!(
-                    "{:<wp$}  {:<7}  {:<wf$}  {:<18}  {:<20}  CURRENT RELEASE",
-                    "PRODUCER", "LAST", "LAST FILE", "CODE", "TIME"
+                    "{:<wp$}  {:<10}  {:<wf$}  {:<18}  {:<20}  CURRENT RELEASE",
+                    "PRODUCER", "LAST STATE", "LAST FILE", "CODE", "TIME"
                 );
                 for (r, cur) in rows {
                     println!(
-                        "{:<wp$}  {:<7}  {:<wf$}  {:<18}  {:<20}  {cur}",
+                        "{:<wp$}  {:<10}  {:<wf$}  {:<18}  {:<20}  {cur}",
                         r.producer, r.state, r.file, r.code, r.time
                     );
                 }
@@ -282,6 +298,11 @@ pub async fn status(config: Option<&Path>, what: Option<&str>, failed: bool, jso
     }
     Ok(0)
 }
+
+/// The FILE of a release read from disk whose manifest does not name its
+/// archive (an older version's) and whose archive is no longer in
+/// `previous/` (only the current release's is).
+const NOT_KEPT: &str = "(name not kept)";
 
 /// What the folders know of producer `p`'s finished deposits: each
 /// `rejected/<id>/report.json`, each release's `manifest.json`, and the
@@ -303,6 +324,8 @@ pub fn from_disk(cfg: &Config, p: &str) -> Vec<Row> {
     #[derive(serde::Deserialize)]
     struct Manifest {
         deposit: String,
+        #[serde(default)]
+        archive: String,
         created: String,
         file_count: u64,
         total_bytes: u64,
@@ -348,7 +371,14 @@ pub fn from_disk(cfg: &Config, p: &str) -> Vec<Row> {
         let is_current = current.as_deref().and_then(|c| c.file_name()) == Some(e.file_name().as_os_str());
         rows.push(Row {
             producer: p.to_owned(),
-            file: if is_current { previous.clone().unwrap_or_default() } else { String::new() },
+            // The manifest names the archive; one of an older version does
+            // not, and only the current release's archive stays in
+            // previous/: the others say so rather than show nothing.
+            file: match (m.archive, is_current) {
+                (a, _) if !a.is_empty() => a,
+                (_, true) => previous.clone().unwrap_or_default(),
+                (_, false) => NOT_KEPT.into(),
+            },
             state: status::SUCCESS.into(),
             time: m.created,
             files: Some(m.file_count),
@@ -360,6 +390,32 @@ pub fn from_disk(cfg: &Config, p: &str) -> Vec<Row> {
         });
     }
     rows.sort_by(|a, b| b.id.cmp(&a.id));
+    rows
+}
+
+/// Producer `p`'s deposits in depot's spool (`<drop_root>/.depot/spool/`):
+/// claimed, not yet ended and moved out. Read only: the records are
+/// parsed, nothing is changed (the daemon owns the spool).
+pub fn in_spool(cfg: &Config, p: &str) -> Vec<Row> {
+    let dir = cfg.drop_root.join(crate::spool::SPOOL);
+    let mut rows = Vec::new();
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_suffix(".json") else { continue };
+        if !jobs::deposit::is_id(id) || producer_of(id) != p {
+            continue;
+        }
+        let Some(entry) = crate::spool::read_entry(&e.path()) else { continue };
+        rows.push(Row {
+            producer: p.to_owned(),
+            file: entry.name,
+            state: status::WAITING.into(),
+            time: entry.created,
+            source: "spool".into(),
+            id: entry.id,
+            ..Row::default()
+        });
+    }
     rows
 }
 
@@ -375,21 +431,32 @@ pub async fn history(config: Option<&Path>, p: &str, limit: usize, json: bool) -
         );
         return Ok(NOT_FOUND);
     }
+    let mut unreachable = false;
     let redis_rows = match crate::state::connect(&cfg).await {
         Ok(conn) => {
             let st = Status { conn, prefix: cfg.redis.prefix.clone() };
             recent(&st, |id| producer_of(id) == p, |_| true, limit).await.unwrap_or_else(|e| {
-                eprintln!("depot: warning: cannot read Redis ({e}); showing what the folders keep");
+                unreachable = true;
+                eprintln!("depot: Redis is unreachable ({e}); showing what the folders keep");
                 Vec::new()
             })
         }
         Err(e) => {
-            eprintln!("depot: warning: {e:#}; showing what the folders keep");
+            unreachable = true;
+            eprintln!(
+                "depot: Redis is unreachable at {} ({}); showing what the folders keep",
+                crate::config::redacted(&cfg.redis.url),
+                e.root_cause()
+            );
             Vec::new()
         }
     };
     let from_redis = redis_rows.len();
-    let rows = merge_history(redis_rows, from_disk(&cfg, p), limit);
+    // Deposits waiting or running: the spool holds them whatever Redis
+    // says (they have no report or release yet).
+    let mut disk = from_disk(&cfg, p);
+    disk.extend(in_spool(&cfg, p));
+    let rows = merge_history(redis_rows, disk, limit);
     if rows.is_empty() && !known_on_disk(&cfg, p) {
         eprintln!("depot: no producer {p}: no folder under drop_root or publish_root, and nothing in Redis");
         return Ok(NOT_FOUND);
@@ -401,8 +468,10 @@ pub async fn history(config: Option<&Path>, p: &str, limit: usize, json: bool) -
     if rows.is_empty() {
         println!("no deposit of {p} recorded (Redis, rejected/, releases/)");
     } else {
-        if from_redis == 0 {
-            println!("Redis has no record of {p}'s deposits: from rejected/ and releases/ on disk");
+        if unreachable {
+            println!("Redis is unreachable: {p}'s deposits as the spool, rejected/ and releases/ on disk keep them");
+        } else if from_redis == 0 {
+            println!("Redis has no record of {p}'s deposits: from the spool, rejected/ and releases/ on disk");
         }
         print_rows(&rows);
     }

@@ -197,9 +197,21 @@ pub fn chroot_path_problem(dir: &Path) -> Option<String> {
             Err(e) => return Some(format!("{}: {e}", prefix.display())),
             Ok(m) if !m.is_dir() => return Some(format!("{} is not a folder", prefix.display())),
             Ok(m) if m.uid() != 0 || m.mode() & 0o022 != 0 => {
+                // A command only for drop_root itself, depot's own folder:
+                // a folder above it (/tmp, /home) is the system's, and
+                // changing it would break what else uses it.
+                let fix = if prefix == dir && m.mode() & 0o1000 == 0 {
+                    format!(": chown root:root {0} && chmod go-w {0}", prefix.display())
+                } else {
+                    format!(
+                        "; {} is not depot's to change: choose a drop_root whose every parent folder is \
+                         root:root and not writable by group or others (e.g. /srv/depot/drop)",
+                        prefix.display()
+                    )
+                };
                 return Some(format!(
                     "{} is {}:{} {} (sshd's ChrootDirectory needs every folder of the path owned by root and not \
-                     writable by group or others: chown root:root {0} && chmod go-w {0})",
+                     writable by group or others{fix})",
                     prefix.display(),
                     user_name(m.uid()),
                     group_name(m.gid()),
@@ -445,8 +457,7 @@ pub fn add(cfg: &Config, p: &str, user: Option<&str>, key: Option<&Path>, rsync_
     if !is_root() {
         bail!("depot producer add makes a system account and root's folders: run it as root");
     }
-    let missing =
-        "it is the daemon's, made by systemd/depot.sysusers (README, \"Install and run under systemd\", step 2)";
+    let missing = "it is the daemon's, made by systemd/depot.sysusers (docs/operator-guide.md, \"Install and run under systemd\", step 2)";
     let Some(daemon) = account(DAEMON)? else { bail!("user {DAEMON} does not exist: {missing}") };
     if group(DAEMON)?.is_none() {
         bail!("group {DAEMON} does not exist: {missing}");
@@ -730,7 +741,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let why = chroot_path_problem(d.path());
         if fs::metadata("/tmp").is_ok_and(|m| m.mode() & 0o002 != 0) && d.path().starts_with("/tmp") {
-            assert!(why.unwrap().contains("/tmp is root:root 1777"));
+            let why = why.unwrap();
+            assert!(why.contains("/tmp is root:root 1777"), "{why}");
+            // Never advice to change a system folder.
+            assert!(!why.contains("chmod") && !why.contains("chown"), "{why}");
+            assert!(why.contains("/tmp is not depot's to change"), "{why}");
         }
         assert_eq!(chroot_path_problem(Path::new("/")), None);
     }

@@ -141,6 +141,29 @@ pub fn move_out(producer_dir: &Path, producer: &str, side: &Path, why: &str) -> 
     rotate::to_rejected(producer_dir, &d, &report)
 }
 
+/// The report telling a producer that the folder `path` (in its `new/`)
+/// is not a deposit: `rejected/<id>/report.json` and `report.txt`, nothing
+/// moved. Returns the json report's path.
+pub fn folder_report(path: &Path) -> Result<PathBuf, Error> {
+    let shown = |p: Option<&std::ffi::OsStr>| p.map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = shown(path.file_name());
+    let producer_dir = path.parent().and_then(Path::parent).unwrap_or(path);
+    let producer = shown(producer_dir.file_name());
+    let id = jobs::deposit::new_id(&producer);
+    let base = ReportBase {
+        deposit: id,
+        producer: producer.clone(),
+        archive: name.clone(),
+        started: jobs::deposit::now_rfc3339(),
+    };
+    let why = format!(
+        "{name} is a folder: a deposit is one zip file, so a folder in new/ is never taken in. Zip it \
+         (`zip -r {name}.zip {name}`), upload the zip file, and remove the folder from new/"
+    );
+    let err = Error::reject(Code::NameInvalid, Stage::Unpack, Some(&name), why);
+    rotate::report_only(producer_dir, &Report::failure(base, &err))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -251,6 +251,12 @@ pub struct Spool {
 /// stream of JSON values (the entry, pretty-printed by older versions, then
 /// one line per outcome). An outcome cut short by a crash is no outcome:
 /// only its fdatasync made it count.
+/// A spool record's entry, read only (for `depot history`): None when it
+/// is not there or cannot be parsed.
+pub fn read_entry(path: &Path) -> Option<Entry> {
+    read_record(path).ok().flatten().map(|(e, _)| e)
+}
+
 fn read_record(path: &Path) -> io::Result<Option<(Entry, Option<Outcome>)>> {
     let bytes = match fs::read(path) {
         Ok(b) => b,

@@ -227,7 +227,7 @@ pub async fn connect(cfg: &Config) -> Result<ConnectionManager> {
     let mut conn = tokio::time::timeout(Duration::from_secs(5), client.get_connection_manager_with_config(mcfg))
         .await
         .map_err(|_| anyhow::anyhow!("timed out"))
-        .and_then(|r| r.map_err(anyhow::Error::from))
+        .and_then(|r| r.map_err(|e| anyhow::anyhow!(one_cause(&e))))
         .with_context(|| {
             format!(
                 "cannot reach Redis at {} — start one (`redis-server`, or `systemctl start redis-server`) or set redis.url in {}",
@@ -237,6 +237,23 @@ pub async fn connect(cfg: &Config) -> Result<ConnectionManager> {
         })?;
     let _: String = redis::cmd("PING").query_async(&mut conn).await.context("Redis did not answer PING")?;
     Ok(conn)
+}
+
+/// An error and its causes in one line, each said once: redis' error shows
+/// its I/O cause in its own text and again as its source ("Connection
+/// refused (os error 111): Connection refused (os error 111)").
+pub fn one_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
 }
 
 pub fn queue(conn: ConnectionManager, cfg: &Config) -> Queue {

@@ -229,6 +229,10 @@ impl Settler {
         // (a producer could make depot publish and move a file it cannot
         // read); the claim refuses it too, this keeps it from being tried
         // at every pass.
+        if meta.is_dir() {
+            self.folder(path);
+            return None;
+        }
         let why = if !meta.file_type().is_file() {
             Some("not a regular file (link, FIFO, socket or device)")
         } else if meta.nlink() != 1 {
@@ -326,6 +330,23 @@ impl Settler {
     }
 
     /// Not to be claimed: warned about once (within the bound), forgotten.
+    /// A folder in `new/` (what `rsync -r … host:new/` or sftp's `put -r`
+    /// makes) is never a deposit: said once in the log and once to the
+    /// producer, through a report in `rejected/`; the folder stays where
+    /// it is, untouched (its upload may still be going on).
+    fn folder(&mut self, path: &Path) {
+        if self.warned.contains(path) {
+            return;
+        }
+        self.refuse(path, "a folder: folders are not deposits (only zip files are); it stays in new/, untouched");
+        match crate::sidecars::folder_report(path) {
+            Ok(report) => {
+                tracing::info!(path = %path.display(), report = %report.display(), "the producer is told so in a report")
+            }
+            Err(e) => warn!(path = %path.display(), error = %e, "cannot write the report about a folder in new/"),
+        }
+    }
+
     pub fn refuse(&mut self, path: &Path, why: &str) {
         if self.warned.len() >= MAX_WARNED {
             self.warned.clear();
@@ -489,7 +510,14 @@ impl Settler {
         let mut listed = HashSet::new();
         let mut files = Vec::new();
         for f in walkdir::WalkDir::new(new_dir).min_depth(1).max_depth(1).into_iter().flatten() {
-            if !f.file_type().is_file() || ignored(&f.file_name().to_string_lossy()) {
+            if ignored(&f.file_name().to_string_lossy()) {
+                continue;
+            }
+            if f.file_type().is_dir() {
+                self.folder(f.path());
+                continue;
+            }
+            if !f.file_type().is_file() {
                 continue;
             }
             let path = f.into_path();

@@ -125,18 +125,37 @@ fn ingest_publishes_and_rotates() {
     assert!(tmp.path().join("publish/MSEC/current/MSEC_DAT_1/obs1.txt").is_file());
     assert!(tmp.path().join("drop/MSEC/previous/MSEC_THEIA.zip").is_file());
     assert!(tmp.path().join("drop/MSEC/previous/MSEC_THEIA.zip.md5").is_file());
-    assert!(!a.exists());
+    // From outside the producer's new/: a copy went to previous/ (where the
+    // next success deletes it), the file itself stays, and it says so.
+    assert!(a.is_file() && tmp.path().join("MSEC_THEIA.zip.md5").is_file());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a copy is ingested"), "{out:?}");
+    assert_eq!(fs::read_dir(tmp.path().join("drop/.depot/ingest")).unwrap().count(), 0);
 
+    // --move moves it.
     let bad = tmp.path().join("MSEC_BAD.zip");
     fs::write(&bad, b"not a zip").unwrap();
-    let out =
-        depot(&["ingest", bad.to_str().unwrap(), "--producer", "MSEC", "--config", cfg.to_str().unwrap()], tmp.path());
+    let out = depot(
+        &["ingest", bad.to_str().unwrap(), "--producer", "MSEC", "--move", "--config", cfg.to_str().unwrap()],
+        tmp.path(),
+    );
     assert_eq!(out.status.code(), Some(1));
+    assert!(!bad.exists());
     let folder = fs::read_dir(tmp.path().join("drop/MSEC/rejected")).unwrap().next().unwrap().unwrap().path();
     assert!(folder.join("MSEC_BAD.zip").is_file());
     let txt = fs::read_to_string(folder.join("report.txt")).unwrap();
     assert!(txt.contains("NOT_A_ZIP"), "{txt}");
     assert!(tmp.path().join("publish/MSEC/current/MSEC_DAT_1/obs1.txt").is_file());
+
+    // In the producer's own new/: moved, as the daemon would.
+    let new = tmp.path().join("drop/MSEC/new");
+    fs::create_dir_all(&new).unwrap();
+    fs::write(new.join("MSEC_2.zip"), good_theia("MSEC", "v2")).unwrap();
+    let out = depot(
+        &["ingest", "drop/MSEC/new/MSEC_2.zip", "--producer", "MSEC", "--config", cfg.to_str().unwrap()],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(!new.join("MSEC_2.zip").exists() && tmp.path().join("drop/MSEC/previous/MSEC_2.zip").is_file());
 }
 
 #[test]
@@ -151,4 +170,89 @@ fn ingest_refuses_a_bad_config_naming_the_key() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_entries"), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(a.exists());
+}
+
+/// The docs' plain example as written, under the shipped config.toml
+/// (IGNF's plain profile enabled there), and `check --profile`.
+#[test]
+fn check_profile_and_the_shipped_plain_example() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+    let c = shipped.to_str().unwrap();
+    let out = depot(&["sample", "IGNF", "IGNF_delivery.zip", "--profile", "plain", "-c", c], tmp.path());
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = depot(&["check", "IGNF_delivery.zip", "-c", c], tmp.path());
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    // Without a config IGNF is a theia producer: rejected, unless the
+    // profile is given.
+    let empty = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("IGNF_delivery.zip");
+    let a = a.to_str().unwrap();
+    assert_eq!(depot(&["check", a], empty.path()).status.code(), Some(1));
+    let out = depot(&["check", a, "--profile", "plain"], empty.path());
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = depot(&["check", a, "--profile", "bagit"], empty.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not supported yet"), "{out:?}");
+}
+
+/// The man pages (depot(1), one per subcommand, depot.toml(5)) render with
+/// `man -l`, and each shell's completion script knows the subcommands.
+#[test]
+fn man_pages_render_and_completions_know_the_subcommands() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = depot(&["man", "pages"], tmp.path());
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // A man tree: man1/ and man5/, so that `depot man ~/.cargo/share/man`
+    // makes `man depot` work.
+    let dir = tmp.path().join("pages");
+    let mut names: Vec<String> = Vec::new();
+    for section in ["man1", "man5"] {
+        for e in fs::read_dir(dir.join(section)).unwrap() {
+            names.push(format!("{section}/{}", e.unwrap().file_name().to_string_lossy()));
+        }
+    }
+    names.sort();
+    for want in [
+        "man1/depot.1",
+        "man1/depot-check.1",
+        "man1/depot-run.1",
+        "man1/depot-producer-add.1",
+        "man1/depot-completions.1",
+        "man5/depot.toml.5",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+    }
+    // The hidden packaging command has no page of its own.
+    assert!(!names.iter().any(|n| n == "man1/depot-man.1"), "{names:?}");
+    let man = Command::new("man").arg("--version").output().is_ok_and(|o| o.status.success());
+    if man {
+        for n in &names {
+            let o = Command::new("man")
+                .arg("-l")
+                .arg(dir.join(n))
+                .env("MANWIDTH", "80")
+                .env("MANPAGER", "cat")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&o.stdout);
+            assert!(o.status.success() && text.contains("NAME"), "{n}: {text}{}", String::from_utf8_lossy(&o.stderr));
+            assert!(!String::from_utf8_lossy(&o.stderr).contains("warning"), "{n}: {o:?}");
+        }
+        let o =
+            Command::new("man").arg("-l").arg(dir.join("man5/depot.toml.5")).env("MANPAGER", "cat").output().unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains("watch.settle_ms") && text.contains("publish.s3.region"), "{text}");
+    } else {
+        eprintln!("man is not installed (scripts/test.sh installs man-db): pages written, not rendered");
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let o = depot(&["completions", shell], tmp.path());
+        let script = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(0), "{shell}");
+        for sub in ["check", "ingest", "status", "history", "producer", "completions"] {
+            assert!(script.contains(sub), "{shell} completions lack {sub}");
+        }
+    }
+    assert_eq!(depot(&["completions", "tcsh"], tmp.path()).status.code(), Some(2));
 }

@@ -181,8 +181,8 @@ fn logs_are_plain_failures_warn_and_a_redis_outage_is_two_lines() {
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
     let outside: Vec<&String> = keys.iter().filter(|k| !k.starts_with("depot:")).collect();
     assert_eq!(outside, ["core:apalis:queues:list"], "{keys:?}");
-    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    assert!(readme.contains("`core:apalis:queues:list`"));
+    let reference = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/reference.md")).unwrap();
+    assert!(reference.contains("`core:apalis:queues:list`"));
 
     // Ten seconds without Redis: one line when it goes, one when it is
     // back, in each process (the worker-only one has no scheduler to say it).
@@ -373,6 +373,13 @@ fn status_and_history_tell_the_truth() {
     }
     let o = run(&["status"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("TRUE_BAD.zip"), "{}", text(&o));
+    // Headers that say what each column is.
+    let head = String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or_default().to_owned();
+    assert!(head.starts_with("PRODUCER") && head.contains("LAST STATE") && head.contains("LAST FILE"), "{head}");
+    let out = String::from_utf8_lossy(&run(&["status", "--failed"]).stdout).into_owned();
+    assert!(out.lines().next().unwrap_or_default().contains("PRODUCER"), "{out}");
+    let row = out.lines().find(|l| l.starts_with(&bad_id)).unwrap_or_default();
+    assert!(row.split_whitespace().nth(1) == Some("TRUE"), "{out}");
     // --json: numbers are numbers.
     let v: serde_json::Value = serde_json::from_slice(&run(&["status", &good_id, "--json"]).stdout).unwrap();
     assert!(v["size"].is_u64() && v["attempts"].is_u64() && v["files"].is_u64() && v["bytes_done"].is_u64(), "{v}");
@@ -417,10 +424,37 @@ fn status_and_history_tell_the_truth() {
     let o = run(&["ingest", "TRUE_2.zip", "--producer", "TRUE"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("not recorded in Redis"), "{}", text(&o));
-    // history still answers, from disk.
+    // A deposit waiting in the spool (claimed by a daemon, Redis down
+    // since), as the daemon writes it.
+    let waiting = "20991231T000000Z-TRUE-0000abcd";
+    let spool = root.join("drop/.depot/spool");
+    fs::create_dir_all(&spool).unwrap();
+    fs::write(spool.join(format!("{waiting}=TRUE_3.zip")), good_theia("TRUE", "3")).unwrap();
+    fs::write(
+        spool.join(format!("{waiting}.json")),
+        format!(
+            r#"{{"id":"{waiting}","producer":"TRUE","name":"TRUE_3.zip","claimed_ns":1,"size":1,"sidecar":false,"created":"2099-12-31T00:00:00Z"}}"#
+        ),
+    )
+    .unwrap();
+    // history still answers, from disk, and says why.
     let o = run(&["history", "TRUE"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains(&bad_id));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(out.contains(&bad_id), "{out}");
+    assert!(out.contains("Redis is unreachable") && !out.contains("Redis has no record"), "{out}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Redis is unreachable"), "{}", text(&o));
+    let w = out.lines().find(|l| l.starts_with(waiting)).unwrap_or_default();
+    assert!(w.contains("TRUE_3.zip") && w.contains("WAITING") && w.contains("(from spool)"), "{out}");
+    // Every row read from disk has its FILE, an older release's too: the
+    // archive's name, from its manifest.json.
+    let old = out.lines().find(|l| l.starts_with(&good_id)).unwrap_or_default();
+    assert!(old.contains("TRUE_THEIA.zip") && old.contains("(from releases/"), "{out}");
+    let manifest = root.join(format!("publish/TRUE/releases/{good_id}/manifest.json"));
+    let m: serde_json::Value = serde_json::from_slice(&fs::read(&manifest).unwrap()).unwrap();
+    assert_eq!(m["archive"], "TRUE_THEIA.zip");
+    // The spool was only read.
+    assert!(spool.join(format!("{waiting}=TRUE_3.zip")).is_file());
 }
 
 // ---------------------------------------------------------------- point 5
@@ -434,10 +468,10 @@ fn metric(body: &str, name_and_labels: &str) -> Option<f64> {
         .ok()
 }
 
-/// The README's alert rules, as written there.
+/// The operator guide's alert rules, as written there.
 fn readme_rules() -> String {
-    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let start = readme.find("```yaml\ngroups:").expect("the README's alert rules") + "```yaml\n".len();
+    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operator-guide.md")).unwrap();
+    let start = readme.find("```yaml\ngroups:").expect("the operator guide's alert rules") + "```yaml\n".len();
     let end = readme[start..].find("```").unwrap() + start;
     readme[start..end].to_owned()
 }
@@ -681,6 +715,16 @@ fn config_check_catches_operator_mistakes() {
     let (code, out) = check(&base);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("# ok: drop_root and publish_root are apart"), "{out}");
+    // A site under /tmp (1777) with a producer: sshd's chroot rule is
+    // broken above drop_root, and said so without advice to chown or
+    // chmod /tmp, a folder that is not depot's.
+    fs::create_dir_all(root.join("drop/MSEC/new")).unwrap();
+    let (_, out) = check(&base);
+    assert!(!out.contains("chmod go-w /tmp") && !out.contains("chown root:root /tmp "), "{out}");
+    if root.starts_with("/tmp") && fs::metadata("/tmp").is_ok_and(|m| m.permissions().mode() & 0o002 != 0) {
+        assert!(out.contains("/tmp is not depot's to change"), "{out}");
+    }
+    fs::remove_dir_all(root.join("drop/MSEC")).unwrap();
 
     let one = base.replace("publish_root = \"publish\"", "publish_root = \"drop\"");
     let (code, out) = check(&one);
@@ -764,14 +808,18 @@ fn sample_deposits_are_accepted_and_shown_in_the_readme() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert_eq!(fs::read(dir.join("MSEC_sample.zip")).unwrap(), before);
 
-    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let section = &readme[readme.find("## What a deposit looks like").expect("the section")..];
-    let section = &section[..section[3..].find("\n## ").unwrap() + 3];
-    for word in ["**theia**", "**plain**", "depot sample", "MSEC_en.json", "MSEC_DAT_1.zip", "MD5SUMS", "dataFile"] {
-        assert!(section.contains(word), "{word}");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for guide in ["docs/producer-guide.md", "docs/guide-producteur.md"] {
+        let text = fs::read_to_string(root.join(guide)).unwrap();
+        for word in ["**theia**", "**plain**", "depot sample", "MSEC_en.json", "MSEC_DAT_1.zip", "MD5SUMS", "dataFile"]
+        {
+            assert!(text.contains(word), "{guide}: {word}");
+        }
     }
-    let quick = &readme[readme.find("## Quick start").unwrap()..readme.find("## Commands").unwrap()];
-    assert!(quick.contains("-- sample MSEC var/drop/MSEC/new/"), "{quick}");
+    let readme = fs::read_to_string(root.join("README.md")).unwrap();
+    let quick = &readme[readme.find("## Quick start").unwrap()..];
+    let quick = &quick[..quick[3..].find("\n## ").unwrap() + 3];
+    assert!(quick.contains("depot sample MSEC var/drop/MSEC/new/"), "{quick}");
 }
 
 // ---------------------------------------------------------------- point 9

@@ -132,6 +132,11 @@ fn a_sidecar_right_after_its_archive_is_used_and_a_late_one_never_fails_the_next
     fs::write(new.join("SIDE_1.zip.md5"), "0123456789abcdef0123456789abcdef  SIDE_1.zip\n").unwrap();
     wait_for(&site, "SIDE_1 ended", 30, || by_file(&redis, "SIDE_1.zip").iter().any(|d| d["state"] == "FAILURE"));
     assert_eq!(by_file(&redis, "SIDE_1.zip")[0]["error_code"], "MD5_MISMATCH");
+    // The report names what the producer uploaded, never depot's spool file
+    // (<deposit-id>.md5), which the producer never saw.
+    let error = by_file(&redis, "SIDE_1.zip")[0]["error"].clone();
+    assert!(error.contains("SIDE_1.zip.md5 says 0123456789abcdef"), "{error}");
+    assert!(!error.contains("-SIDE-"), "{error}");
     // A good upload, then its sidecar long after it was taken (late).
     fs::write(new.join("SIDE_2.zip"), good_theia("SIDE", "b")).unwrap();
     wait_for(&site, "SIDE_2 ended", 30, || by_file(&redis, "SIDE_2.zip").iter().any(|d| d["state"] == "SUCCESS"));
@@ -147,5 +152,43 @@ fn a_sidecar_right_after_its_archive_is_used_and_a_late_one_never_fails_the_next
     wait_for(&site, "next SIDE_2", 30, || {
         by_file(&redis, "SIDE_2.zip").iter().filter(|d| d["state"] == "SUCCESS").count() == 2
     });
+    assert_eq!(stop(daemon), Some(0));
+}
+
+/// A folder in new/ (what `rsync -r … host:new/` makes) is not a deposit:
+/// logged as a folder, never as "not a regular file (link, FIFO…)", and the
+/// producer told once, through a report in rejected/; the folder untouched.
+#[test]
+fn a_folder_in_new_is_said_to_be_a_folder_and_the_producer_told_once() {
+    let redis = Redis::start();
+    let site = Site::new(&redis.url(), "");
+    // One folder there before the start (found by the scan), one made
+    // while the daemon runs (found through its events).
+    let new = site.new_dir("FOLD");
+    fs::create_dir(new.join("before")).unwrap();
+    let daemon = site.start();
+    wait_for(&site, "ready", 30, || site.log().contains("ready"));
+    fs::create_dir(new.join("FOLD_data")).unwrap();
+    fs::write(new.join("FOLD_data/a.csv"), b"1,2\n").unwrap();
+    let rejected = site.root().join("drop/FOLD/rejected");
+    let reports = || -> Vec<String> {
+        fs::read_dir(&rejected)
+            .map(|d| d.flatten().filter_map(|e| fs::read_to_string(e.path().join("report.txt")).ok()).collect())
+            .unwrap_or_default()
+    };
+    wait_for(&site, "both reports", 30, || reports().len() == 2);
+    // A good deposit beside them goes through.
+    fs::write(new.join("FOLD_1.zip"), good_theia("FOLD", "1")).unwrap();
+    wait_for(&site, "FOLD_1", 30, || by_file(&redis, "FOLD_1.zip").iter().any(|d| d["state"] == "SUCCESS"));
+    let all = reports();
+    assert_eq!(all.len(), 2, "one report per folder: {all:?}");
+    let txt = all.iter().find(|t| t.contains("FOLD_data")).unwrap();
+    assert!(txt.contains("NAME_INVALID") && txt.contains("FOLD_data is a folder") && txt.contains("zip -r"), "{txt}");
+    assert!(new.join("FOLD_data/a.csv").is_file() && new.join("before").is_dir());
+    let log = site.log();
+    assert!(log.contains("a folder: folders are not deposits"), "{log}");
+    assert!(!log.contains("link, FIFO"), "{log}");
+    // Nothing in Redis: a folder is not a deposit.
+    assert_eq!(redis.deposits().len(), 1);
     assert_eq!(stop(daemon), Some(0));
 }

@@ -53,9 +53,10 @@ struct SidecarMd5 {
 /// sidecar is ignored, as if there were none, and the operator is warned.
 /// Its bytes count against `limits.max_metadata_bytes`, from its size
 /// before they are read.
-fn read_sidecar(path: &Path, max_metadata: u64, progress: &dyn Progress) -> Result<Option<SidecarMd5>> {
+/// `name` is what the producer uploaded (`<archive>.md5`), which reports
+/// say: the path may be depot's spool file.
+fn read_sidecar(path: &Path, name: &str, max_metadata: u64, progress: &dyn Progress) -> Result<Option<SidecarMd5>> {
     use rustix::fs::{Mode, OFlags};
-    let name = path.file_name().map_or_else(|| "sidecar".into(), |n| n.to_string_lossy().into_owned());
     let io_err = |e: std::io::Error| Error::io(Stage::Verify, format!("read {}", path.display()), e);
     let ignored = |why: &str| {
         progress.warn(&format!("sidecar {name} ignored: {why}; the archive is checked without it"));
@@ -80,15 +81,15 @@ fn read_sidecar(path: &Path, max_metadata: u64, progress: &dyn Progress) -> Resu
         return Err(Error::reject(
             Code::LimitExceeded,
             Stage::Unpack,
-            Some(&name),
+            Some(name),
             format!("{name}: {bytes} bytes of metadata; limits.max_metadata_bytes is {max_metadata}"),
         ));
     }
     let mut raw = Vec::with_capacity(bytes as usize);
     file.take(bytes).read_to_end(&mut raw).map_err(io_err)?;
     let text = String::from_utf8(raw)
-        .map_err(|_| Error::reject(Code::Md5Mismatch, Stage::Verify, Some(&name), format!("{name}: not text")))?;
-    Ok(Some(SidecarMd5 { md5: verify::parse_sidecar(&text, &name)?, bytes }))
+        .map_err(|_| Error::reject(Code::Md5Mismatch, Stage::Verify, Some(name), format!("{name}: not text")))?;
+    Ok(Some(SidecarMd5 { md5: verify::parse_sidecar(&text, name)?, bytes }))
 }
 
 /// Unpack (to `root`, or nowhere), verify and check; nothing published.
@@ -110,7 +111,7 @@ fn examine(job: &Job<'_>, dest: Dest<'_>, scratch: &Path, kept: &[String], progr
     progress.stage(Stage::Unpack);
     // The sidecar is parsed first so a malformed one costs no unpacking.
     let sidecar = match job.sidecar {
-        Some(p) => read_sidecar(p, job.settings.limits.max_metadata_bytes, progress)?,
+        Some(p) => read_sidecar(p, &sidecar_name(job), job.settings.limits.max_metadata_bytes, progress)?,
         None => None,
     };
     let result = examine_with(job, dest, scratch, kept, sidecar.as_ref(), progress);
@@ -138,8 +139,11 @@ fn sidecar_verdict(job: &Job<'_>, given: &Digest) -> Result<Option<Error>> {
     Ok((actual != *given).then(|| verify::archive_mismatch(job.name, &actual, &sidecar_name(job), given)))
 }
 
+/// The sidecar as the producer named it: `<archive>.md5` beside the name it
+/// uploaded, not depot's spool file (`<deposit-id>.md5`), which the producer
+/// never saw.
 fn sidecar_name(job: &Job<'_>) -> String {
-    job.sidecar.and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    format!("{}.md5", job.name)
 }
 
 fn examine_with(
@@ -255,6 +259,7 @@ pub fn ingest(job: &Job<'_>, publish_root: &Path, opts: IngestOptions, progress:
         publish_root,
         producer: job.producer,
         deposit_id: job.id,
+        archive: job.name,
         mode: s.publish.mode,
         keep_releases: s.publish.keep_releases,
         fsync: s.publish.fsync,
@@ -354,7 +359,10 @@ pub fn ingest_s3(
                 files.extend(kept);
             }
             fail_after(Step::Linked)?;
-            let m = publish::ReleaseManifest::new(id, p, files);
+            let m = publish::ReleaseManifest {
+                archive: job.name.to_owned(),
+                ..publish::ReleaseManifest::new(id, p, files)
+            };
             // The commit point, only while the lease is ours: another
             // holder may have removed this release's objects as debris.
             lease.check()?;

@@ -27,6 +27,12 @@ pub const PRUNED: &str = ".pruned";
 pub struct ReleaseManifest {
     pub deposit: String,
     pub producer: String,
+    /// The name the producer uploaded the deposit under: what `depot
+    /// history` shows once Redis has forgotten the deposit (only the
+    /// current release's archive stays in `previous/`). Absent from
+    /// manifests of older versions.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub archive: String,
     pub created: String,
     pub file_count: u64,
     pub total_bytes: u64,
@@ -228,6 +234,8 @@ pub struct Request<'a> {
     pub publish_root: &'a Path,
     pub producer: &'a str,
     pub deposit_id: &'a str,
+    /// The archive's name as uploaded, for the manifest.
+    pub archive: &'a str,
     pub mode: PublishMode,
     pub keep_releases: u32,
     pub fsync: bool,
@@ -289,6 +297,7 @@ impl ReleaseManifest {
         ReleaseManifest {
             deposit: deposit.to_owned(),
             producer: producer.to_owned(),
+            archive: String::new(),
             created: crate::deposit::now_rfc3339(),
             file_count: files.len() as u64,
             total_bytes: files.iter().map(|f| f.size).sum(),
@@ -535,7 +544,10 @@ fn build_release(
     }
     req.step(Step::Linked)?;
 
-    let manifest = ReleaseManifest::new(req.deposit_id, req.producer, files);
+    let manifest = ReleaseManifest {
+        archive: req.archive.to_owned(),
+        ..ReleaseManifest::new(req.deposit_id, req.producer, files)
+    };
     let (file_count, total_bytes) = (manifest.file_count, manifest.total_bytes);
     let json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| Error::io(Stage::Publish, "encode manifest", io::Error::other(e)))?;

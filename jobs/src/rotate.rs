@@ -278,6 +278,29 @@ pub fn to_rejected(producer_dir: &Path, d: &Deposited<'_>, report: &Report) -> R
     Ok(json)
 }
 
+/// A report with nothing to move (a folder dropped in `new/`, which is
+/// never a deposit): `rejected/<id>/` with `report.json` and `report.txt`.
+pub fn report_only(producer_dir: &Path, report: &Report) -> Result<PathBuf> {
+    if !crate::deposit::is_id(&report.deposit) {
+        return Err(Error::io(
+            Stage::Rotate,
+            format!("deposit id {:?}", report.deposit),
+            io::Error::from(io::ErrorKind::InvalidInput),
+        ));
+    }
+    let rej = producer_dir.join(REJECTED);
+    ensure_real_dir(&rej)?;
+    let dir = rejected_dir(producer_dir, &report.deposit);
+    DirBuilder::new().mode(0o755).create(&dir).ctx(Stage::Rotate, || format!("create {}", dir.display()))?;
+    let advice = report.code.and_then(Code::parse).map(Code::advice);
+    let json = dir.join(REPORT_JSON);
+    write_new(&json, report.to_json().as_bytes())?;
+    write_new(&dir.join(REPORT_TXT), report.to_text(advice).as_bytes())?;
+    sync_dir(&dir)?;
+    sync_dir(&rej)?;
+    Ok(json)
+}
+
 /// Into the deposit's own rejected folder. A name already there was put
 /// there by an earlier attempt of this deposit (a copy across filesystems
 /// that crashed before it removed its source): that one is complete (it is

@@ -246,7 +246,13 @@ pub async fn deposits(
             .unwrap_or_default();
     let cfg = door.shared.config();
     let pp = p.clone();
-    let disk = match blocking(move || ops::from_disk(&cfg, &pp)).await {
+    let disk = match blocking(move || {
+        let mut d = ops::from_disk(&cfg, &pp);
+        d.extend(ops::in_spool(&cfg, &pp));
+        d
+    })
+    .await
+    {
         Ok(d) => d,
         Err(r) => return r,
     };

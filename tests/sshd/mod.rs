@@ -29,6 +29,64 @@ fn accounts() -> std::sync::MutexGuard<'static, ()> {
     ACCOUNTS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Set inside the private mount namespace [`run_privately`] makes.
+const PRIVATE: &str = "DEPOT_TEST_PRIVATE_HOST";
+
+/// What a test here changes on the host (accounts in /etc/passwd, /etc/group,
+/// /etc/shadow, /etc/gshadow; keys in /etc/depot; its sites under /var/lib)
+/// must never reach the host: the test runs again, alone, in a private
+/// mount namespace (`unshare --mount`) where /etc is a copy (a copy of the
+/// folder, not bind mounts of single files: useradd renames `passwd+` over
+/// `passwd`, which a file mount point refuses) and /var/lib an empty folder
+/// of root's (sshd's chroot rule holds through it). Both copies go when the
+/// namespace ends. Accounts made in there take uids from a range of the
+/// namespace's own (uids are global: two tests' producers must differ).
+/// True: the caller has run the test that way and returns; false: the
+/// caller is inside, and runs the test.
+pub fn run_privately(test: &str) -> bool {
+    if std::env::var_os(PRIVATE).is_some() {
+        return false;
+    }
+    // Each namespace allocates its system accounts from a range of its own
+    // (SYS_UID_MIN.. in its login.defs): uids are the kernel's, shared by
+    // every namespace, and two tests' producers must never be one uid.
+    static SLOT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let base = 20_000 + 100 * SLOT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let script = r#"set -eu
+t="$(mktemp -d)"
+cp -a /etc "$t/etc"
+sed -i -E '/^[[:space:]]*SYS_[UG]ID_(MIN|MAX)[[:space:]]/d' "$t/etc/login.defs"
+printf 'SYS_UID_MIN %s
+SYS_UID_MAX %s
+SYS_GID_MIN %s
+SYS_GID_MAX %s
+' \
+    "$DEPOT_TEST_ID_BASE" "$((DEPOT_TEST_ID_BASE + 99))" "$DEPOT_TEST_ID_BASE" "$((DEPOT_TEST_ID_BASE + 99))" \
+    >>"$t/etc/login.defs"
+mkdir -m 0755 "$t/varlib"
+mount --bind "$t/etc" /etc
+mount --bind "$t/varlib" /var/lib
+rc=0
+"$@" || rc=$?
+umount /var/lib /etc
+rm -rf "$t"
+exit "$rc"
+"#;
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(PRIVATE, "1")
+        .env("DEPOT_TEST_ID_BASE", base.to_string())
+        .output()
+        .expect("unshare (util-linux) is needed: tests never change the host's /etc");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{test}, in a private mount namespace:\n{text}");
+    // The harness says "1 passed": the test did run in there.
+    assert!(text.contains("1 passed"), "{test} did not run in its namespace:\n{text}");
+    true
+}
+
 /// Some random hex, for names no other test (or earlier run) uses.
 pub fn random_hex(n: usize) -> String {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();

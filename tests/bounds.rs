@@ -249,7 +249,7 @@ fn idle_metrics_connections_never_starve_a_deposit() {
     assert!(peak >= 100, "the flood held only {peak} connections");
     assert_eq!((d["state"].as_str(), d["attempts"].as_str()), ("SUCCESS", "1"), "{d:?}\n{}", site.log());
     assert!(!site.log().contains("Too many open files"), "{}", site.log());
-    assert!(http_get(port, "/metrics").starts_with("HTTP/1.0 200"));
+    assert!(http_get(port, "/metrics").starts_with("HTTP/1.1 200"));
     assert_eq!(stop(daemon), Some(0));
 }
 

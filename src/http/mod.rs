@@ -248,6 +248,15 @@ impl Conns {
     }
 }
 
+/// `http.max_connections`, but never more than half the descriptors this
+/// process may open: connections past that would take the descriptors a
+/// deposit's spool, staging and rotation need (an operator's 1,024 under
+/// `ulimit -n 1024` would have left none).
+fn max_connections(configured: usize) -> usize {
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    nofile.map_or(configured, |n| configured.min(usize::try_from(n / 2).unwrap_or(usize::MAX)).max(2))
+}
+
 async fn accept_loop(
     listener: TcpListener,
     router: Router,
@@ -270,7 +279,7 @@ async fn accept_loop(
         let cfg = shared.config();
         // Behind a proxy every connection comes from the proxy: only the
         // overall cap applies.
-        let Some(slot) = conns.take(peer.ip(), cfg.http.max_connections, !behind_proxy) else {
+        let Some(slot) = conns.take(peer.ip(), max_connections(cfg.http.max_connections), !behind_proxy) else {
             if !refused_logged {
                 warn!(addr = %peer.ip(), "HTTP connection refused: http.max_connections reached (in all, or half of it from this address)");
                 refused_logged = true;

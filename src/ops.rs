@@ -86,11 +86,30 @@ impl Row {
     }
 }
 
+/// A row as shown to a person: names and messages with their control
+/// characters escaped (see `jobs::names::printable`); `--json` keeps them raw.
+fn shown(r: &Row) -> Row {
+    let p = |s: &str| jobs::names::printable(s).into_owned();
+    Row {
+        id: p(&r.id),
+        producer: p(&r.producer),
+        file: p(&r.file),
+        state: p(&r.state),
+        code: p(&r.code),
+        time: p(&r.time),
+        error: p(&r.error),
+        release: p(&r.release),
+        source: p(&r.source),
+        ..r.clone()
+    }
+}
+
 fn print_rows(rows: &[Row]) {
+    let rows: Vec<Row> = rows.iter().map(shown).collect();
     let w = |f: fn(&Row) -> &str, min: usize| rows.iter().map(|r| f(r).chars().count()).max().unwrap_or(0).max(min);
     let (wid, wfile, wstate, wcode) = (w(|r| &r.id, 2), w(|r| &r.file, 4), w(|r| &r.state, 5), w(|r| &r.code, 4));
     println!("{:<wid$}  {:<wfile$}  {:<wstate$}  {:<wcode$}  TIME", "ID", "FILE", "STATE", "CODE");
-    for r in rows {
+    for r in &rows {
         let from = if r.source == "redis" { String::new() } else { format!("  (from {})", r.source) };
         println!("{:<wid$}  {:<wfile$}  {:<wstate$}  {:<wcode$}  {}{from}", r.id, r.file, r.state, r.code, r.time);
     }
@@ -101,12 +120,12 @@ fn print_hash(title: &str, h: &HashMap<String, String>) {
     let mut keys: Vec<_> = h.keys().collect();
     keys.sort();
     for k in keys {
-        println!("  {k:<16} {}", h[k]);
+        println!("  {:<16} {}", jobs::names::printable(k), jobs::names::printable(&h[k]));
     }
 }
 
 fn producer_of(id: &str) -> &str {
-    id.split('-').nth(1).unwrap_or_default()
+    jobs::deposit::producer_of(id).unwrap_or_default()
 }
 
 /// The newest deposits (newest first) whose id passes `by_id` (a cheap
@@ -266,12 +285,14 @@ pub async fn status(config: Option<&Path>, what: Option<&str>, failed: bool, jso
                 println!("no deposits yet");
             } else {
                 let wp = rows.iter().map(|(r, _)| r.producer.len()).max().unwrap_or(0).max(8);
-                let wf = rows.iter().map(|(r, _)| r.file.chars().count()).max().unwrap_or(0).max(9);
+                let wf =
+                    rows.iter().map(|(r, _)| jobs::names::printable(&r.file).chars().count()).max().unwrap_or(0).max(9);
                 println!(
                     "{:<wp$}  {:<7}  {:<wf$}  {:<18}  {:<20}  CURRENT RELEASE",
                     "PRODUCER", "LAST", "LAST FILE", "CODE", "TIME"
                 );
                 for (r, cur) in rows {
+                    let (r, cur) = (shown(&r), jobs::names::printable(&cur));
                     println!(
                         "{:<wp$}  {:<7}  {:<wf$}  {:<18}  {:<20}  {cur}",
                         r.producer, r.state, r.file, r.code, r.time

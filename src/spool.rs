@@ -675,7 +675,7 @@ impl Spool {
         let size = archive.map_or(Ok(0), |a| fs::symlink_metadata(self.root.join(a)).map(|m| m.len()))?;
         Ok(Entry {
             sidecar: self.root.join(format!("{id}.md5")).exists(),
-            ..Entry::new(id, id.split('-').nth(1).unwrap_or_default(), &name, size)
+            ..Entry::new(id, jobs::deposit::producer_of(id).unwrap_or_default(), &name, size)
         })
     }
 
@@ -749,7 +749,7 @@ impl Spool {
                 }
             }
             _ => {
-                let producer = id.split('-').nth(1).unwrap_or_default();
+                let producer = jobs::deposit::producer_of(id).unwrap_or_default();
                 let new = self.root.parent().and_then(Path::parent).map(|d| d.join(producer).join("new"));
                 if let Some(new) = new.filter(|_| !producer.is_empty()) {
                     for f in fs::read_dir(&dir)? {

@@ -152,3 +152,16 @@ fn ingest_refuses_a_bad_config_naming_the_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_entries"), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(a.exists());
 }
+
+#[test]
+fn check_never_prints_a_name_s_control_characters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("IGNF_X.zip");
+    fs::write(&a, RawZip::new().file("a\x1b]2;PWNED\x07b.txt", b"x".to_vec()).build()).unwrap();
+    let out = depot(&["check", a.to_str().unwrap(), "--producer", "IGNF"], tmp.path());
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("NAME_INVALID"), "{text}");
+    assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
+    assert!(text.contains("a\\x1b]2;PWNED\\x07b.txt"), "{text}");
+}

@@ -219,6 +219,35 @@ fn not_a_zip_and_empty() {
 }
 
 #[test]
+fn an_archive_with_no_file_is_an_empty_deposit_unless_allowed() {
+    let empty = RawZip::new().build();
+    let dirs_only = RawZip::new().dir("a/").dir("a/b/").build();
+    let sums_only = RawZip::new().file("MD5SUMS", "").build();
+    for z in [&empty, &dirs_only, &sums_only] {
+        let r = rejected(&plain(), z, Code::EmptyDeposit);
+        assert!(r.message.unwrap().contains("checks.allow_empty"));
+    }
+    let allowed = Settings { checks: jobs::Checks { allow_empty: true, ..Default::default() }, ..plain() };
+    let env = Env::new();
+    for z in [&empty, &dirs_only] {
+        let out = env.ingest("MSEC", "empty.zip", z, &allowed);
+        assert!(out.result.is_ok(), "{:?}", out.result.err());
+        assert_eq!(out.report.file_count, Some(0));
+    }
+}
+
+#[test]
+fn portable_names_refuse_windows_illegal_characters() {
+    for name in ["a\"b.txt", "d/a:b.txt", "a<b", "a>b", "q?.txt", "s*.txt", "a|b"] {
+        let r = rejected(&plain(), &one(name.as_bytes()), Code::NameInvalid);
+        assert!(r.message.unwrap().contains("checks.portable_names"), "{name}");
+    }
+    let lax = Settings { checks: jobs::Checks { portable_names: false, ..Default::default() }, ..plain() };
+    let out = Env::new().ingest("MSEC", "lax.zip", &RawZip::new().file("ab:c?.txt", "x").build(), &lax);
+    assert!(out.result.is_ok(), "{:?}", out.result.err());
+}
+
+#[test]
 fn corrupt_dataset_zip() {
     let pivot = pivot("MSEC", &[("MSEC_DAT_1", &["obs1.txt"])]);
     let z = RawZip::new()

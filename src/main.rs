@@ -434,6 +434,11 @@ fn cmd_ingest(archive: &Path, producer: &str, config: &ConfigArg, json: bool, qu
     if !archive.is_file() {
         bail!("{} is not a file", archive.display());
     }
+    if jobs::rotate::reserved_name(&name) {
+        bail!(
+            "{name:?} is the name of one of depot's own files beside a rejected archive (report.json, report.txt, retried); rename the archive"
+        );
+    }
     let settings = cfg.settings_for(producer);
     let sidecar = sidecar_of(archive);
     let id = jobs::deposit::new_id(producer);

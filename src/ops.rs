@@ -477,7 +477,7 @@ pub async fn retry(config: Option<&Path>, id: &str) -> Result<u8> {
     if std::fs::symlink_metadata(&mark).is_ok() {
         bail!("deposit {id} was already retried ({} exists)", mark.display());
     }
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." || jobs::rotate::reserved_name(&name) {
         bail!("deposit {id} has no usable file name ({name:?})");
     }
     let src = dir.join(&name);

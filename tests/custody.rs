@@ -299,3 +299,38 @@ fn a_linked_previous_folder_stops_the_start() {
     assert!(stderr.contains(&prev.display().to_string()) && stderr.contains("symlink"), "{stderr}");
     assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
 }
+
+#[test]
+fn uploads_named_like_depot_s_own_files_never_touch_its_reports() {
+    let redis = Redis::start();
+    let site = Site::new(&redis.url(), "");
+    let daemon = site.start();
+    let names = ["report.json", "report.txt", "retried"];
+    for n in names {
+        site.drop_rsync("RSRV", n, format!("archive named {n}").as_bytes());
+    }
+    let d = ended(&site, &redis, "RSRV", 3);
+    assert_eq!(stop(daemon), Some(0));
+    for dep in &d {
+        assert_eq!((dep["state"].as_str(), dep["error_code"].as_str()), ("FAILURE", "NAME_INVALID"), "{dep:?}");
+        assert!(dep["error"].contains("depot's own files"), "{dep:?}");
+        let id = &dep["id"];
+        let dir = rejected(&site, "RSRV", id);
+        let kept = format!("{id}.zip");
+        assert_eq!(names_in(&dir), [kept.as_str(), "report.json", "report.txt"]);
+        let json: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("report.json")).unwrap()).unwrap();
+        assert_eq!((json["deposit"].as_str(), json["code"].as_str()), (Some(id.as_str()), Some("NAME_INVALID")));
+        let txt = fs::read_to_string(dir.join("report.txt")).unwrap();
+        assert!(txt.contains("REJECTED") && txt.contains("depot's own files"), "{txt}");
+        let body = fs::read_to_string(dir.join(&kept)).unwrap();
+        assert!(body.starts_with("archive named "), "{body}");
+        // A retry moves the archive (under the name it was kept by), never a report.
+        let out = depot(&site, &["retry", id]);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert_eq!(fs::read_to_string(site.new_dir("RSRV").join(&kept)).unwrap(), body);
+        assert_eq!(names_in(&dir), ["report.json", "report.txt", "retried"]);
+    }
+    for n in names {
+        assert!(!site.new_dir("RSRV").join(n).exists(), "{n}");
+    }
+}

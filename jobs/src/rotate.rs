@@ -26,6 +26,15 @@ pub const REPORT_JSON: &str = "report.json";
 pub const REPORT_TXT: &str = "report.txt";
 pub const RETRIED: &str = "retried";
 
+/// Names of depot's own files in `rejected/<deposit-id>/`: an upload of
+/// one of these names cannot be kept there under its own name (it would
+/// replace a report, or be taken for one by `depot retry`), so it is
+/// treated as a name that cannot be stored (NAME_INVALID, kept under a
+/// name of depot's own).
+pub fn reserved_name(name: &str) -> bool {
+    [REPORT_JSON, REPORT_TXT, RETRIED].contains(&name)
+}
+
 /// The deposit's files as they are now (in the spool or wherever `depot
 /// ingest` was pointed at), and the name they were dropped under.
 pub struct Deposited<'a> {
@@ -245,6 +254,13 @@ pub fn report_path(producer_dir: &Path, id: &str) -> PathBuf {
 /// already wrote or moved stays as it is.
 pub fn to_rejected(producer_dir: &Path, d: &Deposited<'_>, report: &Report) -> Result<PathBuf> {
     plain_name(d.name)?;
+    if reserved_name(d.name) {
+        return Err(Error::io(
+            Stage::Rotate,
+            format!("deposit name {:?} is one of depot's own in rejected/<id>/", d.name),
+            io::Error::from(io::ErrorKind::InvalidInput),
+        ));
+    }
     if !crate::deposit::is_id(&report.deposit) {
         return Err(Error::io(
             Stage::Rotate,

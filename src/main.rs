@@ -9,6 +9,7 @@ mod lease;
 mod logging;
 mod metrics;
 mod ops;
+mod pattern;
 mod poll;
 mod producer;
 mod progress;

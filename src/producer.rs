@@ -435,6 +435,9 @@ fn is_root() -> bool {
 
 /// `depot producer add P [--user NAME] [--key FILE] [--rsync-port N]`.
 pub fn add(cfg: &Config, p: &str, user: Option<&str>, key: Option<&Path>, rsync_port: u16) -> Result<u8> {
+    if let Some(why) = jobs::deposit::unsafe_producer(p) {
+        bail!("{:?} cannot be a producer: {why}", jobs::names::printable(p));
+    }
     if !cfg.is_producer(p) {
         bail!("{p:?} is not a producer of {} (producers.pattern / producers.allow)", cfg.path.display());
     }

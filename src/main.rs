@@ -184,6 +184,10 @@ enum ProducerCommand {
         /// The sshd port of rsync sessions, in the printed block.
         #[arg(long, default_value_t = producer::RSYNC_PORT)]
         rsync_port: u16,
+        /// Take over an existing account that is not this producer's own
+        /// (another home), with a warning saying what changes.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -240,8 +244,8 @@ fn main() -> ExitCode {
         }
         Command::Sample { producer, out, profile, config } => cmd_sample(&producer, &out, profile, &config),
         Command::Config { command: ConfigCommand::Check { config } } => cmd_config_check(&config),
-        Command::Producer { command: ProducerCommand::Add { producer, user, key, rsync_port, config } } => {
-            config.load().and_then(|c| producer::add(&c, &producer, user.as_deref(), key.as_deref(), rsync_port))
+        Command::Producer { command: ProducerCommand::Add { producer, user, key, rsync_port, force, config } } => {
+            config.load().and_then(|c| producer::add(&c, &producer, user.as_deref(), key.as_deref(), rsync_port, force))
         }
         Command::Producer { command: ProducerCommand::List { config } } => {
             config.load().and_then(|c| producer::list(&c))

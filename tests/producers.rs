@@ -144,3 +144,63 @@ fn every_name_a_pattern_admits_works_end_to_end() {
         assert!(spool.is_empty(), "{pattern}: spool not emptied: {spool:?}");
     }
 }
+
+fn have(program: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {program}")]).output().is_ok_and(|o| o.status.success())
+}
+
+/// `producer add --user` never takes over an account that is not the
+/// producer's own (another producer's, or a system account) unless
+/// `--force`, which says what changes. Run in a mount namespace of its
+/// own over a copy of /etc: the host's accounts are never touched.
+#[test]
+fn producer_add_refuses_someone_else_s_account_unless_forced() {
+    let root_uid = fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(1);
+    if root_uid != 0 || !have("unshare") || !have("useradd") {
+        eprintln!("skipped: needs root, unshare and useradd");
+        return;
+    }
+    let redis = Redis::start();
+    // The chroot rule wants a path that is root's and 0755 all the way up.
+    let site = Site::at(Path::new("/var/lib"), &redis.url(), "");
+    let root = site.root().display().to_string();
+    let bin = env!("CARGO_BIN_EXE_depot");
+    let script = format!(
+        r#"set -u
+mount --make-rprivate /
+cp -a /etc {root}/etc
+mount --bind {root}/etc /etc
+getent group depot >/dev/null || groupadd --system depot
+getent passwd depot >/dev/null || useradd --system --gid depot --no-create-home --shell /usr/sbin/nologin depot
+useradd --system --no-create-home --home-dir /var/www --shell /usr/sbin/nologin websrv
+run() {{ name=$1; shift; {bin} producer add "$@" --config {root}/config.toml >{root}/$name.out 2>{root}/$name.err; echo $? >{root}/$name.rc; }}
+run msec MSEC
+run steal ABCD --user p-msec
+run www ABCD --user websrv
+run forced ABCD --user websrv --force
+run again MSEC
+getent passwd p-msec >{root}/p-msec.passwd
+getent passwd websrv >{root}/websrv.passwd
+"#
+    );
+    let out = Command::new("unshare").args(["-m", "sh", "-c", &script]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let r = |n: &str, ext: &str| fs::read_to_string(site.root().join(format!("{n}.{ext}"))).unwrap_or_default();
+    let chroot = |p: &str| format!("{root}/drop/{p}");
+    assert_eq!(r("msec", "rc").trim(), "0", "{}", r("msec", "err"));
+    for (n, says) in [("steal", "producer MSEC's account"), ("www", "its home is /var/www")] {
+        assert_eq!(r(n, "rc").trim(), "2", "{n}: {}", r(n, "out"));
+        let err = r(n, "err");
+        assert!(err.contains(says) && err.contains("--force") && err.contains(&chroot("ABCD")), "{n}: {err}");
+    }
+    assert_eq!(r("forced", "rc").trim(), "0", "{}", r("forced", "err"));
+    let warn = r("forced", "err");
+    assert!(warn.contains("warning: --force") && warn.contains("/var/www -> ") && warn.contains("shell"), "{warn}");
+    assert_eq!(r("again", "rc").trim(), "0", "{}", r("again", "err"));
+    // MSEC's account kept MSEC's chroot; websrv moved only when forced.
+    assert!(r("p-msec", "passwd").contains(&format!(":{}:", chroot("MSEC"))), "{}", r("p-msec", "passwd"));
+    assert!(r("websrv", "passwd").contains(&format!(":{}:", chroot("ABCD"))), "{}", r("websrv", "passwd"));
+    // The host's own accounts are as they were.
+    let host = fs::read_to_string("/etc/passwd").unwrap();
+    assert!(!host.contains("websrv") && !host.contains(&chroot("MSEC")), "the host's /etc/passwd changed");
+}

@@ -558,6 +558,37 @@ mod tests {
     }
 
     #[test]
+    fn allow_empty_is_off_and_set_per_producer() {
+        let c = parse(&format!(
+            "{MIN}[producers.IGNF.checks]
+allow_empty = true
+"
+        ))
+        .unwrap();
+        assert!(c.settings_for("IGNF").checks.allow_empty);
+        assert!(!c.settings_for("MSEC").checks.allow_empty);
+        let c = parse(&format!(
+            "{MIN}[checks]
+allow_empty = true
+"
+        ))
+        .unwrap();
+        assert!(c.settings_for("MSEC").checks.allow_empty);
+    }
+
+    #[test]
+    fn a_folder_the_pattern_matches_but_no_producer_can_be_named_is_none() {
+        let mut c = parse(MIN).unwrap();
+        // A pattern the load would refuse, set behind its back: the second
+        // line still holds.
+        c.producers.pattern = Regex::new("^.{1,40}$").unwrap();
+        assert!(c.is_producer("MSEC") && c.is_producer("AB-CD"));
+        for bad in [".depot", ".staging", "..", "-x", "a b", &"A".repeat(31)] {
+            assert!(!c.is_producer(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn a_producer_sets_some_keys_of_publish_s3() {
         let c = parse(&format!(
             "{MIN}[publish]\ntarget = \"s3\"\n[publish.s3]\nendpoint = \"http://h:3900\"\nbucket = \"main\"\nprefix = \"a\"\n\

@@ -506,9 +506,31 @@ impl Config {
     }
 
     /// Is `name` a producer folder this config serves?
+    ///
+    /// A name the pattern matches but that is not a safe producer name
+    /// (`jobs::deposit::unsafe_producer`) never is one, whatever the
+    /// pattern: the load refuses patterns that could admit one, and this
+    /// is the second line, logged once per name.
     pub fn is_producer(&self, name: &str) -> bool {
-        self.producers.pattern.is_match(name)
-            && self.producers.allow.as_ref().is_none_or(|a| a.iter().any(|x| x == name))
+        if !self.producers.pattern.is_match(name)
+            || !self.producers.allow.as_ref().is_none_or(|a| a.iter().any(|x| x == name))
+        {
+            return false;
+        }
+        match jobs::deposit::unsafe_producer(name) {
+            None => true,
+            Some(why) => {
+                static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+                if let Ok(mut w) = WARNED.lock()
+                    && w.len() < 1024
+                    && !w.iter().any(|n| n == name)
+                {
+                    w.push(name.to_owned());
+                    tracing::warn!(folder = %jobs::names::printable(name), why, "matches producers.pattern but is not a safe producer name: never taken as a producer");
+                }
+                false
+            }
+        }
     }
 }
 
@@ -596,6 +618,9 @@ fn parse_producers(mut t: Table) -> Result<Producers> {
         Some(_) => bail!("producers.pattern must be a string"),
     };
     let pattern = Regex::new(&pattern_src).map_err(|e| anyhow!("producers.pattern: {e}"))?;
+    if let Some(why) = crate::pattern::problem(&pattern_src) {
+        bail!("producers.pattern {pattern_src:?} {why}");
+    }
     let allow = match t.remove("allow") {
         None => None,
         Some(v) => {
@@ -704,6 +729,37 @@ mod tests {
         assert!(s.checks.flat_names);
         assert_eq!(s.limits.max_entries, 10);
         assert_eq!(c.settings_for("MSEC").profile, Profile::Theia);
+    }
+
+    #[test]
+    fn allow_empty_is_off_and_set_per_producer() {
+        let c = parse(&format!(
+            "{MIN}[producers.IGNF.checks]
+allow_empty = true
+"
+        ))
+        .unwrap();
+        assert!(c.settings_for("IGNF").checks.allow_empty);
+        assert!(!c.settings_for("MSEC").checks.allow_empty);
+        let c = parse(&format!(
+            "{MIN}[checks]
+allow_empty = true
+"
+        ))
+        .unwrap();
+        assert!(c.settings_for("MSEC").checks.allow_empty);
+    }
+
+    #[test]
+    fn a_folder_the_pattern_matches_but_no_producer_can_be_named_is_none() {
+        let mut c = parse(MIN).unwrap();
+        // A pattern the load would refuse, set behind its back: the second
+        // line still holds.
+        c.producers.pattern = Regex::new("^.{1,40}$").unwrap();
+        assert!(c.is_producer("MSEC") && c.is_producer("AB-CD"));
+        for bad in [".depot", ".staging", "..", "-x", "a b", &"A".repeat(31)] {
+            assert!(!c.is_producer(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod logging;
 mod manpage;
 mod metrics;
 mod ops;
+mod pattern;
 mod poll;
 mod producer;
 mod progress;
@@ -234,6 +235,10 @@ enum ProducerCommand {
         /// standard input, never from the command line. Only this is done.
         #[arg(long, value_name = "NAME")]
         http_user: Option<String>,
+        /// Take over an existing account that is not this producer's own
+        /// (another home), with a warning saying what changes.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -303,8 +308,8 @@ fn main() -> ExitCode {
         Command::Producer { command: ProducerCommand::Add { http_user: Some(u), producer, config, .. } } => {
             config.load().and_then(|c| http::users::add(&c, &producer, &u))
         }
-        Command::Producer { command: ProducerCommand::Add { producer, user, key, rsync_port, config, .. } } => {
-            config.load().and_then(|c| producer::add(&c, &producer, user.as_deref(), key.as_deref(), rsync_port))
+        Command::Producer { command: ProducerCommand::Add { producer, user, key, rsync_port, force, config, .. } } => {
+            config.load().and_then(|c| producer::add(&c, &producer, user.as_deref(), key.as_deref(), rsync_port, force))
         }
         Command::Producer { command: ProducerCommand::List { config } } => {
             config.load().and_then(|c| producer::list(&c))
@@ -582,6 +587,11 @@ fn cmd_ingest(
     let name = file_name(archive)?;
     if !archive.is_file() {
         bail!("{} is not a file", archive.display());
+    }
+    if jobs::rotate::reserved_name(&name) {
+        bail!(
+            "{name:?} is the name of one of depot's own files beside a rejected archive (report.json, report.txt, retried); rename the archive"
+        );
     }
     let settings = cfg.settings_for(producer);
     let sidecar = sidecar_of(archive);

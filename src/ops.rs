@@ -86,6 +86,24 @@ impl Row {
     }
 }
 
+/// A row as shown to a person: names and messages with their control
+/// characters escaped (see `jobs::names::printable`); `--json` keeps them raw.
+fn shown(r: &Row) -> Row {
+    let p = |s: &str| jobs::names::printable(s).into_owned();
+    Row {
+        id: p(&r.id),
+        producer: p(&r.producer),
+        file: p(&r.file),
+        state: p(&r.state),
+        code: p(&r.code),
+        time: p(&r.time),
+        error: p(&r.error),
+        release: p(&r.release),
+        source: p(&r.source),
+        ..r.clone()
+    }
+}
+
 fn print_rows(rows: &[Row]) {
     print_rows_of(rows, false)
 }
@@ -93,12 +111,13 @@ fn print_rows(rows: &[Row]) {
 /// With `producer`, a PRODUCER column (rows of several producers:
 /// `depot status --failed`).
 fn print_rows_of(rows: &[Row], producer: bool) {
+    let rows: Vec<Row> = rows.iter().map(shown).collect();
     let w = |f: fn(&Row) -> &str, min: usize| rows.iter().map(|r| f(r).chars().count()).max().unwrap_or(0).max(min);
     let (wid, wfile, wstate, wcode) = (w(|r| &r.id, 2), w(|r| &r.file, 4), w(|r| &r.state, 5), w(|r| &r.code, 4));
     let wp = if producer { w(|r| &r.producer, 8) } else { 0 };
     let p = |v: &str| if producer { format!("{v:<wp$}  ") } else { String::new() };
     println!("{:<wid$}  {}{:<wfile$}  {:<wstate$}  {:<wcode$}  TIME", "ID", p("PRODUCER"), "FILE", "STATE", "CODE");
-    for r in rows {
+    for r in &rows {
         let from = if r.source == "redis" { String::new() } else { format!("  (from {})", r.source) };
         println!(
             "{:<wid$}  {}{:<wfile$}  {:<wstate$}  {:<wcode$}  {}{from}",
@@ -117,12 +136,12 @@ fn print_hash(title: &str, h: &HashMap<String, String>) {
     let mut keys: Vec<_> = h.keys().collect();
     keys.sort();
     for k in keys {
-        println!("  {k:<16} {}", h[k]);
+        println!("  {:<16} {}", jobs::names::printable(k), jobs::names::printable(&h[k]));
     }
 }
 
 pub fn producer_of(id: &str) -> &str {
-    id.split('-').nth(1).unwrap_or_default()
+    jobs::deposit::producer_of(id).unwrap_or_default()
 }
 
 /// The newest deposits (newest first) whose id passes `by_id` (a cheap
@@ -282,12 +301,14 @@ pub async fn status(config: Option<&Path>, what: Option<&str>, failed: bool, jso
                 println!("no deposits yet");
             } else {
                 let wp = rows.iter().map(|(r, _)| r.producer.len()).max().unwrap_or(0).max(8);
-                let wf = rows.iter().map(|(r, _)| r.file.chars().count()).max().unwrap_or(0).max(9);
+                let wf =
+                    rows.iter().map(|(r, _)| jobs::names::printable(&r.file).chars().count()).max().unwrap_or(0).max(9);
                 println!(
                     "{:<wp$}  {:<10}  {:<wf$}  {:<18}  {:<20}  CURRENT RELEASE",
                     "PRODUCER", "LAST STATE", "LAST FILE", "CODE", "TIME"
                 );
                 for (r, cur) in rows {
+                    let (r, cur) = (shown(&r), jobs::names::printable(&cur));
                     println!(
                         "{:<wp$}  {:<10}  {:<wf$}  {:<18}  {:<20}  {cur}",
                         r.producer, r.state, r.file, r.code, r.time
@@ -531,7 +552,7 @@ pub async fn retry(config: Option<&Path>, id: &str) -> Result<u8> {
     if std::fs::symlink_metadata(&mark).is_ok() {
         bail!("deposit {id} was already retried ({} exists)", mark.display());
     }
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." || jobs::rotate::reserved_name(&name) {
         bail!("deposit {id} has no usable file name ({name:?})");
     }
     let src = dir.join(&name);

@@ -446,7 +446,10 @@ fn is_root() -> bool {
 }
 
 /// `depot producer add P [--user NAME] [--key FILE] [--rsync-port N]`.
-pub fn add(cfg: &Config, p: &str, user: Option<&str>, key: Option<&Path>, rsync_port: u16) -> Result<u8> {
+pub fn add(cfg: &Config, p: &str, user: Option<&str>, key: Option<&Path>, rsync_port: u16, force: bool) -> Result<u8> {
+    if let Some(why) = jobs::deposit::unsafe_producer(p) {
+        bail!("{:?} cannot be a producer: {why}", jobs::names::printable(p));
+    }
     if !cfg.is_producer(p) {
         bail!("{p:?} is not a producer of {} (producers.pattern / producers.allow)", cfg.path.display());
     }
@@ -505,6 +508,40 @@ pub fn add(cfg: &Config, p: &str, user: Option<&str>, key: Option<&Path>, rsync_
         Some(a) => {
             if a.uid == 0 || a.uid == daemon.uid {
                 bail!("{user} (uid {}) cannot be a producer's account", a.uid);
+            }
+            // This producer's own account has its chroot as home (what
+            // `add` made, or an earlier `add` took over). Any other is
+            // someone's: another producer's (it would own both new/
+            // folders) or a system account's (www-data with a shell and a
+            // home in the drop tree).
+            if a.home != home {
+                let whose = match Path::new(&a.home).strip_prefix(&drop_root) {
+                    Ok(rest) if rest.components().count() == 1 => {
+                        format!("it is producer {}'s account (home {})", rest.display(), a.home)
+                    }
+                    _ => format!("its home is {}, not {home}", a.home),
+                };
+                let mut changes = vec![format!("its home and chroot {} -> {home}", a.home)];
+                if !SHELLS.contains(&a.shell.as_str()) {
+                    changes.push(format!("its shell {} -> {SHELL}", a.shell));
+                }
+                if !group(PRODUCERS_GROUP)?.is_some_and(|g| g.members.contains(&user)) {
+                    changes.push(format!("it joins group {PRODUCERS_GROUP}"));
+                }
+                changes.push(format!("it owns {}/new and reads previous/ and rejected/", chroot.display()));
+                if !force {
+                    bail!(
+                        "account {user} (uid {}) exists and is not producer {p}'s: {whose}. Taking it over would change: {}. Give --user a new name (or none: {}), or --force to take it over",
+                        a.uid,
+                        changes.join("; "),
+                        default_user(p)
+                    );
+                }
+                eprintln!(
+                    "depot: warning: --force: account {user} (uid {}) is taken over for producer {p} ({whose}): {}; whatever it did before with its old home or shell stops working",
+                    a.uid,
+                    changes.join("; ")
+                );
             }
             let mut fixed = Vec::new();
             if a.home != home {

@@ -152,12 +152,16 @@ const ENAMETOOLONG: i32 = 36;
 /// Why a name as dropped cannot be stored, if it cannot: it rides in
 /// Redis, reports, logs and the producer's mail, where control characters
 /// (C0, DEL, C1) reach terminals and bytes that are not UTF-8 do not
-/// survive; and a name with no room for `.md5` breaks its sidecar's name.
+/// survive; a name with no room for `.md5` breaks its sidecar's name; and
+/// a name of depot's own files in `rejected/<id>/` would collide with them.
 fn unstorable(name: &OsStr) -> Option<&'static str> {
     match std::str::from_utf8(name.as_bytes()) {
         Err(_) => Some("not UTF-8"),
         Ok(s) if s.chars().any(char::is_control) => Some("control characters"),
         Ok(s) if s.len() > MAX_NAME => Some("longer than 251 bytes"),
+        Ok(s) if jobs::rotate::reserved_name(s) => {
+            Some("report.json, report.txt and retried are the names of depot's own files beside a rejected archive")
+        }
         Ok(_) => None,
     }
 }
@@ -736,7 +740,7 @@ impl Spool {
         let size = archive.map_or(Ok(0), |a| fs::symlink_metadata(self.root.join(a)).map(|m| m.len()))?;
         Ok(Entry {
             sidecar: self.root.join(format!("{id}.md5")).exists(),
-            ..Entry::new(id, id.split('-').nth(1).unwrap_or_default(), &name, size)
+            ..Entry::new(id, jobs::deposit::producer_of(id).unwrap_or_default(), &name, size)
         })
     }
 
@@ -810,7 +814,7 @@ impl Spool {
                 }
             }
             _ => {
-                let producer = id.split('-').nth(1).unwrap_or_default();
+                let producer = jobs::deposit::producer_of(id).unwrap_or_default();
                 let new = self.root.parent().and_then(Path::parent).map(|d| d.join(producer).join("new"));
                 if let Some(new) = new.filter(|_| !producer.is_empty()) {
                     for f in fs::read_dir(&dir)? {
@@ -1073,6 +1077,15 @@ mod tests {
             assert_eq!(fs::read(spool.archive(&e)).unwrap(), b"zip");
             assert_eq!(e.sidecar, raw.len() < 250);
             assert!(!path.exists() && !Path::new(&side).exists());
+        }
+        // Names of depot's own files beside a rejected archive.
+        for reserved in ["report.json", "report.txt", "retried"] {
+            let path = new.join(reserved);
+            fs::write(&path, b"zip").unwrap();
+            let e = spool.claim("MSEC", &path).unwrap();
+            assert_eq!(e.name, format!("{}.zip", e.id));
+            let msg = e.invalid_name.clone().unwrap();
+            assert!(msg.contains("depot's own files") && msg.contains(reserved), "{msg}");
         }
         // A name of 251 bytes is stored as it is.
         let fits = "y".repeat(247) + ".zip";

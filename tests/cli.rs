@@ -256,3 +256,16 @@ fn man_pages_render_and_completions_know_the_subcommands() {
     }
     assert_eq!(depot(&["completions", "tcsh"], tmp.path()).status.code(), Some(2));
 }
+
+#[test]
+fn check_never_prints_a_name_s_control_characters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("IGNF_X.zip");
+    fs::write(&a, RawZip::new().file("a\x1b]2;PWNED\x07b.txt", b"x".to_vec()).build()).unwrap();
+    let out = depot(&["check", a.to_str().unwrap(), "--producer", "IGNF"], tmp.path());
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("NAME_INVALID"), "{text}");
+    assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
+    assert!(text.contains("a\\x1b]2;PWNED\\x07b.txt"), "{text}");
+}

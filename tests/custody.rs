@@ -299,3 +299,98 @@ fn a_linked_previous_folder_stops_the_start() {
     assert!(stderr.contains(&prev.display().to_string()) && stderr.contains("symlink"), "{stderr}");
     assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
 }
+
+#[test]
+fn uploads_named_like_depot_s_own_files_never_touch_its_reports() {
+    let redis = Redis::start();
+    let site = Site::new(&redis.url(), "");
+    let daemon = site.start();
+    let names = ["report.json", "report.txt", "retried"];
+    for n in names {
+        site.drop_rsync("RSRV", n, format!("archive named {n}").as_bytes());
+    }
+    let d = ended(&site, &redis, "RSRV", 3);
+    assert_eq!(stop(daemon), Some(0));
+    for dep in &d {
+        assert_eq!((dep["state"].as_str(), dep["error_code"].as_str()), ("FAILURE", "NAME_INVALID"), "{dep:?}");
+        assert!(dep["error"].contains("depot's own files"), "{dep:?}");
+        let id = &dep["id"];
+        let dir = rejected(&site, "RSRV", id);
+        let kept = format!("{id}.zip");
+        assert_eq!(names_in(&dir), [kept.as_str(), "report.json", "report.txt"]);
+        let json: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("report.json")).unwrap()).unwrap();
+        assert_eq!((json["deposit"].as_str(), json["code"].as_str()), (Some(id.as_str()), Some("NAME_INVALID")));
+        let txt = fs::read_to_string(dir.join("report.txt")).unwrap();
+        assert!(txt.contains("REJECTED") && txt.contains("depot's own files"), "{txt}");
+        let body = fs::read_to_string(dir.join(&kept)).unwrap();
+        assert!(body.starts_with("archive named "), "{body}");
+        // A retry moves the archive (under the name it was kept by), never a report.
+        let out = depot(&site, &["retry", id]);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert_eq!(fs::read_to_string(site.new_dir("RSRV").join(&kept)).unwrap(), body);
+        assert_eq!(names_in(&dir), ["report.json", "report.txt", "retried"]);
+    }
+    for n in names {
+        assert!(!site.new_dir("RSRV").join(n).exists(), "{n}");
+    }
+}
+
+/// An archive kept in previous/ or rejected/<id>/ is depot's from its
+/// rotation on (a rename keeps the producer as owner, who could rewrite
+/// it over sftp after the verdict): readable, not the producer's.
+#[test]
+fn kept_archives_stop_being_the_producer_s_files() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let me = fs::metadata("/proc/self").unwrap().uid();
+    if me != 0 {
+        eprintln!("skipped: a file of another uid needs root to make");
+        return;
+    }
+    let redis = Redis::start();
+    let site = Site::new(&redis.url(), "[producers.OWNR]\nprofile = \"plain\"\n");
+    let new = site.new_dir("OWNR");
+    for (name, bytes) in [("good.zip", RawZip::new().file("a.txt", "a").build()), ("bad.zip", b"not a zip".to_vec())] {
+        let p = new.join(name);
+        fs::write(&p, bytes).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o666)).unwrap();
+        std::os::unix::fs::chown(&p, Some(12345), Some(12345)).unwrap();
+    }
+    let daemon = site.start();
+    let d = ended(&site, &redis, "OWNR", 2);
+    assert_eq!(stop(daemon), Some(0));
+    let bad = d.iter().find(|d| d["file"] == "bad.zip").unwrap();
+    for kept in [site.root().join("drop/OWNR/previous/good.zip"), rejected(&site, "OWNR", &bad["id"]).join("bad.zip")] {
+        let m = fs::metadata(&kept).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o7777), (me, 0o644), "{}", kept.display());
+    }
+}
+
+/// A name holding terminal escapes reaches people escaped: report.txt,
+/// `depot status` and `depot history` (report.json and `--json` keep it
+/// as it is, JSON escapes it).
+#[test]
+fn names_with_terminal_escapes_are_shown_escaped() {
+    let redis = Redis::start();
+    let site = Site::new(&redis.url(), "[producers.ESCP]\nprofile = \"plain\"\n");
+    let daemon = site.start();
+    let evil = "a\x1b]2;PWNED\x07b.txt";
+    site.drop_rsync("ESCP", "e.zip", &RawZip::new().file(evil, "x").build());
+    let d = ended(&site, &redis, "ESCP", 1);
+    assert_eq!(stop(daemon), Some(0));
+    assert_eq!(d[0]["error_code"], "NAME_INVALID");
+    let id = &d[0]["id"];
+    let dir = rejected(&site, "ESCP", id);
+    let txt = fs::read_to_string(dir.join("report.txt")).unwrap();
+    assert!(txt.contains("File concerned: a\\x1b]2;PWNED\\x07b.txt"), "{txt}");
+    let json: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["entry"], evil);
+    for args in [vec!["status", id.as_str()], vec!["status", "ESCP"], vec!["history", "ESCP"], vec!["status"]] {
+        let out = depot(&site, &args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        let s = String::from_utf8_lossy(&out.stdout);
+        assert!(!s.contains('\x1b') && !s.contains('\x07'), "{args:?}: {s:?}");
+    }
+    for w in txt.chars() {
+        assert!(!w.is_control() || w == '\n', "{txt:?}");
+    }
+}

@@ -656,6 +656,7 @@ fn check_speaks_to_scientists() {
                 .build(),
         ),
         ("PRODUCER_MISMATCH", "MSEC", RawZip::new().file("MSEC_en.json", pivot("ABCD", &[])).build()),
+        ("EMPTY_DEPOSIT", "PLAN", RawZip::new().dir("a/").build()),
         (
             "DATASET_MISMATCH",
             "MSEC",

@@ -298,11 +298,17 @@ pub fn read_end(src: &Section, container: &str, max_entries: u64, counted: u64) 
         return Err(split());
     }
     // A zip64 locator right before the end record points at the zip64 end
-    // record, which then sits between the directory and the locator.
+    // record, which then sits between the directory and the locator. When
+    // the end record gives its values itself (no "see zip64" marker) and
+    // its directory ends right at the end record, the 20 bytes before it
+    // are the directory's own (the last entry's comment), whatever they
+    // look like: no locator can be there.
     let mut dir_end = at;
     let mut end = End { entries: r.entries, cd_offset: r.cd_offset, cd_size: r.cd_size };
     let mut locator = [0u8; ZIP64_LOCATOR_LEN as usize];
-    if at >= ZIP64_LOCATOR_LEN
+    let plain_end = !r.may_be_zip64() && r.cd_offset.checked_add(r.cd_size) == Some(at);
+    if !plain_end
+        && at >= ZIP64_LOCATOR_LEN
         && src.read_exact_at(&mut locator, at - ZIP64_LOCATOR_LEN).is_ok()
         && locator[..4] == ZIP64_LOCATOR_SIG
     {
@@ -336,8 +342,21 @@ pub fn read_end(src: &Section, container: &str, max_entries: u64, counted: u64) 
             return Err(split());
         }
         dir_end = z64_at;
-        if r.may_be_zip64() {
-            end = End { entries: le64(&z, 32), cd_offset: le64(&z, 48), cd_size: le64(&z, 40) };
+        end = End { entries: le64(&z, 32), cd_offset: le64(&z, 48), cd_size: le64(&z, 40) };
+        // Each end-record field holds its value, or says "see zip64"
+        // (all ones); anything else contradicts the zip64 record.
+        let fields = [
+            ("number of entries", r.entries, end.entries, u64::from(u16::MAX)),
+            ("size of the table of contents", r.cd_size, end.cd_size, u64::from(u32::MAX)),
+            ("offset of the table of contents", r.cd_offset, end.cd_offset, u64::from(u32::MAX)),
+        ];
+        if let Some((what, old, new, _)) = fields.iter().find(|&&(_, old, new, marker)| old != marker && old != new) {
+            return Err(corrupt(
+                container,
+                format!(
+                    "{it}'s end record gives {old} as the {what} where its zip64 end record gives {new} (and does not say \"see zip64\"): the two records disagree (damaged zip); rebuild the zip"
+                ),
+            ));
         }
     }
     match end.cd_offset.checked_add(end.cd_size) {

@@ -30,12 +30,13 @@ pub enum Code {
     PivotInvalid,
     ProducerMismatch,
     DatasetMismatch,
+    EmptyDeposit,
     IoError,
     NoSpace,
 }
 
 impl Code {
-    pub const ALL: [Code; 18] = [
+    pub const ALL: [Code; 19] = [
         Code::NotAZip,
         Code::ZipCorrupt,
         Code::UnsafePath,
@@ -52,6 +53,7 @@ impl Code {
         Code::PivotInvalid,
         Code::ProducerMismatch,
         Code::DatasetMismatch,
+        Code::EmptyDeposit,
         Code::IoError,
         Code::NoSpace,
     ];
@@ -79,6 +81,7 @@ impl Code {
             Code::PivotInvalid => "PIVOT_INVALID",
             Code::ProducerMismatch => "PRODUCER_MISMATCH",
             Code::DatasetMismatch => "DATASET_MISMATCH",
+            Code::EmptyDeposit => "EMPTY_DEPOSIT",
             Code::IoError => "IO_ERROR",
             Code::NoSpace => "NO_SPACE",
         }
@@ -122,6 +125,9 @@ impl Code {
             Code::ProducerMismatch => "The deposit belongs to another producer than the folder it was uploaded to.",
             Code::DatasetMismatch => {
                 "A dataset zip and the pivot metadata disagree: a dataset zip not listed in the pivot, a dataset of the pivot without its zip, or a data file named by the pivot missing from its zip."
+            }
+            Code::EmptyDeposit => {
+                "The archive holds no file to publish (it is empty, or holds only folders or checksum files)."
             }
             Code::IoError => {
                 "The archive host could not read or write a file (a fault of the host, not of the deposit)."
@@ -170,6 +176,9 @@ impl Code {
             }
             Code::DatasetMismatch => {
                 "Make the dataset zips and the pivot agree: one <P>_DAT_<id>.zip per dataset of the pivot, holding every data file its observations name."
+            }
+            Code::EmptyDeposit => {
+                "Check that the files were added when the archive was made (`unzip -l` lists them), then upload it again; if an empty deposit is really meant, ask the archive team to allow it."
             }
             Code::IoError => {
                 "Nothing is needed from you: the deposit is kept and tried again, and the archive team is told."

@@ -194,6 +194,10 @@ fn windows_reserved(component: &str) -> Option<&str> {
     reserved.then_some(stem)
 }
 
+/// Characters no Windows file name may hold (besides `/`, `\\` and
+/// controls, refused elsewhere or below).
+const WINDOWS_FORBIDDEN: &[char] = &['"', ':', '<', '>', '?', '*', '|'];
+
 /// The rules beyond safety (run after [`check_name`], on the same name):
 /// no invisible characters, always; with `portable`, nothing Windows cannot
 /// store. Both are NAME_INVALID: the name is acceptable on this host but
@@ -214,6 +218,23 @@ pub fn check_rules(name: &str, portable: bool) -> Result<(), NameError> {
         return Ok(());
     }
     for comp in name.split('/') {
+        if let Some(c) = comp.chars().find(|&c| WINDOWS_FORBIDDEN.contains(&c) || c.is_control()) {
+            let what = if c.is_control() {
+                format!("the control character U+{:04X}", c as u32)
+            } else if c == ':' {
+                "`:` (on Windows it names a hidden stream of the file)".to_owned()
+            } else {
+                format!("`{c}`")
+            };
+            return Err(NameError {
+                code: Code::NameInvalid,
+                why: format!(
+                    "`{}` holds {what}, which Windows does not allow in a file name (checks.portable_names)",
+                    printable(comp)
+                )
+                .into(),
+            });
+        }
         if let Some(stem) = windows_reserved(comp) {
             return Err(NameError {
                 code: Code::NameInvalid,
@@ -237,6 +258,28 @@ pub fn check_rules(name: &str, portable: bool) -> Result<(), NameError> {
         }
     }
     Ok(())
+}
+
+/// `s` as it may be shown to a person (report.txt, `depot check`, status
+/// and history, logs): control characters (C0, DEL, C1), bidi controls and
+/// other invisible characters written as `\x1b` / `\u{202e}`, so that a
+/// name from an archive can neither drive the terminal that shows it
+/// (`ESC ] 2 ;` retitles it) nor disguise itself. Machine outputs
+/// (report.json, Redis, `--json`) keep the raw name: JSON escapes it.
+pub fn printable(s: &str) -> Cow<'_, str> {
+    let hidden = |c: char| c.is_control() || is_ignorable(c) || is_bidi_control(c);
+    if !s.chars().any(hidden) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            c if !hidden(c) => out.push(c),
+            c if (c as u32) < 0x100 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// The final component of a `/`-separated path.
@@ -301,6 +344,17 @@ mod tests {
         let long = "x".repeat(256);
         assert_eq!(check_name(&long, 4096).map_err(|e| e.code), Err(Code::NameInvalid));
         assert_eq!(check_name("a/b/c.txt", 4).map_err(|e| e.code), Err(Code::LimitExceeded));
+    }
+
+    #[test]
+    fn portable_names_refuse_what_windows_cannot_store() {
+        for name in ["a\"b.txt", "d/a:b.txt", "a<b", "a>b", "what?.txt", "*.txt", "a|b", "a\u{1}b", "a\u{7f}b"] {
+            let e = check_rules(name, true).expect_err(name);
+            assert_eq!(e.code, Code::NameInvalid, "{name}");
+            assert!(e.why.contains("checks.portable_names"), "{}", e.why);
+            assert!(check_rules(name, false).is_ok() || name.chars().any(char::is_control), "{name}");
+        }
+        assert!(check_rules("d/a b+c,d;e=f[g]h{i}j~k!@#$%^&'()-.txt", true).is_ok());
     }
 
     #[test]

@@ -193,6 +193,20 @@ fn examine_with(
     };
     verify::check(&plan, &got.files, pair, job.name, s.limits.max_path_len, s.checks.portable_names)?;
     let files: Vec<FileRecord> = got.files.into_iter().filter(|f| f.published.is_some()).collect();
+    // Last, so that what is wrong with the names or checksums it does
+    // hold is said first.
+    if files.is_empty() && !s.checks.allow_empty {
+        return Err(Error::reject(
+            Code::EmptyDeposit,
+            Stage::Verify,
+            None,
+            format!(
+                "the archive holds no file to publish ({} entries, none a file to publish); checks.allow_empty is off for producer {}",
+                plan.levels.iter().map(|l| l.entries.len()).sum::<usize>(),
+                job.producer
+            ),
+        ));
+    }
     Ok(Summary { file_count: files.len() as u64, total_bytes: files.iter().map(|f| f.size).sum(), files })
 }
 

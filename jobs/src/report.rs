@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use crate::error::{Error, Stage};
+use crate::names::printable;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Report {
@@ -73,18 +74,21 @@ impl Report {
     pub fn to_text(&self, advice: Option<&str>) -> String {
         let mut t = String::new();
         if self.accepted {
-            t.push_str(&format!("Deposit {} was ACCEPTED and published.\n\n", self.archive));
+            t.push_str(&format!("Deposit {} was ACCEPTED and published.\n\n", printable(&self.archive)));
             if let (Some(n), Some(b)) = (self.file_count, self.total_bytes) {
                 t.push_str(&format!("Files: {n}, {b} bytes.\n"));
             }
         } else {
-            t.push_str(&format!("Deposit {} was REJECTED.\n\n", self.archive));
+            t.push_str(&format!("Deposit {} was REJECTED.\n\n", printable(&self.archive)));
             self.verdict(&mut t, advice);
             t.push_str("Nothing from this deposit was published; the archive still serves your previous release.\n");
         }
         t.push_str(&format!(
             "\nDeposit id: {}\nProducer:   {}\nReceived:   {}\nFinished:   {}\n",
-            self.deposit, self.producer, self.started, self.finished
+            self.deposit,
+            printable(&self.producer),
+            self.started,
+            self.finished
         ));
         t
     }
@@ -95,19 +99,19 @@ impl Report {
     pub fn to_text_check(&self) -> String {
         let mut t = String::new();
         if self.accepted {
-            t.push_str(&format!("{} would be ACCEPTED", self.archive));
+            t.push_str(&format!("{} would be ACCEPTED", printable(&self.archive)));
             if let (Some(n), Some(b)) = (self.file_count, self.total_bytes) {
                 t.push_str(&format!(": {n} files, {b} bytes"));
             }
             t.push_str(".\n");
         } else {
-            t.push_str(&format!("{} would be REJECTED.\n\n", self.archive));
+            t.push_str(&format!("{} would be REJECTED.\n\n", printable(&self.archive)));
             let advice = self.code.and_then(crate::Code::parse).map(crate::Code::advice);
             self.verdict(&mut t, advice);
         }
         t.push_str(&format!(
             "\nChecked on this computer as a deposit of producer {}; nothing was uploaded or changed.\n",
-            self.producer
+            printable(&self.producer)
         ));
         t
     }
@@ -117,9 +121,9 @@ impl Report {
         if let Some(c) = code {
             t.push_str(&format!("What was wrong: {}\n", c.summary()));
         }
-        t.push_str(&format!("Details:        {}\n", self.message.as_deref().unwrap_or("-")));
+        t.push_str(&format!("Details:        {}\n", printable(self.message.as_deref().unwrap_or("-"))));
         if let Some(e) = &self.entry {
-            t.push_str(&format!("File concerned: {e}\n"));
+            t.push_str(&format!("File concerned: {}\n", printable(e)));
         }
         t.push_str(&format!(
             "Error code:     {} (during {})\n\n",
@@ -173,6 +177,31 @@ mod tests {
         for word in ["Received", "20261122T101500Z", "release", " id "] {
             assert!(!t.contains(word), "{word}: {t}");
         }
+    }
+
+    #[test]
+    fn names_reach_people_without_their_control_characters() {
+        let evil = "a\x1b]2;PWNED\x07b.txt";
+        let base = ReportBase {
+            deposit: "20261122T101500Z-MSEC-1a2b3c4d".into(),
+            producer: "MSEC".into(),
+            archive: format!("{evil}.zip"),
+            started: "2026-11-22T10:15:00Z".into(),
+        };
+        let r = Report::failure(
+            base,
+            &Error::reject(Code::NameInvalid, Stage::Conflicts, Some(evil), format!("`{evil}`: control character")),
+        );
+        for t in [r.to_text(Some(Code::NameInvalid.advice())), r.to_text_check()] {
+            assert!(!t.contains('\x1b') && !t.contains('\x07'), "{t:?}");
+            assert!(t.contains("File concerned: a\\x1b]2;PWNED\\x07b.txt"), "{t}");
+            assert!(t.contains("a\\x1b]2;PWNED\\x07b.txt.zip"), "{t}");
+        }
+        // The machine's copy keeps the name as it was (JSON escapes it).
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["entry"], evil);
+        assert_eq!(crate::names::printable("x\u{202e}y\u{85}z"), "x\\u{202e}y\\x85z");
+        assert_eq!(crate::names::printable("plain é"), "plain é");
     }
 
     #[test]

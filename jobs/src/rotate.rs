@@ -26,6 +26,15 @@ pub const REPORT_JSON: &str = "report.json";
 pub const REPORT_TXT: &str = "report.txt";
 pub const RETRIED: &str = "retried";
 
+/// Names of depot's own files in `rejected/<deposit-id>/`: an upload of
+/// one of these names cannot be kept there under its own name (it would
+/// replace a report, or be taken for one by `depot retry`), so it is
+/// treated as a name that cannot be stored (NAME_INVALID, kept under a
+/// name of depot's own).
+pub fn reserved_name(name: &str) -> bool {
+    [REPORT_JSON, REPORT_TXT, RETRIED].contains(&name)
+}
+
 /// The deposit's files as they are now (in the spool or wherever `depot
 /// ingest` was pointed at), and the name they were dropped under.
 pub struct Deposited<'a> {
@@ -107,6 +116,50 @@ fn move_with(from: &Path, to: &Path, rename: impl Fn(&Path, &Path) -> io::Result
     }
 }
 
+/// Make the file at `path` depot's from now on: an archive kept in
+/// `previous/` or `rejected/<id>/` arrived as the producer's file (a
+/// rename keeps the owner), and the producer could otherwise rewrite its
+/// bytes over sftp after the verdict. Given to this process's user when
+/// the process may (root, CAP_CHOWN); else (the shipped unit grants no
+/// capability) copied into a new file of depot's (copy_file_range through
+/// `io::copy`, mtime kept) renamed over it, the producer's inode dropped.
+/// Mode 0644 either way: the producer reads it, never changes it.
+pub fn make_ours(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let f = open_nofollow(path)?;
+    let m = f.metadata()?;
+    if !m.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    let (uid, gid) = (rustix::process::geteuid(), rustix::process::getegid());
+    let ours = m.uid() == uid.as_raw()
+        || rustix::fs::fchown(&f, Some(uid), Some(gid))
+            .is_ok_and(|()| f.metadata().is_ok_and(|m| m.uid() == uid.as_raw()));
+    if ours {
+        return f.set_permissions(fs::Permissions::from_mode(0o644));
+    }
+    copy_as_ours(f, &m, path)
+}
+
+/// The fallback of [`make_ours`]: a copy of depot's renamed over `path`.
+pub fn copy_as_ours(mut f: File, m: &fs::Metadata, path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_file_name(format!(".depot-owning-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp); // a crash's leftover
+    let done = (|| {
+        let mut dst = fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
+        io::copy(&mut f, &mut dst)?;
+        dst.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+        dst.set_times(fs::FileTimes::new().set_modified(m.modified()?))?;
+        dst.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if done.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    done
+}
+
 /// Is `p` a folder itself, not a symlink to one? `previous/` and
 /// `rejected/` receive deposits and have files removed from them: a link
 /// there would send both wherever it points. Used by the start-up checks
@@ -147,6 +200,16 @@ fn ensure_real_dir(p: &Path) -> Result<()> {
         }
         // Made by us, or by someone in between: judged again either way.
         _ => check_real_dir(p).ctx(Stage::Rotate, || format!("refusing {}", p.display())),
+    }
+}
+
+/// [`make_ours`] for a rotated file. `archive`: it must be there, a
+/// regular file; a sidecar may be missing, or be a link or a special file
+/// (kept as it came, never followed: it was never read either).
+fn owned(p: &Path, archive: bool) -> Result<()> {
+    match make_ours(p) {
+        Err(_) if !archive && fs::symlink_metadata(p).map_or(true, |m| !m.is_file()) => Ok(()),
+        r => r.ctx(Stage::Rotate, || format!("make {} depot's", p.display())),
     }
 }
 
@@ -205,6 +268,8 @@ pub fn to_previous(producer_dir: &Path, d: &Deposited<'_>) -> Result<PathBuf> {
     }
     let dest = prev.join(d.name);
     move_replacing(d.archive, &dest).ctx(Stage::Rotate, || format!("move deposit to {}", dest.display()))?;
+    owned(&side, false)?;
+    owned(&dest, true)?;
     sync_dir(&prev)?;
     Ok(dest)
 }
@@ -222,6 +287,7 @@ pub fn finish_sidecar(producer_dir: &Path, name: &str, sidecar: &Path, id: Optio
     check_real_dir(&dir).ctx(Stage::Rotate, || format!("refusing {}", dir.display()))?;
     let side = dir.join(format!("{name}.md5"));
     move_replacing(sidecar, &side).ctx(Stage::Rotate, || format!("move sidecar to {}", side.display()))?;
+    owned(&side, false)?;
     sync_dir(&dir)
 }
 
@@ -245,6 +311,13 @@ pub fn report_path(producer_dir: &Path, id: &str) -> PathBuf {
 /// already wrote or moved stays as it is.
 pub fn to_rejected(producer_dir: &Path, d: &Deposited<'_>, report: &Report) -> Result<PathBuf> {
     plain_name(d.name)?;
+    if reserved_name(d.name) {
+        return Err(Error::io(
+            Stage::Rotate,
+            format!("deposit name {:?} is one of depot's own in rejected/<id>/", d.name),
+            io::Error::from(io::ErrorKind::InvalidInput),
+        ));
+    }
     if !crate::deposit::is_id(&report.deposit) {
         return Err(Error::io(
             Stage::Rotate,
@@ -273,6 +346,8 @@ pub fn to_rejected(producer_dir: &Path, d: &Deposited<'_>, report: &Report) -> R
     }
     let dest = dir.join(d.name);
     place(d.archive, &dest).ctx(Stage::Rotate, || format!("move deposit to {}", dest.display()))?;
+    owned(&dir.join(format!("{}.md5", d.name)), false)?;
+    owned(&dest, true)?;
     sync_dir(&dir)?;
     sync_dir(&rej)?;
     Ok(json)
@@ -366,6 +441,50 @@ mod tests {
         assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
         // Opens at once (no writer needed), and says what it is.
         assert!(open_nofollow(&fifo).unwrap().metadata().unwrap().file_type().is_fifo());
+    }
+
+    #[test]
+    fn kept_archives_become_depot_s() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let me = rustix::process::geteuid().as_raw();
+        if me != 0 {
+            eprintln!("skipped: a file of another uid needs root to make");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let pdir = tmp.path().join("MSEC");
+        let stranger = |p: &Path, body: &[u8]| {
+            fs::write(p, body).unwrap();
+            fs::set_permissions(p, fs::Permissions::from_mode(0o666)).unwrap();
+            std::os::unix::fs::chown(p, Some(12345), Some(12345)).unwrap();
+        };
+        let check = |p: &Path, body: &[u8]| {
+            let m = fs::metadata(p).unwrap();
+            assert_eq!((m.uid(), m.mode() & 0o7777), (me, 0o644), "{}", p.display());
+            assert_eq!(fs::read(p).unwrap(), body);
+        };
+        let (a, side) = (tmp.path().join("a"), tmp.path().join("a.md5"));
+        stranger(&a, b"good");
+        stranger(&side, b"m");
+        to_previous(&pdir, &Deposited { archive: &a, sidecar: Some(&side), name: "a.zip" }).unwrap();
+        check(&pdir.join(PREVIOUS).join("a.zip"), b"good");
+        check(&pdir.join(PREVIOUS).join("a.zip.md5"), b"m");
+        stranger(&a, b"bad");
+        let id = crate::deposit::new_id("MSEC");
+        to_rejected(&pdir, &Deposited { archive: &a, sidecar: None, name: "a.zip" }, &report(&id)).unwrap();
+        check(&rejected_dir(&pdir, &id).join("a.zip"), b"bad");
+        // Without the right to chown (the shipped unit): a copy of depot's.
+        let b = tmp.path().join("b");
+        stranger(&b, b"copied");
+        let ino = fs::metadata(&b).unwrap().ino();
+        let f = open_nofollow(&b).unwrap();
+        let m = f.metadata().unwrap();
+        copy_as_ours(f, &m, &b).unwrap();
+        check(&b, b"copied");
+        let after = fs::metadata(&b).unwrap();
+        assert_ne!(after.ino(), ino);
+        assert_eq!(after.modified().unwrap(), m.modified().unwrap());
+        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 2, "a temporary file left");
     }
 
     #[test]

@@ -33,11 +33,21 @@ pub struct Checks {
     /// downloaded on every system, and such a file silently fails or changes
     /// name there.
     pub portable_names: bool,
+    /// Accept an archive with no file to publish. Off: an empty archive is
+    /// more often a mistake than a wish, and in `replace` mode it would
+    /// publish an empty release over the producer's current one.
+    pub allow_empty: bool,
 }
 
 impl Default for Checks {
     fn default() -> Self {
-        Checks { case_insensitive: true, flat_names: false, require_md5: false, portable_names: true }
+        Checks {
+            case_insensitive: true,
+            flat_names: false,
+            require_md5: false,
+            portable_names: true,
+            allow_empty: false,
+        }
     }
 }
 

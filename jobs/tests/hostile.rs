@@ -219,6 +219,35 @@ fn not_a_zip_and_empty() {
 }
 
 #[test]
+fn an_archive_with_no_file_is_an_empty_deposit_unless_allowed() {
+    let empty = RawZip::new().build();
+    let dirs_only = RawZip::new().dir("a/").dir("a/b/").build();
+    let sums_only = RawZip::new().file("MD5SUMS", "").build();
+    for z in [&empty, &dirs_only, &sums_only] {
+        let r = rejected(&plain(), z, Code::EmptyDeposit);
+        assert!(r.message.unwrap().contains("checks.allow_empty"));
+    }
+    let allowed = Settings { checks: jobs::Checks { allow_empty: true, ..Default::default() }, ..plain() };
+    let env = Env::new();
+    for z in [&empty, &dirs_only] {
+        let out = env.ingest("MSEC", "empty.zip", z, &allowed);
+        assert!(out.result.is_ok(), "{:?}", out.result.err());
+        assert_eq!(out.report.file_count, Some(0));
+    }
+}
+
+#[test]
+fn portable_names_refuse_windows_illegal_characters() {
+    for name in ["a\"b.txt", "d/a:b.txt", "a<b", "a>b", "q?.txt", "s*.txt", "a|b"] {
+        let r = rejected(&plain(), &one(name.as_bytes()), Code::NameInvalid);
+        assert!(r.message.unwrap().contains("checks.portable_names"), "{name}");
+    }
+    let lax = Settings { checks: jobs::Checks { portable_names: false, ..Default::default() }, ..plain() };
+    let out = Env::new().ingest("MSEC", "lax.zip", &RawZip::new().file("ab:c?.txt", "x").build(), &lax);
+    assert!(out.result.is_ok(), "{:?}", out.result.err());
+}
+
+#[test]
 fn corrupt_dataset_zip() {
     let pivot = pivot("MSEC", &[("MSEC_DAT_1", &["obs1.txt"])]);
     let z = RawZip::new()
@@ -493,6 +522,56 @@ fn zip_comments_and_zip64_end_records_are_accepted() {
     let t = RawZip::new().file("MSEC_en.json", pivot).stored("MSEC_DAT_1.zip", inner).build();
     let out = env.ingest("MSEC", "t.zip", &with_comment(&t, b"deposit"), &theia_settings());
     assert!(out.result.is_ok(), "{:?}", out.result.err());
+}
+
+/// A zip64 locator is only where the format puts it, right before the end
+/// record and after the directory: bytes that look like one at the end of
+/// the last entry's comment are the directory's.
+#[test]
+fn a_locator_lookalike_in_the_last_entry_s_comment_is_comment() {
+    let env = Env::new();
+    let mut last = RawEntry::new("b.txt", "b", DEFLATED);
+    last.comment = b"note PK\x06\x07".to_vec();
+    last.comment.extend_from_slice(&0u32.to_le_bytes());
+    last.comment.extend_from_slice(&3u64.to_le_bytes());
+    last.comment.extend_from_slice(&1u32.to_le_bytes());
+    let z = RawZip::new().file("a.txt", "a").raw(last).build();
+    let out = env.ingest("MSEC", "c.zip", &z, &plain());
+    assert!(out.result.is_ok(), "{:?}", out.result.err());
+    assert_eq!(out.report.file_count, Some(2));
+}
+
+/// Beside a zip64 end record, each end-record field either holds its value
+/// or says "see zip64" (0xFFFF, 0xFFFFFFFF); one that says something else
+/// is named, not reported as a cut-short upload.
+#[test]
+fn stale_end_record_values_beside_zip64_are_named() {
+    let z = RawZip::new().file("a.txt", "a").file("b/c.txt", "c").build();
+    let z64 = with_zip64_end(&z, None);
+    let n = z64.len();
+    let (cd_size, cd_offset) = (&z[z.len() - 10..z.len() - 6], &z[z.len() - 6..z.len() - 2]);
+    // Values given as they are, no marker: as good as the markers.
+    let mut exact = z64.clone();
+    exact[n - 14..n - 10].copy_from_slice(&[2, 0, 2, 0]);
+    exact[n - 10..n - 6].copy_from_slice(cd_size);
+    exact[n - 6..n - 2].copy_from_slice(cd_offset);
+    let out = Env::new().ingest("MSEC", "z.zip", &exact, &plain());
+    assert!(out.result.is_ok(), "{:?}", out.result.err());
+    // Some markers, some values: as good.
+    let mut mixed = z64.clone();
+    mixed[n - 6..n - 2].copy_from_slice(cd_offset);
+    let out = Env::new().ingest("MSEC", "z.zip", &mixed, &plain());
+    assert!(out.result.is_ok(), "{:?}", out.result.err());
+    // A stale directory size: said as it is.
+    let mut stale = exact.clone();
+    stale[n - 10..n - 6].copy_from_slice(&7u32.to_le_bytes());
+    let r = rejected(&plain(), &stale, Code::ZipCorrupt);
+    let m = r.message.unwrap();
+    assert!(m.contains("size of the table of contents") && m.contains("zip64") && !m.contains("cut short"), "{m}");
+    let mut stale = exact.clone();
+    stale[n - 14..n - 10].copy_from_slice(&[9, 0, 9, 0]);
+    let m = rejected(&plain(), &stale, Code::ZipCorrupt).message.unwrap();
+    assert!(m.contains("number of entries") && m.contains("9") && !m.contains("cut short"), "{m}");
 }
 
 /// The entry count is taken from the end record, before the directory is

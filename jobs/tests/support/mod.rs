@@ -31,6 +31,8 @@ pub struct RawEntry {
     pub external_attr: u32,
     /// Replace the body bytes after compression (corruption tests).
     pub body: Option<Vec<u8>>,
+    /// The entry's comment in the central directory.
+    pub comment: Vec<u8>,
 }
 
 impl RawEntry {
@@ -44,6 +46,7 @@ impl RawEntry {
             size: None,
             external_attr: 0o100644 << 16,
             body: None,
+            comment: Vec::new(),
         }
     }
 }
@@ -136,12 +139,13 @@ impl RawZip {
             for v in [*crc, *csize, *size] {
                 central.extend_from_slice(&v.to_le_bytes());
             }
-            for v in [e.name.len() as u16, 0, 0, 0, 0] {
+            for v in [e.name.len() as u16, 0, e.comment.len() as u16, 0, 0] {
                 central.extend_from_slice(&v.to_le_bytes());
             }
             central.extend_from_slice(&e.external_attr.to_le_bytes());
             central.extend_from_slice(&offset.to_le_bytes());
             central.extend_from_slice(&e.name);
+            central.extend_from_slice(&e.comment);
         }
         let cd_offset = out.len() as u32;
         out.extend_from_slice(&central);

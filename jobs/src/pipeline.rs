@@ -107,6 +107,7 @@ struct Dest<'a> {
 }
 
 fn examine(job: &Job<'_>, dest: Dest<'_>, scratch: &Path, kept: &[String], progress: &dyn Progress) -> Result<Summary> {
+    check_deposit_name(job)?;
     progress.stage(Stage::Unpack);
     // The sidecar is parsed first so a malformed one costs no unpacking.
     let sidecar = match job.sidecar {
@@ -121,6 +122,25 @@ fn examine(job: &Job<'_>, dest: Dest<'_>, scratch: &Path, kept: &[String], progr
             Err(sidecar_verdict(job, &side.md5)?.unwrap_or(Error::Rejected(r)))
         }
         (result, _) => result,
+    }
+}
+
+/// `deposit_names`: judged on the name alone, before the archive is opened.
+fn check_deposit_name(job: &Job<'_>) -> Result<()> {
+    match &job.settings.deposit_names {
+        Some(scheme) if !scheme.admits(job.name) => Err(Error::reject(
+            Code::NameInvalid,
+            Stage::Conflicts,
+            Some(job.name),
+            format!(
+                "{} does not follow the naming scheme of {} for deposits: {}; upload it again under a name that does (producers.{}.deposit_names)",
+                job.name,
+                job.producer,
+                scheme.explain("the uploaded archive's name"),
+                job.producer
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -515,6 +515,11 @@ fn check_names(plan: &Plan, input: &Input<'_>) -> Result<()> {
                     format!("{shown:?} publishes as {path:?}: {}", err.why),
                 )
             })?;
+            if let (Role::Data(_), Some(scheme)) = (r, &input.settings.names)
+                && !scheme.admits(&path)
+            {
+                return Err(scheme_refused(input.producer, &shown, &path, scheme));
+            }
             labels.push((path, matches!(r, Role::Dir), shown));
         }
     }
@@ -529,6 +534,20 @@ fn check_names(plan: &Plan, input: &Input<'_>) -> Result<()> {
         }
     }
     conflicts::check(&names, &input.settings.checks)
+}
+
+/// A published path outside the producer's naming scheme.
+fn scheme_refused(producer: &str, shown: &str, path: &str, scheme: &crate::scheme::Scheme) -> Error {
+    let published = if shown == path { String::new() } else { format!(" (published as {path})") };
+    Error::reject(
+        Code::NameInvalid,
+        Stage::Conflicts,
+        Some(shown),
+        format!(
+            "{shown}{published} does not follow the naming scheme of {producer}: {}; rename it or ask the archive team to change the scheme (producers.{producer}.names)",
+            scheme.explain("published paths, relative to the release root with / between folders,")
+        ),
+    )
 }
 
 /// Digest of the whole deposit file, for the sidecar check.

@@ -18,7 +18,9 @@ use tracing::{debug, warn};
 /// Names that are never deposits: partial uploads, sidecars, hidden files.
 pub fn ignored(name: &str) -> bool {
     name.starts_with('.')
-        || [".part", ".filepart", ".tmp", ".md5"].iter().any(|s| name.to_ascii_lowercase().ends_with(s))
+        || [".part", ".filepart", ".tmp", ".md5", ".sha256", ".sha512"]
+            .iter()
+            .any(|s| name.to_ascii_lowercase().ends_with(s))
 }
 
 /// `<drop_root>/<P>/new/<name>` → (P, name), for producers this config
@@ -461,7 +463,8 @@ pub fn scan(drop_root: &Path, is_producer: &dyn Fn(&str) -> bool) -> Vec<(String
     out
 }
 
-/// Every `.md5` file in every producer's `new/` (for the sidecar sweep).
+/// Every sidecar (`.md5`, `.sha256`, `.sha512`) in every producer's `new/`
+/// (for the sidecar sweep).
 pub fn sidecars(drop_root: &Path, is_producer: &dyn Fn(&str) -> bool) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for p in walkdir::WalkDir::new(drop_root).min_depth(1).max_depth(1).into_iter().flatten() {
@@ -470,7 +473,10 @@ pub fn sidecars(drop_root: &Path, is_producer: &dyn Fn(&str) -> bool) -> Vec<Pat
         }
         for f in walkdir::WalkDir::new(p.path().join("new")).min_depth(1).max_depth(1).into_iter().flatten() {
             let n = f.file_name().to_string_lossy();
-            if f.file_type().is_file() && !n.starts_with('.') && n.to_ascii_lowercase().ends_with(".md5") {
+            if f.file_type().is_file()
+                && !n.starts_with('.')
+                && crate::sidecars::strip_sidecar_suffix(&n.to_ascii_lowercase()).is_some()
+            {
                 out.push(f.into_path());
             }
         }
@@ -594,7 +600,16 @@ mod tests {
 
     #[test]
     fn ignore_rules() {
-        for n in [".x.zip.AbC123", "a.zip.part", "a.zip.filepart", "a.tmp", "a.zip.md5", "A.ZIP.MD5"] {
+        for n in [
+            ".x.zip.AbC123",
+            "a.zip.part",
+            "a.zip.filepart",
+            "a.tmp",
+            "a.zip.md5",
+            "A.ZIP.MD5",
+            "a.zip.sha256",
+            "a.zip.SHA512",
+        ] {
             assert!(ignored(n), "{n}");
         }
         assert!(!ignored("MSEC_THEIA.zip"));

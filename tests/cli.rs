@@ -130,6 +130,11 @@ fn check_applies_the_producers_naming_scheme() {
     let out = depot(&["check", renamed.to_str().unwrap(), "--producer", "IGNF"], tmp.path());
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("deposit_names"));
+    // A `.sha256` sidecar beside the archive is checked too.
+    fs::write(tmp.path().join("IGNF_1.zip.sha256"), format!("{}  IGNF_1.zip\n", "0".repeat(64))).unwrap();
+    let out = depot(&["check", good.to_str().unwrap()], tmp.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("CHECKSUM_MISMATCH"));
     // A scheme that is not a regular expression is refused by `depot config
     // check`, naming its key.
     fs::write(&cfg, format!("{base}[producers.IGNF]\nnames = 'dalles/(['\n")).unwrap();

@@ -353,7 +353,7 @@ impl Worker<'_> {
                 };
                 let md5: Digest = Md5::digest(bytes).into();
                 let e = &self.plan.levels[*level].entries[*i];
-                let mut others = Hashers::new(self.want(*level, &e.name));
+                let mut others = Hashers::new(self.plan.want(*level, &e.name));
                 others.update(bytes);
                 if let Some(store) = self.target.store {
                     store.put(published, bytes, &md5)?;
@@ -384,7 +384,7 @@ impl Worker<'_> {
         let mut src = self.plan.levels[info.level].src.open()?;
         let mut crc = crc32fast::Hasher::new();
         let mut md5 = want_md5.then(Md5::new);
-        let mut others = Hashers::new(self.want(0, &e.name));
+        let mut others = Hashers::new(self.plan.want(0, &e.name));
         loop {
             let n = src.read(&mut self.buf).ctx(Stage::Unpack, || format!("read {}", e.name))?;
             if n == 0 {
@@ -420,11 +420,6 @@ impl Worker<'_> {
         })
     }
 
-    /// The SHA digests a manifest gives for entry `name` of `level`.
-    fn want(&self, level: usize, name: &str) -> Want {
-        self.plan.wants.get(&(level, name.to_owned())).copied().unwrap_or_default()
-    }
-
     fn extract(
         &mut self,
         level: usize,
@@ -447,8 +442,7 @@ impl Worker<'_> {
             let e = &lv.entries[i];
             let Role::Data(published) = &lv.roles[i] else { continue };
             let label = archive::label(&lv.container, &e.name);
-            let want = self.plan.wants.get(&(level, e.name.clone())).copied().unwrap_or_default();
-            let mut others = Hashers::new(want);
+            let mut others = Hashers::new(self.plan.want(level, &e.name));
             let reader = archive::open_entry(zip, e.index, &label)?;
             let on_bytes = |n| {
                 progress.advance(n, 0);

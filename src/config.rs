@@ -395,6 +395,7 @@ impl Config {
         let over = p.and_then(|p| self.producers.overrides.get(p));
         let mut merged = self.base.clone();
         let mut profile = self.producers.profile;
+        let (mut names, mut deposit_names) = (None, None);
         let prefix = p.map(|p| format!("producers.{p}.")).unwrap_or_default();
         if let Some(over) = over {
             for (k, v) in over {
@@ -403,6 +404,12 @@ impl Config {
                     ("profile", v) => {
                         profile = typed(Table::from_iter([("v".to_string(), v.clone())]), &format!("{prefix}profile"))
                             .map(|w: Wrap<Profile>| w.v)?;
+                    }
+                    ("names" | "deposit_names", v) => {
+                        let key = format!("{prefix}{k}");
+                        let src = v.as_str().ok_or_else(|| anyhow!("{key} must be a string (a regular expression)"))?;
+                        let scheme = jobs::scheme::Scheme::new(src).map_err(|e| anyhow!("{key}: {e}"))?;
+                        *(if k == "names" { &mut names } else { &mut deposit_names }) = Some(scheme);
                     }
                     (k, toml::Value::Table(t)) if MERGED.contains(&k) => {
                         if let Some(m) = merged.get_mut(k) {
@@ -421,7 +428,7 @@ impl Config {
                         }
                     }
                     (k, _) => bail!(
-                        "unknown key `{prefix}{k}` (a producer table may set profile, http_users, [checks], [limits], [publish])"
+                        "unknown key `{prefix}{k}` (a producer table may set profile, http_users, names, deposit_names, [checks], [limits], [publish])"
                     ),
                 }
             }
@@ -437,7 +444,15 @@ impl Config {
         for f in [&mut publish.s3.credentials_file, &mut publish.s3.ca_file].into_iter().flatten() {
             *f = dir.join(&*f);
         }
-        let s = Settings { profile, checks, limits, publish, threads: self.workers.threads_per_deposit };
+        let s = Settings {
+            profile,
+            checks,
+            limits,
+            publish,
+            threads: self.workers.threads_per_deposit,
+            names,
+            deposit_names,
+        };
         s.validate().map_err(|e| anyhow!("{prefix}{e}"))?;
         Ok(s)
     }
@@ -714,6 +729,27 @@ mod tests {
         ] {
             let err = format!("{:#}", parse(&format!("{MIN}{extra}")).unwrap_err());
             assert!(err.contains(key), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn naming_schemes_are_per_producer_and_a_bad_one_is_named() {
+        let c = parse(&format!(
+            "{MIN}[producers.MSEC]\nnames = '(MSEC_en\\.json|MSEC_DAT_[0-9]+/.*)'\ndeposit_names = 'MSEC_.*\\.zip'\n"
+        ))
+        .unwrap();
+        let s = c.settings_for("MSEC");
+        assert!(s.names.as_ref().is_some_and(|n| n.admits("MSEC_DAT_1/a.txt") && !n.admits("x/a.txt")));
+        assert!(s.deposit_names.as_ref().is_some_and(|n| n.admits("MSEC_1.zip")));
+        // Another producer has none.
+        assert_eq!(c.settings_for("IGNF").names, None);
+        for (text, key) in [
+            ("[producers.MSEC]\nnames = '('\n", "producers.MSEC.names"),
+            ("[producers.MSEC]\ndeposit_names = 'a)|(.*'\n", "producers.MSEC.deposit_names"),
+            ("[producers.MSEC]\nnames = 3\n", "producers.MSEC.names"),
+        ] {
+            let e = format!("{:#}", parse(&format!("{MIN}{text}")).unwrap_err());
+            assert!(e.contains(key), "{text}: {e}");
         }
     }
 

@@ -560,7 +560,7 @@ fn handle_hint(shared: &Shared, settler: &mut Settler, h: Hint, rescan: &mut boo
             if let Some((_, name)) = watcher::classify(&cfg.drop_root, &p, &is_p) {
                 let now = Instant::now();
                 let inotify = cfg.watch.poll_ms == 0;
-                let sidecar_of = name.strip_suffix(".md5");
+                let sidecar_of = crate::sidecars::strip_sidecar_suffix(&name);
                 let target = sidecar_of.map_or_else(|| p.clone(), |base| p.with_file_name(base));
                 let tname = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 // Marks only for names that can be deposits or their

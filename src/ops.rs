@@ -384,7 +384,7 @@ pub fn from_disk(cfg: &Config, p: &str) -> Vec<Row> {
         .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|n| !n.ends_with(".md5"));
+        .find(|n| crate::sidecars::strip_sidecar_suffix(n).is_none());
     for e in std::fs::read_dir(&releases).into_iter().flatten().flatten() {
         let m: Option<Manifest> =
             std::fs::read(e.path().join("manifest.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
@@ -559,12 +559,16 @@ pub async fn retry(config: Option<&Path>, id: &str) -> Result<u8> {
     if !std::fs::symlink_metadata(&src).is_ok_and(|m| m.file_type().is_file()) {
         bail!("{} is not there: nothing to retry", src.display());
     }
-    let side_src = dir.join(format!("{name}.md5"));
-    let side = std::fs::symlink_metadata(&side_src).is_ok_and(|m| m.file_type().is_file()).then_some(side_src);
     let new = pdir.join("new");
+    // Its sidecars (`.md5`, `.sha256`, `.sha512`) go back with it.
+    let sides: Vec<(PathBuf, PathBuf)> = ["md5", "sha256", "sha512"]
+        .iter()
+        .map(|ext| (dir.join(format!("{name}.{ext}")), new.join(format!("{name}.{ext}"))))
+        .filter(|(s, _)| std::fs::symlink_metadata(s).is_ok_and(|m| m.file_type().is_file()))
+        .collect();
     std::fs::create_dir_all(&new)?;
-    let (dst, side_dst) = (new.join(&name), new.join(format!("{name}.md5")));
-    for taken in std::iter::once(&dst).chain(side.as_ref().map(|_| &side_dst)) {
+    let dst = new.join(&name);
+    for taken in std::iter::once(&dst).chain(sides.iter().map(|(_, d)| d)) {
         if std::fs::symlink_metadata(taken).is_ok() {
             bail!(
                 "{} already holds a newer upload of that name; it is left as it is (nothing was moved)",
@@ -578,13 +582,17 @@ pub async fn retry(config: Option<&Path>, id: &str) -> Result<u8> {
     let moved = (|| -> Result<()> {
         // Sidecar first, archive last: the archive's arrival is what the
         // watcher notices, and its sidecar must already be there.
-        if let Some(s) = &side {
-            jobs::rotate::rename_noreplace(s, &side_dst)
-                .with_context(|| format!("moving the sidecar to {}", side_dst.display()))?;
+        for (i, (s, d)) in sides.iter().enumerate() {
+            if let Err(e) = jobs::rotate::rename_noreplace(s, d) {
+                for (s, d) in &sides[..i] {
+                    let _ = jobs::rotate::rename_noreplace(d, s);
+                }
+                return Err(e).with_context(|| format!("moving the sidecar to {}", d.display()));
+            }
         }
         if let Err(e) = jobs::rotate::rename_noreplace(&src, &dst) {
-            if let Some(s) = &side {
-                let _ = jobs::rotate::rename_noreplace(&side_dst, s);
+            for (s, d) in &sides {
+                let _ = jobs::rotate::rename_noreplace(d, s);
             }
             return Err(e).with_context(|| format!("moving the deposit to {}", dst.display()));
         }

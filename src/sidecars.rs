@@ -87,7 +87,7 @@ impl Busy {
 /// Judge a sidecar of `new/`. `open`: a writer holds it open.
 pub fn judge(side: &Path, recent: &Recent, open: bool, now: SystemTime, busy: &mut Busy) -> Verdict {
     let Some(name) = side.file_name().and_then(|n| n.to_str()) else { return Verdict::Keep };
-    let Some(base) = name.strip_suffix(".md5") else { return Verdict::Keep };
+    let Some(base) = strip_sidecar_suffix(name) else { return Verdict::Keep };
     let archive = side.with_file_name(base);
     if open || fs::symlink_metadata(&archive).is_ok() {
         return Verdict::Keep;
@@ -113,6 +113,12 @@ pub fn judge(side: &Path, recent: &Recent, open: bool, now: SystemTime, busy: &m
     Verdict::Keep
 }
 
+/// The archive's name of a sidecar's (`a.zip.md5`, `a.zip.sha256`,
+/// `a.zip.sha512` → `a.zip`); None for any other name.
+pub fn strip_sidecar_suffix(name: &str) -> Option<&str> {
+    ["md5", "sha256", "sha512"].iter().find_map(|ext| name.strip_suffix(ext)?.strip_suffix('.'))
+}
+
 /// Was anything in the folder written within [`ORPHAN_AFTER`] (an upload
 /// under a temporary name, rsync's `.name.XXXXXX` or `.filepart`, may be
 /// the archive on its way)?
@@ -121,7 +127,7 @@ fn folder_busy(dir: Option<&Path>, now: SystemTime) -> bool {
     let Ok(rd) = fs::read_dir(dir) else { return true };
     rd.flatten().any(|e| {
         let n: OsString = e.file_name();
-        !n.to_string_lossy().to_ascii_lowercase().ends_with(".md5")
+        strip_sidecar_suffix(&n.to_string_lossy().to_ascii_lowercase()).is_none()
             && e.metadata()
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| now.duration_since(t).map_or(true, |age| age < ORPHAN_AFTER))
@@ -200,5 +206,11 @@ mod tests {
         let dir = report.parent().unwrap();
         assert!(dir.join("b.zip.md5").is_file() && dir.join("report.txt").is_file());
         assert!(!b.exists());
+        // A SHA sidecar is judged the same way.
+        let c = new.join("c.zip.sha256");
+        fs::write(&c, b"x").unwrap();
+        assert!(matches!(judge(&c, &Recent::default(), false, now, &mut Busy::default()), Verdict::Keep));
+        recent.claimed(&new.join("c.zip"), "20261201T000000Z-MSEC-00000002");
+        assert!(matches!(judge(&c, &recent, false, now, &mut Busy::default()), Verdict::Out(_)));
     }
 }

@@ -204,6 +204,60 @@ fn ns(s: i64, nsec: i64) -> i64 {
     s.saturating_mul(1_000_000_000).saturating_add(nsec)
 }
 
+/// `<archive>.sha256` and `<archive>.sha512`: where the pipeline and the
+/// rotation look for a deposit's other sidecars, beside its archive.
+fn other_sidecar_paths(archive: &Path) -> Vec<PathBuf> {
+    jobs::md5sums::Algo::OTHERS
+        .iter()
+        .map(|a| {
+            let mut p = archive.as_os_str().to_owned();
+            p.push(format!(".{}", a.ext()));
+            PathBuf::from(p)
+        })
+        .collect()
+}
+
+/// Is this spool file name a `.sha256`/`.sha512` sidecar (never an
+/// archive: the watcher never claims such a name)?
+fn is_other_sidecar(name: &str) -> bool {
+    jobs::md5sums::Algo::OTHERS.iter().any(|a| name.ends_with(&format!(".{}", a.ext())))
+}
+
+/// Rename `<name>.sha256`/`<name>.sha512` of `new/` in beside the claimed
+/// archive (`<archive>.sha256`), before the archive (whose rename is the claim), with the
+/// checks the `.md5` sidecar gets: a regular file with one link, renamed
+/// without replacing anything, and still the inode checked (else given
+/// back). One that cannot be taken is left, with a warning; the deposit
+/// goes on without it. Returns what was taken, to give back if the claim
+/// fails.
+fn claim_other_sidecars(new: &Path, dropped: &OsStr, archive: &Path, id: &str) -> Vec<(PathBuf, OsString)> {
+    let mut taken = Vec::new();
+    for (algo, dst) in jobs::md5sums::Algo::OTHERS.into_iter().zip(other_sidecar_paths(archive)) {
+        let mut name = dropped.to_owned();
+        name.push(format!(".{}", algo.ext()));
+        let src = new.join(&name);
+        let meta = match checked(&src, false) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(ENAMETOOLONG) => continue,
+            Err(e) => {
+                warn!(path = %src.display(), error = %e, "sidecar ignored, never read: the deposit goes on without it");
+                continue;
+            }
+        };
+        if let Err(e) = rename_noreplace(&src, &dst) {
+            warn!(path = %src.display(), error = %e, "sidecar not taken: the deposit goes on without it");
+            continue;
+        }
+        if !same_file(&dst, &meta) {
+            warn!(path = %src.display(), "sidecar swapped while it was claimed: given back, the deposit goes on without it");
+            let _ = return_to_new(&dst, new, &name, id);
+            continue;
+        }
+        taken.push((dst, name));
+    }
+    taken
+}
+
 fn same_file(path: &Path, m: &fs::Metadata) -> bool {
     fs::symlink_metadata(path).is_ok_and(|d| d.dev() == m.dev() && d.ino() == m.ino())
 }
@@ -428,6 +482,7 @@ impl Spool {
             }
         }
         let dst = self.archive(&entry);
+        let others = claim_other_sidecars(new, dropped, &dst, &entry.id);
         let claimed = rename_noreplace(path, &dst).and_then(|()| {
             if same_file(&dst, &meta) {
                 return Ok(());
@@ -439,6 +494,9 @@ impl Spool {
         if let Err(e) = claimed {
             if entry.sidecar {
                 let _ = return_to_new(&side_dst, new, &side_name, &entry.id);
+            }
+            for (dst, name) in &others {
+                let _ = return_to_new(dst, new, name, &entry.id);
             }
             let _ = fs::remove_file(self.entry_path(&entry.id));
             return Err(e);
@@ -651,7 +709,11 @@ impl Spool {
         // Temporary files a crash left are removed by `list` at start; a
         // 0.2 outcome file may have been read by a `--role worker` that
         // never lists.
-        for p in [self.archive(e), self.root.join(format!("{id}.md5")), self.outcome_path(id), self.entry_path(id)] {
+        let others = other_sidecar_paths(&self.archive(e));
+        for p in [self.archive(e), self.root.join(format!("{id}.md5"))].iter().chain(&others) {
+            remove_if_there(p)?;
+        }
+        for p in [self.outcome_path(id), self.entry_path(id)] {
             remove_if_there(&p)?;
         }
         Ok(())
@@ -663,6 +725,7 @@ impl Spool {
     pub fn list(&self) -> io::Result<Vec<Entry>> {
         // id → the archive's file name, if it is there.
         let mut ids = std::collections::BTreeMap::<String, Option<String>>::new();
+        let mut strays = Vec::new();
         for d in fs::read_dir(&self.root)? {
             let d = d?;
             let name = d.file_name().to_string_lossy().into_owned();
@@ -680,6 +743,12 @@ impl Spool {
                 ids.entry(id).or_default();
                 continue;
             }
+            if is_other_sidecar(&name) {
+                // Follows its archive (give_back, remove); alone, removed below.
+                strays.push((id.clone(), d.path()));
+                ids.entry(id).or_default();
+                continue;
+            }
             let archive = (name == id || name.starts_with(&format!("{id}="))).then_some(name);
             let slot = ids.entry(id).or_default();
             if archive.is_some() {
@@ -693,7 +762,7 @@ impl Spool {
             // is left for the operator, with a log line.
             // Out of descriptors is the host's moment, not the record's:
             // the whole listing fails, to be made again.
-            match self.list_one(&id, archive, &mut out) {
+            match self.list_one(&id, archive, &strays, &mut out) {
                 Err(e) if matches!(e.raw_os_error(), Some(23 | 24)) => return Err(e),
                 Err(e) => {
                     warn!(deposit = %id, error = %e, "spool record unreadable: left in the spool for the operator")
@@ -705,8 +774,16 @@ impl Spool {
         Ok(out)
     }
 
-    /// One id of [`Spool::list`]: kept in `out`, given back, or forgotten.
-    fn list_one(&self, id: &str, archive: Option<String>, out: &mut Vec<Entry>) -> io::Result<()> {
+    /// One id of [`Spool::list`]: kept in `out`, given back, or forgotten
+    /// (with its `strays`: `.sha256`/`.sha512` sidecars of a claim whose
+    /// archive and record are gone).
+    fn list_one(
+        &self,
+        id: &str,
+        archive: Option<String>,
+        strays: &[(String, PathBuf)],
+        out: &mut Vec<Entry>,
+    ) -> io::Result<()> {
         let id = id.to_owned();
         {
             match self.load_with_outcome(&id) {
@@ -727,6 +804,9 @@ impl Spool {
                 Ok(None) | Err(_) => {
                     self.remove(&self.orphan_entry(&id, None)?)?;
                     remove_if_there(&self.outcome_path(&id))?;
+                    for (_, p) in strays.iter().filter(|(i, _)| *i == id) {
+                        remove_if_there(p)?;
+                    }
                 }
             }
         }
@@ -780,6 +860,13 @@ impl Spool {
                 };
                 if has_side {
                     return_to_new(&side, &new, &with_md5(&name), &e.id)?;
+                }
+                for (algo, p) in jobs::md5sums::Algo::OTHERS.into_iter().zip(other_sidecar_paths(archive)) {
+                    if there(&p) {
+                        let mut n = name.clone();
+                        n.push(format!(".{}", algo.ext()));
+                        return_to_new(&p, &new, &n, &e.id)?;
+                    }
                 }
                 if has_archive {
                     return_to_new(archive, &new, &name, &e.id)?;
@@ -981,6 +1068,29 @@ mod tests {
         let e = spool.claim("MSEC", &new.join("a.zip")).unwrap();
         assert!(e.sidecar && !new.join("a.zip").exists() && !new.join("a.zip.md5").exists());
         assert_eq!(spool.list().unwrap(), vec![e]);
+    }
+
+    #[test]
+    fn sha_sidecars_travel_with_their_archive() {
+        let (_tmp, spool, new) = site(&[("a.zip", b"a"), ("a.zip.sha256", b"s"), ("a.zip.sha512", b"t")]);
+        let e = spool.claim("MSEC", &new.join("a.zip")).unwrap();
+        assert_eq!(fs::read_dir(&new).unwrap().count(), 0, "a sidecar left in new/");
+        let mut beside = spool.archive(&e).into_os_string();
+        beside.push(".sha256");
+        assert_eq!(fs::read(&beside).unwrap(), b"s");
+        // Not taken for an archive of its own.
+        assert_eq!(spool.list().unwrap(), vec![e.clone()]);
+        // A claim whose record was lost gives them back with the archive.
+        fs::remove_file(spool.entry_path(&e.id)).unwrap();
+        assert_eq!(spool.list().unwrap(), vec![]);
+        for n in ["a.zip", "a.zip.sha256", "a.zip.sha512"] {
+            assert!(new.join(n).is_file(), "{n}");
+        }
+        untouched(&spool);
+        // Claimed again, then forgotten: nothing left in the spool.
+        let e = spool.claim("MSEC", &new.join("a.zip")).unwrap();
+        spool.remove(&e).unwrap();
+        untouched(&spool);
     }
 
     /// Nothing of `new/` moved, and no record left behind.

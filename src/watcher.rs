@@ -18,7 +18,9 @@ use tracing::{debug, warn};
 /// Names that are never deposits: partial uploads, sidecars, hidden files.
 pub fn ignored(name: &str) -> bool {
     name.starts_with('.')
-        || [".part", ".filepart", ".tmp", ".md5"].iter().any(|s| name.to_ascii_lowercase().ends_with(s))
+        || [".part", ".filepart", ".tmp", ".md5", ".sha256", ".sha512"]
+            .iter()
+            .any(|s| name.to_ascii_lowercase().ends_with(s))
 }
 
 /// `<drop_root>/<P>/new/<name>` → (P, name), for producers this config
@@ -250,9 +252,7 @@ impl Settler {
         // wait settle_ms (its sidecar may follow).
         let arrived = mtime.max(changed_at(&meta));
         let seen = Seen { size: meta.len(), mtime, since: now };
-        let mut side = path.as_os_str().to_owned();
-        side.push(".md5");
-        let side = PathBuf::from(side);
+        let [side, others @ ..] = sidecar_paths(path);
         // A mark from before lost events, on a file unchanged for
         // SUSPECT_QUIET: its close was probably lost; the mark goes.
         if let (Some(Writer::Open(t)), Some(lost)) = (self.writing.get(path).copied(), self.lost_at)
@@ -265,9 +265,13 @@ impl Settler {
             self.writing.remove(path);
         }
         let open = |w: Option<&Writer>| matches!(w, Some(Writer::Open(_)));
-        // A writer has it open (a stalled sftp session), or its sidecar is
-        // on its way: not done, whatever its mtime or a sidecar says.
-        if open(self.writing.get(path)) || open(self.writing.get(&side)) {
+        // A writer has it open (a stalled sftp session), or a sidecar of it
+        // (.md5, .sha256, .sha512) is on its way: not done, whatever its
+        // mtime or a sidecar says.
+        if open(self.writing.get(path))
+            || open(self.writing.get(&side))
+            || others.iter().any(|o| open(self.writing.get(o)))
+        {
             match self.get_mut(path) {
                 Some(s) if s.size == seen.size && s.mtime == mtime => {}
                 Some(s) => *s = seen,
@@ -461,9 +465,9 @@ impl Settler {
 
     pub fn forget(&mut self, path: &Path) {
         self.writing.remove(path);
-        let mut side = path.as_os_str().to_owned();
-        side.push(".md5");
-        self.writing.remove(Path::new(&side));
+        for side in sidecar_paths(path) {
+            self.writing.remove(&side);
+        }
         if let Some((dir, name)) = split(path)
             && let Some(files) = self.seen.get_mut(dir)
         {
@@ -560,7 +564,19 @@ pub fn scan(drop_root: &Path, is_producer: &dyn Fn(&str) -> bool) -> Vec<(String
     out
 }
 
-/// Every `.md5` file in every producer's `new/` (for the sidecar sweep).
+/// `<archive>.md5`, `<archive>.sha256`, `<archive>.sha512`: the `.md5` first
+/// (only it marks its archive done, SPEC "Settled").
+fn sidecar_paths(archive: &Path) -> [PathBuf; 3] {
+    ["md5", "sha256", "sha512"].map(|ext| {
+        let mut p = archive.as_os_str().to_owned();
+        p.push(".");
+        p.push(ext);
+        PathBuf::from(p)
+    })
+}
+
+/// Every sidecar (`.md5`, `.sha256`, `.sha512`) in every producer's `new/`
+/// (for the sidecar sweep).
 pub fn sidecars(drop_root: &Path, is_producer: &dyn Fn(&str) -> bool) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for p in walkdir::WalkDir::new(drop_root).min_depth(1).max_depth(1).into_iter().flatten() {
@@ -569,7 +585,10 @@ pub fn sidecars(drop_root: &Path, is_producer: &dyn Fn(&str) -> bool) -> Vec<Pat
         }
         for f in walkdir::WalkDir::new(p.path().join("new")).min_depth(1).max_depth(1).into_iter().flatten() {
             let n = f.file_name().to_string_lossy();
-            if f.file_type().is_file() && !n.starts_with('.') && n.to_ascii_lowercase().ends_with(".md5") {
+            if f.file_type().is_file()
+                && !n.starts_with('.')
+                && crate::sidecars::strip_sidecar_suffix(&n.to_ascii_lowercase()).is_some()
+            {
                 out.push(f.into_path());
             }
         }
@@ -693,7 +712,16 @@ mod tests {
 
     #[test]
     fn ignore_rules() {
-        for n in [".x.zip.AbC123", "a.zip.part", "a.zip.filepart", "a.tmp", "a.zip.md5", "A.ZIP.MD5"] {
+        for n in [
+            ".x.zip.AbC123",
+            "a.zip.part",
+            "a.zip.filepart",
+            "a.tmp",
+            "a.zip.md5",
+            "A.ZIP.MD5",
+            "a.zip.sha256",
+            "a.zip.SHA512",
+        ] {
             assert!(ignored(n), "{n}");
         }
         assert!(!ignored("MSEC_THEIA.zip"));
@@ -832,6 +860,14 @@ mod tests {
         let t0 = Instant::now();
         s.written(&side, t0);
         assert!(!s.observe(&f, t0), "claimed now, the sidecar would be taken half written");
+        // A SHA-256 sidecar being written holds it too (and once closed,
+        // the settle rule judges the archive, here long quiet).
+        let mut s2 = Settler::new(Duration::from_millis(100), true);
+        let sha = tmp.path().join("a.zip.sha256");
+        s2.written(&sha, t0);
+        assert!(!s2.observe(&f, t0), "claimed now, the .sha256 would be taken half written");
+        s2.closed(&sha, t0);
+        assert!(s2.observe(&f, t0 + Duration::from_secs(1)), "judged by the settle rule once it is closed");
         fs::write(&side, b"d41d8cd98f00b204e9800998ecf8427e  a.zip\n").unwrap();
         s.closed(&side, t0);
         assert!(s.observe(&f, t0), "the sidecar came after the archive: done at once");

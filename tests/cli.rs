@@ -102,6 +102,49 @@ fn check_uses_the_producer_profile_from_config() {
 }
 
 #[test]
+fn check_applies_the_producers_naming_scheme() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("config.toml");
+    let base = "drop_root = \"drop\"\npublish_root = \"publish\"\n[redis]\nurl = \"redis://127.0.0.1:1\"\n";
+    fs::write(
+        &cfg,
+        format!("{base}[producers.IGNF]\nprofile = \"plain\"\nnames = 'dalles/[0-9]+\\.tif'\ndeposit_names = 'IGNF_.*\\.zip'\n"),
+    )
+    .unwrap();
+    let good = tmp.path().join("IGNF_1.zip");
+    fs::write(&good, RawZip::new().file("dalles/1.tif", "a").build()).unwrap();
+    let out = depot(&["check", good.to_str().unwrap()], tmp.path());
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let bad = tmp.path().join("IGNF_2.zip");
+    fs::write(&bad, RawZip::new().file("dalles/1.tif", "a").file("dalles/notes.txt", "b").build()).unwrap();
+    let out = depot(&["check", bad.to_str().unwrap()], tmp.path());
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("NAME_INVALID") && text.contains("dalles/notes.txt") && text.contains("naming scheme"),
+        "{text}"
+    );
+    // The archive's own name.
+    let renamed = tmp.path().join("delivery.zip");
+    fs::copy(&good, &renamed).unwrap();
+    let out = depot(&["check", renamed.to_str().unwrap(), "--producer", "IGNF"], tmp.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("deposit_names"));
+    // A `.sha256` sidecar beside the archive is checked too.
+    fs::write(tmp.path().join("IGNF_1.zip.sha256"), format!("{}  IGNF_1.zip\n", "0".repeat(64))).unwrap();
+    let out = depot(&["check", good.to_str().unwrap()], tmp.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("CHECKSUM_MISMATCH"));
+    // A scheme that is not a regular expression is refused by `depot config
+    // check`, naming its key.
+    fs::write(&cfg, format!("{base}[producers.IGNF]\nnames = 'dalles/(['\n")).unwrap();
+    let out = depot(&["config", "check", "--config", cfg.to_str().unwrap()], tmp.path());
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("producers.IGNF.names"), "{err}");
+}
+
+#[test]
 fn ingest_publishes_and_rotates() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = write_config(tmp.path());

@@ -239,6 +239,7 @@ fn retry_never_replaces_a_newer_upload_and_runs_once() {
     let site = Site::new(&redis.url(), "");
     let daemon = site.start();
     site.drop_rsync("RTRY", "RTRY_1.zip.md5", b"0123  RTRY_1.zip\n");
+    site.drop_rsync("RTRY", "RTRY_1.zip.sha256", b"ab  RTRY_1.zip\n");
     site.drop_rsync("RTRY", "RTRY_1.zip", b"not a zip");
     let d = ended(&site, &redis, "RTRY", 1);
     assert_eq!(d[0]["state"], "FAILURE");
@@ -252,8 +253,8 @@ fn retry_never_replaces_a_newer_upload_and_runs_once() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("newer upload"), "{out:?}");
     assert_eq!(fs::read(new.join("RTRY_1.zip")).unwrap(), b"newer upload");
     let dir = rejected(&site, "RTRY", &id);
-    assert_eq!(names_in(&dir), ["RTRY_1.zip", "RTRY_1.zip.md5", "report.json", "report.txt"]);
-    assert!(!new.join("RTRY_1.zip.md5").exists(), "nothing moved");
+    assert_eq!(names_in(&dir), ["RTRY_1.zip", "RTRY_1.zip.md5", "RTRY_1.zip.sha256", "report.json", "report.txt"]);
+    assert!(!new.join("RTRY_1.zip.md5").exists() && !new.join("RTRY_1.zip.sha256").exists(), "nothing moved");
     assert!(!redis.hgetall(&format!("depot:deposit:{id}")).contains_key("retried"));
     // The way clear, it goes back once.
     fs::rename(new.join("RTRY_1.zip"), site.root().join("kept.zip")).unwrap();
@@ -261,6 +262,7 @@ fn retry_never_replaces_a_newer_upload_and_runs_once() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(fs::read(new.join("RTRY_1.zip")).unwrap(), b"not a zip");
     assert_eq!(fs::read(new.join("RTRY_1.zip.md5")).unwrap(), b"0123  RTRY_1.zip\n");
+    assert_eq!(fs::read(new.join("RTRY_1.zip.sha256")).unwrap(), b"ab  RTRY_1.zip\n");
     assert_eq!(names_in(&dir), ["report.json", "report.txt", "retried"]);
     assert!(redis.hgetall(&format!("depot:deposit:{id}")).contains_key("retried"));
     let out = depot(&site, &["retry", &id]);

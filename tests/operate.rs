@@ -630,6 +630,11 @@ fn check_speaks_to_scientists() {
             RawZip::new().file("a.txt", "a").file("MD5SUMS", format!("{}  a.txt\n", md5(b"b"))).build(),
         ),
         (
+            "CHECKSUM_MISMATCH",
+            "PLAN",
+            RawZip::new().file("a.txt", "a").file("SHA256SUMS", format!("{}  a.txt\n", "0".repeat(64))).build(),
+        ),
+        (
             "MD5_MISSING",
             "PLAN",
             RawZip::new()

@@ -336,7 +336,12 @@ fn put_release(g: &Garage, bucket: &jobs::s3::Bucket, p: &str, id: &str, files: 
     let mut listed = Vec::new();
     for (path, bytes) in files {
         g.put(&format!("{PREFIX}/{p}/releases/{id}/{path}"), bytes);
-        listed.push(jobs::publish::ManifestFile { path: (*path).into(), size: bytes.len() as u64, md5: md5hex(bytes) });
+        listed.push(jobs::publish::ManifestFile {
+            path: (*path).into(),
+            size: bytes.len() as u64,
+            md5: md5hex(bytes),
+            sha256: None,
+        });
     }
     bucket.put_manifest(p, id, &jobs::publish::ReleaseManifest::new(id, p, listed)).unwrap();
 }

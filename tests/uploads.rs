@@ -117,6 +117,52 @@ fn a_cut_short_upload_never_resumed_is_rejected_in_plain_words() {
     assert_eq!(stop(daemon), Some(0));
 }
 
+/// `sha256sum`/`sha512sum` of `bytes`, as a producer makes a sidecar.
+fn sum_line(tool: &str, bytes: &[u8], name: &str) -> String {
+    let mut c = std::process::Command::new(tool)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = c.wait_with_output().unwrap();
+    let hex = String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_owned();
+    format!("{hex}  {name}\n")
+}
+
+#[test]
+fn sha_sidecars_travel_with_their_archive_and_are_checked() {
+    let redis = Redis::start();
+    let site = Site::new(&redis.url(), "");
+    let daemon = site.start();
+    wait_for(&site, "ready", 30, || site.log().contains("ready"));
+    let new = site.new_dir("SHAS");
+    // Sidecar first, then the archive: right, so accepted, and the sidecar
+    // ends beside the archive in previous/, never claimed as a deposit.
+    let a = good_theia("SHAS", "a");
+    fs::write(new.join("SHAS_1.zip.sha256"), sum_line("sha256sum", &a, "SHAS_1.zip")).unwrap();
+    fs::write(new.join("SHAS_1.zip"), &a).unwrap();
+    wait_for(&site, "SHAS_1 ended", 30, || {
+        by_file(&redis, "SHAS_1.zip")
+            .iter()
+            .any(|d| d["state"] != "WAITING" && d["state"] != "PROGRESS" && d["state"] != "CREATED")
+    });
+    assert_eq!(by_file(&redis, "SHAS_1.zip")[0]["state"], "SUCCESS");
+    assert!(site.root().join("drop/SHAS/previous/SHAS_1.zip.sha256").is_file());
+    // A wrong SHA-512 sidecar: CHECKSUM_MISMATCH, kept with its archive.
+    let b = good_theia("SHAS", "b");
+    fs::write(new.join("SHAS_2.zip.sha512"), sum_line("sha512sum", &a, "SHAS_2.zip")).unwrap();
+    fs::write(new.join("SHAS_2.zip"), &b).unwrap();
+    wait_for(&site, "SHAS_2 ended", 30, || by_file(&redis, "SHAS_2.zip").iter().any(|d| d["state"] == "FAILURE"));
+    let d = &by_file(&redis, "SHAS_2.zip")[0];
+    assert_eq!(d["error_code"], "CHECKSUM_MISMATCH");
+    let dir = site.root().join(format!("drop/SHAS/rejected/{}", d["id"]));
+    assert!(dir.join("SHAS_2.zip.sha512").is_file() && dir.join("SHAS_2.zip").is_file());
+    assert_eq!(fs::read_dir(&new).unwrap().count(), 0, "something left in new/");
+    assert_eq!(redis.deposits().len(), 2, "a sidecar was taken for a deposit");
+    assert_eq!(stop(daemon), Some(0));
+}
+
 #[test]
 fn a_sidecar_right_after_its_archive_is_used_and_a_late_one_never_fails_the_next() {
     let redis = Redis::start();

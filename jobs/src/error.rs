@@ -33,10 +33,11 @@ pub enum Code {
     EmptyDeposit,
     IoError,
     NoSpace,
+    ChecksumMismatch,
 }
 
 impl Code {
-    pub const ALL: [Code; 19] = [
+    pub const ALL: [Code; 20] = [
         Code::NotAZip,
         Code::ZipCorrupt,
         Code::UnsafePath,
@@ -56,6 +57,7 @@ impl Code {
         Code::EmptyDeposit,
         Code::IoError,
         Code::NoSpace,
+        Code::ChecksumMismatch,
     ];
 
     /// The code named by its stable string (reports, Redis), if any.
@@ -84,6 +86,7 @@ impl Code {
             Code::EmptyDeposit => "EMPTY_DEPOSIT",
             Code::IoError => "IO_ERROR",
             Code::NoSpace => "NO_SPACE",
+            Code::ChecksumMismatch => "CHECKSUM_MISMATCH",
         }
     }
 
@@ -133,6 +136,9 @@ impl Code {
                 "The archive host could not read or write a file (a fault of the host, not of the deposit)."
             }
             Code::NoSpace => "The archive host is out of disk space (a fault of the host, not of the deposit).",
+            Code::ChecksumMismatch => {
+                "A file does not match the SHA-256 or SHA-512 checksum given for it, or a checksum file is not in sha256sum/sha512sum format."
+            }
         }
     }
 
@@ -184,6 +190,9 @@ impl Code {
                 "Nothing is needed from you: the deposit is kept and tried again, and the archive team is told."
             }
             Code::NoSpace => "Nothing is needed from you: the deposit is kept and tried again once there is room.",
+            Code::ChecksumMismatch => {
+                "If the file is right, regenerate its checksum (`sha256sum FILE` or `sha512sum FILE`); otherwise upload it again: it was damaged on its way."
+            }
         }
     }
 }

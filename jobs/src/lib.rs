@@ -14,6 +14,7 @@ pub mod publish;
 pub mod report;
 pub mod rotate;
 pub mod s3;
+pub mod scheme;
 pub mod settings;
 pub mod theia;
 pub mod unpack;

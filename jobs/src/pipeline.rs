@@ -7,7 +7,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Code, Error, IoContext, Result, Stage};
-use crate::md5sums::Digest;
+use crate::md5sums::{Algo, Digest, Sum, Want};
 use crate::plan::{self, Plan};
 use crate::publish::{self, Published, Request, Staging, Step};
 use crate::report::{Report, ReportBase};
@@ -48,6 +48,35 @@ struct SidecarMd5 {
     bytes: u64,
 }
 
+/// A `<name>.sha256` / `<name>.sha512` sidecar as read.
+struct SidecarSum {
+    name: String,
+    sum: Sum,
+    bytes: u64,
+}
+
+/// The `.sha256`/`.sha512` sidecars of the archive: beside it, named as
+/// its `.md5` sidecar is (`<archive>.sha256`: the spool keeps them under
+/// the deposit id, `depot check` finds them beside the archive).
+fn other_sidecars(job: &Job<'_>, mut budget: u64, progress: &dyn Progress) -> Result<Vec<SidecarSum>> {
+    let mut out = Vec::new();
+    for algo in Algo::OTHERS {
+        let mut path = job.archive.as_os_str().to_owned();
+        path.push(".");
+        path.push(algo.ext());
+        let path = PathBuf::from(path);
+        if fs::symlink_metadata(&path).is_err() {
+            continue;
+        }
+        let name = format!("{}.{}", job.name, algo.ext());
+        let Some((text, bytes)) = read_sidecar_text(&path, &name, budget, algo, progress)? else { continue };
+        budget = budget.saturating_sub(bytes);
+        let sum = verify::parse_sidecar_as(&text, &name, algo)?;
+        out.push(SidecarSum { name, sum, bytes });
+    }
+    Ok(out)
+}
+
 /// Read the sidecar, never through a symlink and never when it is not a
 /// regular file (a FIFO would block, a device could be anything): such a
 /// sidecar is ignored, as if there were none, and the operator is warned.
@@ -56,6 +85,21 @@ struct SidecarMd5 {
 /// `name` is what the producer uploaded (`<archive>.md5`), which reports
 /// say: the path may be depot's spool file.
 fn read_sidecar(path: &Path, name: &str, max_metadata: u64, progress: &dyn Progress) -> Result<Option<SidecarMd5>> {
+    let Some((text, bytes)) = read_sidecar_text(path, name, max_metadata, Algo::Md5, progress)? else {
+        return Ok(None);
+    };
+    Ok(Some(SidecarMd5 { md5: verify::parse_sidecar(&text, name)?, bytes }))
+}
+
+/// A sidecar's text and its size, as [`read_sidecar`] says; `name` as the
+/// producer uploaded it.
+fn read_sidecar_text(
+    path: &Path,
+    name: &str,
+    max_metadata: u64,
+    algo: Algo,
+    progress: &dyn Progress,
+) -> Result<Option<(String, u64)>> {
     use rustix::fs::{Mode, OFlags};
     let io_err = |e: std::io::Error| Error::io(Stage::Verify, format!("read {}", path.display()), e);
     let ignored = |why: &str| {
@@ -88,8 +132,8 @@ fn read_sidecar(path: &Path, name: &str, max_metadata: u64, progress: &dyn Progr
     let mut raw = Vec::with_capacity(bytes as usize);
     file.take(bytes).read_to_end(&mut raw).map_err(io_err)?;
     let text = String::from_utf8(raw)
-        .map_err(|_| Error::reject(Code::Md5Mismatch, Stage::Verify, Some(name), format!("{name}: not text")))?;
-    Ok(Some(SidecarMd5 { md5: verify::parse_sidecar(&text, name)?, bytes }))
+        .map_err(|_| Error::reject(algo.mismatch(), Stage::Verify, Some(name), format!("{name}: not text")))?;
+    Ok(Some((text, bytes)))
 }
 
 /// Unpack (to `root`, or nowhere), verify and check; nothing published.
@@ -108,35 +152,75 @@ struct Dest<'a> {
 }
 
 fn examine(job: &Job<'_>, dest: Dest<'_>, scratch: &Path, kept: &[String], progress: &dyn Progress) -> Result<Summary> {
+    check_deposit_name(job)?;
     progress.stage(Stage::Unpack);
     // The sidecar is parsed first so a malformed one costs no unpacking.
+    let max_metadata = job.settings.limits.max_metadata_bytes;
     let sidecar = match job.sidecar {
-        Some(p) => read_sidecar(p, &sidecar_name(job), job.settings.limits.max_metadata_bytes, progress)?,
+        Some(p) => read_sidecar(p, &sidecar_name(job), max_metadata, progress)?,
         None => None,
     };
-    let result = examine_with(job, dest, scratch, kept, sidecar.as_ref(), progress);
-    match (result, sidecar) {
-        (Err(Error::Rejected(r)), Some(side))
-            if !(r.code == Code::Md5Mismatch && r.entry.as_deref() == Some(job.name)) =>
-        {
-            Err(sidecar_verdict(job, &side.md5)?.unwrap_or(Error::Rejected(r)))
+    let others = other_sidecars(job, max_metadata.saturating_sub(sidecar.as_ref().map_or(0, |s| s.bytes)), progress)?;
+    let result = examine_with(job, dest, scratch, kept, sidecar.as_ref(), &others, progress);
+    let archive_level = |r: &crate::error::Rejection| {
+        r.entry.as_deref() == Some(job.name) && matches!(r.code, Code::Md5Mismatch | Code::ChecksumMismatch)
+    };
+    match result {
+        Err(Error::Rejected(r)) if (sidecar.is_some() || !others.is_empty()) && !archive_level(&r) => {
+            Err(sidecar_verdict(job, sidecar.as_ref().map(|s| &s.md5), &others)?.unwrap_or(Error::Rejected(r)))
         }
-        (result, _) => result,
+        result => result,
     }
 }
 
-/// The MD5 mismatch of the archive against its sidecar, if there is one.
+/// `deposit_names`: judged on the name alone, before the archive is opened.
+fn check_deposit_name(job: &Job<'_>) -> Result<()> {
+    match &job.settings.deposit_names {
+        Some(scheme) if !scheme.admits(job.name) => Err(Error::reject(
+            Code::NameInvalid,
+            Stage::Conflicts,
+            Some(job.name),
+            format!(
+                "{} does not follow the naming scheme of {} for deposits: {}; upload it again under a name that does (producers.{}.deposit_names)",
+                job.name,
+                job.producer,
+                scheme.explain("the uploaded archive's name"),
+                job.producer
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The mismatch of the archive against its sidecars, if there is one.
 /// An archive over `limits.max_archive_bytes` is not read for it: that
 /// limit is what a deposit may cost to look at.
-fn sidecar_verdict(job: &Job<'_>, given: &Digest) -> Result<Option<Error>> {
+fn sidecar_verdict(job: &Job<'_>, md5: Option<&Digest>, others: &[SidecarSum]) -> Result<Option<Error>> {
     let size = fs::metadata(job.archive).ctx(Stage::Verify, || format!("stat {}", job.archive.display()))?.len();
     if size > job.settings.limits.max_archive_bytes {
         return Ok(None);
     }
     let mut buf = vec![0u8; 256 << 10];
-    let actual = plan::file_md5(job.archive, &mut buf, |_| {})
+    let mut want = Want::default();
+    for o in others {
+        want.add(o.sum.algo);
+    }
+    let (actual, extra) = plan::file_sums(job.archive, &mut buf, md5.is_some(), want, |_| {})
         .ctx(Stage::Verify, || format!("read {}", job.archive.display()))?;
-    Ok((actual != *given).then(|| verify::archive_mismatch(job.name, &actual, &sidecar_name(job), given)))
+    if let (Some(given), Some(actual)) = (md5, actual)
+        && actual != *given
+    {
+        return Ok(Some(verify::archive_mismatch(job.name, &actual, &sidecar_name(job), given)));
+    }
+    Ok(others_mismatch(job, others, &extra))
+}
+
+/// The first `.sha256`/`.sha512` sidecar the archive does not match.
+fn others_mismatch(job: &Job<'_>, others: &[SidecarSum], extra: &crate::md5sums::Extra) -> Option<Error> {
+    others.iter().find_map(|o| {
+        let actual = extra.get(o.sum.algo)?;
+        (actual != &o.sum.bytes[..]).then(|| verify::archive_mismatch_sum(job.name, actual, &o.name, &o.sum))
+    })
 }
 
 /// The sidecar as the producer named it: `<archive>.md5` beside the name it
@@ -152,16 +236,21 @@ fn examine_with(
     scratch: &Path,
     kept: &[String],
     sidecar: Option<&SidecarMd5>,
+    others: &[SidecarSum],
     progress: &dyn Progress,
 ) -> Result<Summary> {
     let s = job.settings;
+    let mut want_archive = Want::default();
+    for o in others {
+        want_archive.add(o.sum.algo);
+    }
     let plan: Plan = plan::build(&plan::Input {
         archive: job.archive,
         producer: job.producer,
         settings: s,
         scratch,
         has_sidecar: sidecar.is_some(),
-        sidecar_bytes: sidecar.map_or(0, |s| s.bytes),
+        sidecar_bytes: sidecar.map_or(0, |s| s.bytes) + others.iter().map(|o| o.bytes).sum::<u64>(),
         kept,
     })?;
     progress.totals(plan.total_bytes, plan.total_files);
@@ -171,7 +260,8 @@ fn examine_with(
         progress.reserve(root, plan.total_bytes, s.limits.min_free_bytes)?;
     }
     let target = Target { root: dest.root, store: dest.store, fsync: s.publish.fsync, base: dest.base };
-    let mut got: Unpacked = unpack::run(&plan, job.archive, sidecar.is_some(), target, s.threads(), progress)?;
+    let mut got: Unpacked =
+        unpack::run(&plan, job.archive, sidecar.is_some(), want_archive, target, s.threads(), progress)?;
     for c in &plan.containers {
         if let Some(copied) = c.copied {
             let e = &plan.levels[0].entries[c.outer_entry];
@@ -181,6 +271,7 @@ fn examine_with(
                 published: None,
                 size: copied.size,
                 md5: Some(copied.md5),
+                extra: c.extra.clone(),
             });
         }
     }
@@ -191,6 +282,16 @@ fn examine_with(
         (Some(s), Some(a)) => Some((s, a)),
         _ => None,
     };
+    // An archive damaged on its way is the verdict, before its content:
+    // its MD5 sidecar first (as before), then the others.
+    if let Some((given, actual)) = pair
+        && given.md5 != *actual
+    {
+        return Err(verify::archive_mismatch(job.name, actual, given.name, &given.md5));
+    }
+    if let Some(e) = others_mismatch(job, others, &got.archive_extra) {
+        return Err(e);
+    }
     verify::check(&plan, &got.files, pair, job.name, s.limits.max_path_len, s.checks.portable_names)?;
     let files: Vec<FileRecord> = got.files.into_iter().filter(|f| f.published.is_some()).collect();
     // Last, so that what is wrong with the names or checksums it does

@@ -3,7 +3,7 @@
 //! manifests, pivots and dataset zips, and whether the deposit fits the
 //! limits and the profile. A deposit that fails here costs no disk.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::DirBuilderExt;
@@ -15,7 +15,7 @@ use zip::ZipArchive;
 use crate::archive::{self, Copied, Entry, Section, label};
 use crate::conflicts::{self, Name};
 use crate::error::{Code, Error, IoContext, Result, Stage};
-use crate::md5sums::{self, Digest, Line, is_manifest_name};
+use crate::md5sums::{self, Digest, Line, Want, is_manifest_name};
 use crate::names::{self, dirname};
 use crate::settings::{Limits, Profile, Settings};
 use crate::theia::{self, TopName};
@@ -75,6 +75,7 @@ pub struct Manifest {
     /// Its folder inside its level; its lines are relative to it.
     pub dir: String,
     pub label: String,
+    pub algo: md5sums::Algo,
     pub lines: Vec<Line>,
 }
 
@@ -85,6 +86,8 @@ pub struct Container {
     pub outer_entry: usize,
     pub level: usize,
     pub copied: Option<Copied>,
+    /// The SHA digests a manifest asked of it, measured with `copied`.
+    pub extra: md5sums::Extra,
 }
 
 #[derive(Debug)]
@@ -97,6 +100,9 @@ pub struct Plan {
     pub containers: Vec<Container>,
     /// Level-0 names some manifest lists: only those containers need an MD5.
     pub listed_top: HashSet<String>,
+    /// (level, name) of the files a SHA-256/SHA-512 manifest lists, with
+    /// the digests to compute for them: the others cost only their MD5.
+    pub wants: HashMap<(usize, String), Want>,
     /// Bytes of the files to publish.
     pub total_bytes: u64,
     pub total_files: u64,
@@ -106,6 +112,15 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The SHA digests a manifest gives for entry `name` of `level`.
+    pub fn want(&self, level: usize, name: &str) -> Want {
+        // Most deposits give no SHA at all: no key is built for them.
+        if self.wants.is_empty() {
+            return Want::default();
+        }
+        self.wants.get(&(level, name.to_owned())).copied().unwrap_or_default()
+    }
+
     pub fn entry_label(&self, level: usize, entry: usize) -> String {
         label(&self.levels[level].container, &self.levels[level].entries[entry].name)
     }
@@ -185,6 +200,7 @@ pub fn build(input: &Input<'_>) -> Result<Plan> {
         small: BTreeMap::new(),
         containers: Vec::new(),
         listed_top: HashSet::new(),
+        wants: HashMap::new(),
         total_bytes: 0,
         total_files: 0,
         scratch_bytes: 0,
@@ -254,7 +270,7 @@ fn theia_roles(entries: &[Entry], producer: &str, containers: &mut Vec<Container
                 TopName::Pivot { .. } => Role::Data(e.name.clone()),
                 TopName::Dataset { .. } => {
                     let level = containers.len() + 1;
-                    containers.push(Container { outer_entry: i, level, copied: None });
+                    containers.push(Container { outer_entry: i, level, copied: None, extra: Default::default() });
                     Role::Container(level)
                 }
             }
@@ -283,24 +299,33 @@ fn read_manifests(plan: &mut Plan, level: usize, zip: &mut ZipArchive<Section>) 
             continue;
         }
         let entry = label(&lv.container, &lv.entries[i].name);
+        let algo = md5sums::manifest_algo(&lv.entries[i].name).unwrap_or(md5sums::Algo::Md5);
         let (bytes, _) = read_small(zip, lv, i)?;
         let text = String::from_utf8(bytes).map_err(|_| {
             Error::reject(
-                Code::Md5Mismatch,
+                algo.mismatch(),
                 Stage::Verify,
                 Some(&entry),
                 format!("{entry}: checksum manifest is not UTF-8 text"),
             )
         })?;
-        let lines = md5sums::parse(&text).map_err(|e| {
+        let lines = md5sums::parse_as(&text, algo).map_err(|e| {
             Error::reject(
-                Code::Md5Mismatch,
+                algo.mismatch(),
                 Stage::Verify,
                 Some(&entry),
-                format!("{entry}: line {} is not `<md5>  <path>`: {}", e.line, e.why),
+                format!("{entry}: line {} is not `<{}>  <path>`: {}", e.line, algo.ext(), e.why),
             )
         })?;
-        plan.manifests.push(Manifest { level, dir: dirname(&lv.entries[i].name).to_owned(), label: entry, lines });
+        let dir = dirname(&lv.entries[i].name).to_owned();
+        if algo != md5sums::Algo::Md5 {
+            for l in &lines {
+                let path = names::join(&dir, &l.path);
+                let path = names::check_name(&path, u64::MAX).map_or(path.clone(), str::to_owned);
+                plan.wants.entry((level, path)).or_default().add(algo);
+            }
+        }
+        plan.manifests.push(Manifest { level, dir, label: entry, algo, lines });
     }
     Ok(())
 }
@@ -378,8 +403,10 @@ fn open_containers(
                 ));
             }
             plan.scratch_bytes = scratch;
-            let (copied, file, path) = inflate_to_scratch(zip, &e, input.scratch)?;
+            let want = plan.want(0, &e.name);
+            let (copied, extra, file, path) = inflate_to_scratch(zip, &e, input.scratch, want)?;
             plan.containers[c].copied = Some(copied);
+            plan.containers[c].extra = extra;
             let src = Section::whole(Arc::new(file)).ctx(Stage::Unpack, || format!("stat {}", path.display()))?;
             (src, Source::Scratch(path))
         };
@@ -413,7 +440,12 @@ fn open_containers(
 }
 
 /// Inflate one compressed dataset zip to a fresh scratch file.
-fn inflate_to_scratch(zip: &mut ZipArchive<Section>, e: &Entry, scratch: &Path) -> Result<(Copied, File, PathBuf)> {
+fn inflate_to_scratch(
+    zip: &mut ZipArchive<Section>,
+    e: &Entry,
+    scratch: &Path,
+    want: Want,
+) -> Result<(Copied, md5sums::Extra, File, PathBuf)> {
     // Made on first use: most deposits store their dataset zips.
     match DirBuilder::new().mode(0o700).create(scratch) {
         Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => {
@@ -430,8 +462,10 @@ fn inflate_to_scratch(zip: &mut ZipArchive<Section>, e: &Entry, scratch: &Path) 
         .ctx(Stage::Unpack, || format!("create {}", path.display()))?;
     let mut buf = vec![0u8; 256 << 10];
     let reader = archive::open_entry(zip, e.index, &e.name)?;
-    let copied = archive::copy_entry(reader, e.size, &e.name, &mut file, &mut buf, |_| Ok(()))?;
-    Ok((copied, file, path))
+    let mut tee = md5sums::Tee { inner: &mut file, hashers: md5sums::Hashers::new(want) };
+    let copied = archive::copy_entry(reader, e.size, &e.name, &mut tee, &mut buf, |_| Ok(()))?;
+    let extra = tee.hashers.finish();
+    Ok((copied, extra, file, path))
 }
 
 /// Refuse a deposit whose published bytes and scratch copies, as counted so
@@ -515,6 +549,11 @@ fn check_names(plan: &Plan, input: &Input<'_>) -> Result<()> {
                     format!("{shown:?} publishes as {path:?}: {}", err.why),
                 )
             })?;
+            if let (Role::Data(_), Some(scheme)) = (r, &input.settings.names)
+                && !scheme.admits(&path)
+            {
+                return Err(scheme_refused(input.producer, &shown, &path, scheme));
+            }
             labels.push((path, matches!(r, Role::Dir), shown));
         }
     }
@@ -529,6 +568,47 @@ fn check_names(plan: &Plan, input: &Input<'_>) -> Result<()> {
         }
     }
     conflicts::check(&names, &input.settings.checks)
+}
+
+/// A published path outside the producer's naming scheme.
+fn scheme_refused(producer: &str, shown: &str, path: &str, scheme: &crate::scheme::Scheme) -> Error {
+    let published = if shown == path { String::new() } else { format!(" (published as {path})") };
+    Error::reject(
+        Code::NameInvalid,
+        Stage::Conflicts,
+        Some(shown),
+        format!(
+            "{shown}{published} does not follow the naming scheme of {producer}: {}; rename it or ask the archive team to change the scheme (producers.{producer}.names)",
+            scheme.explain("published paths, relative to the release root with / between folders,")
+        ),
+    )
+}
+
+/// MD5 (when `md5`) and the `want`ed digests of the whole deposit file, in
+/// one read, for its sidecars.
+pub fn file_sums(
+    path: &Path,
+    buf: &mut [u8],
+    md5: bool,
+    want: Want,
+    mut on_bytes: impl FnMut(u64),
+) -> std::io::Result<(Option<Digest>, md5sums::Extra)> {
+    use md5::{Digest as _, Md5};
+    let mut f = File::open(path)?;
+    let mut h = md5.then(Md5::new);
+    let mut others = md5sums::Hashers::new(want);
+    loop {
+        let n = f.read(buf)?;
+        if n == 0 {
+            break;
+        }
+        if let Some(h) = h.as_mut() {
+            h.update(&buf[..n]);
+        }
+        others.update(&buf[..n]);
+        on_bytes(n as u64);
+    }
+    Ok((h.map(|h| h.finalize().into()), others.finish()))
 }
 
 /// Digest of the whole deposit file, for the sidecar check.

@@ -44,6 +44,9 @@ pub struct ManifestFile {
     pub path: String,
     pub size: u64,
     pub md5: String,
+    /// Only where the producer gave one and it was verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 pub fn releases_dir(publish_root: &Path, producer: &str) -> PathBuf {
@@ -262,7 +265,12 @@ pub fn manifest_files(delivered: &[FileRecord]) -> Vec<ManifestFile> {
     delivered
         .iter()
         .filter_map(|f| {
-            Some(ManifestFile { path: f.published.clone()?, size: f.size, md5: f.md5.as_ref().map(md5sums::hex)? })
+            Some(ManifestFile {
+                path: f.published.clone()?,
+                size: f.size,
+                md5: f.md5.as_ref().map(md5sums::hex)?,
+                sha256: f.extra.sha256.as_deref().map(md5sums::hex_of),
+            })
         })
         .collect()
 }

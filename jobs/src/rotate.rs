@@ -234,7 +234,8 @@ pub fn to_previous(producer_dir: &Path, d: &Deposited<'_>) -> Result<PathBuf> {
     plain_name(d.name)?;
     let prev = producer_dir.join(PREVIOUS);
     ensure_real_dir(&prev)?;
-    let keep = [d.name.to_owned(), format!("{}.md5", d.name)];
+    let keep =
+        [d.name.to_owned(), format!("{}.md5", d.name), format!("{}.sha256", d.name), format!("{}.sha512", d.name)];
     for ent in fs::read_dir(&prev).ctx(Stage::Rotate, || format!("list {}", prev.display()))? {
         let ent = ent.ctx(Stage::Rotate, || format!("list {}", prev.display()))?;
         let p = ent.path();
@@ -258,6 +259,17 @@ pub fn to_previous(producer_dir: &Path, d: &Deposited<'_>) -> Result<PathBuf> {
     // lost, and the new archive would sit beside the old deposit's .md5).
     // A sidecar already in place (moved by an attempt a crash cut short)
     // is passed as its own path: renaming it onto itself changes nothing.
+    for (from, ext) in other_sidecars(d.archive) {
+        let side = prev.join(format!("{}.{ext}", d.name));
+        match from {
+            Some(s) => {
+                move_replacing(&s, &side).ctx(Stage::Rotate, || format!("move sidecar to {}", side.display()))?
+            }
+            None => fs::remove_file(&side)
+                .or_else(|e| if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+                .ctx(Stage::Rotate, || format!("remove {}", side.display()))?,
+        }
+    }
     let side = prev.join(format!("{}.md5", d.name));
     match d.sidecar {
         Some(s) if s == side => {}
@@ -272,6 +284,20 @@ pub fn to_previous(producer_dir: &Path, d: &Deposited<'_>) -> Result<PathBuf> {
     owned(&dest, true)?;
     sync_dir(&prev)?;
     Ok(dest)
+}
+
+/// The `.sha256`/`.sha512` sidecars beside `archive` (the spool keeps them
+/// as `<id>.sha256`), each with its extension; `None` where there is none.
+fn other_sidecars(archive: &Path) -> Vec<(Option<PathBuf>, &'static str)> {
+    crate::md5sums::Algo::OTHERS
+        .iter()
+        .map(|a| {
+            let mut p = archive.as_os_str().to_owned();
+            p.push(format!(".{}", a.ext()));
+            let p = PathBuf::from(p);
+            (fs::symlink_metadata(&p).is_ok().then_some(p), a.ext())
+        })
+        .collect()
 }
 
 /// The sidecar a rotation left in the spool when a crash came between its
@@ -343,6 +369,12 @@ pub fn to_rejected(producer_dir: &Path, d: &Deposited<'_>, report: &Report) -> R
     if let Some(s) = d.sidecar {
         let side = dir.join(format!("{}.md5", d.name));
         place(s, &side).ctx(Stage::Rotate, || format!("move sidecar to {}", side.display()))?;
+    }
+    for (from, ext) in other_sidecars(d.archive) {
+        if let Some(s) = from {
+            let side = dir.join(format!("{}.{ext}", d.name));
+            place(&s, &side).ctx(Stage::Rotate, || format!("move sidecar to {}", side.display()))?;
+        }
     }
     let dest = dir.join(d.name);
     place(d.archive, &dest).ctx(Stage::Rotate, || format!("move deposit to {}", dest.display()))?;
@@ -535,6 +567,36 @@ mod tests {
         let d = Deposited { archive: &spool, sidecar: Some(&side), name: "a.zip" };
         to_rejected(&pdir, &d, &report(&id)).unwrap();
         assert!(!spool.exists() && !side.exists());
+    }
+
+    #[test]
+    fn sha_sidecars_travel_with_their_archive() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pdir = tmp.path().join("MSEC");
+        let spool = tmp.path().join("id=a.zip");
+        let beside = |ext: &str| tmp.path().join(format!("id=a.zip.{ext}"));
+        fs::write(&spool, b"zip").unwrap();
+        fs::write(beside("sha256"), b"s").unwrap();
+        fs::write(beside("sha512"), b"t").unwrap();
+        let d = Deposited { archive: &spool, sidecar: None, name: "a.zip" };
+        to_previous(&pdir, &d).unwrap();
+        let prev = pdir.join(PREVIOUS);
+        assert_eq!(fs::read(prev.join("a.zip.sha256")).unwrap(), b"s");
+        assert_eq!(fs::read(prev.join("a.zip.sha512")).unwrap(), b"t");
+        assert!(!beside("sha256").exists() && !beside("sha512").exists());
+        // The next deposit of that name, with no SHA-512: the old one goes.
+        fs::write(&spool, b"zip2").unwrap();
+        fs::write(beside("sha256"), b"s2").unwrap();
+        to_previous(&pdir, &d).unwrap();
+        assert_eq!(fs::read(prev.join("a.zip.sha256")).unwrap(), b"s2");
+        assert!(!prev.join("a.zip.sha512").exists());
+        // A rejected deposit keeps them in its folder.
+        let id = crate::deposit::new_id("MSEC");
+        fs::write(&spool, b"zip3").unwrap();
+        fs::write(beside("sha512"), b"t3").unwrap();
+        to_rejected(&pdir, &d, &report(&id)).unwrap();
+        assert_eq!(fs::read(rejected_dir(&pdir, &id).join("a.zip.sha512")).unwrap(), b"t3");
+        assert!(!beside("sha512").exists());
     }
 
     #[test]

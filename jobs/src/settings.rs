@@ -173,6 +173,12 @@ pub struct Settings {
     pub publish: Publish,
     /// Worker threads one deposit may use (datasets run in parallel).
     pub threads: usize,
+    /// `[producers.P] names`: every published path must match it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub names: Option<crate::scheme::Scheme>,
+    /// `[producers.P] deposit_names`: the uploaded archive's own name must match it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deposit_names: Option<crate::scheme::Scheme>,
 }
 
 impl Settings {

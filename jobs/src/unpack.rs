@@ -13,8 +13,8 @@ use zip::ZipArchive;
 
 use crate::archive::{self, Section};
 use crate::error::{Code, Error, IoContext, Result, Stage};
-use crate::md5sums::Digest;
-use crate::plan::{Plan, Role, file_md5};
+use crate::md5sums::{self, Digest, Extra, Hashers, Want};
+use crate::plan::{Plan, Role, file_sums};
 
 pub const FILE_MODE: u32 = 0o644;
 pub const DIR_MODE: u32 = 0o755;
@@ -72,6 +72,8 @@ pub struct FileRecord {
     pub published: Option<String>,
     pub size: u64,
     pub md5: Option<Digest>,
+    /// SHA-256/SHA-512, measured only when a manifest gives one.
+    pub extra: Extra,
 }
 
 #[derive(Debug, Default)]
@@ -79,11 +81,13 @@ pub struct Unpacked {
     pub files: Vec<FileRecord>,
     /// MD5 of the whole deposit file, when a sidecar asked for it.
     pub archive_md5: Option<Digest>,
+    /// SHA digests of the whole deposit file its sidecars asked for.
+    pub archive_extra: Extra,
 }
 
 #[derive(Debug)]
 enum Unit {
-    ArchiveMd5,
+    ArchiveSums,
     Small(usize, usize),
     Container(usize),
     Extract(usize, Vec<usize>),
@@ -155,11 +159,12 @@ pub fn run(
     plan: &Plan,
     archive_path: &Path,
     want_archive_md5: bool,
+    want_archive: Want,
     target: Target<'_>,
     threads: usize,
     progress: &dyn Progress,
 ) -> Result<Unpacked> {
-    let units = units(plan, want_archive_md5);
+    let units = units(plan, want_archive_md5 || want_archive != Want::default());
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let done: Mutex<Unpacked> = Mutex::new(Unpacked::default());
@@ -169,7 +174,14 @@ pub fn run(
     // A small deposit needs no 256 KiB buffer (an mmap and munmap each).
     let buf_len = usize::try_from(plan.total_bytes).unwrap_or(BUF).clamp(16 << 10, BUF);
     let work = |syncer: Option<mpsc::SyncSender<(File, String)>>| {
-        let mut w = Worker { plan, target, buf: vec![0u8; buf_len], open: None, syncer };
+        let mut w = Worker {
+            plan,
+            target,
+            buf: vec![0u8; buf_len],
+            open: None,
+            syncer,
+            archive_want: (want_archive_md5, want_archive),
+        };
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             if i >= units.len() || stop.load(Ordering::Relaxed) {
@@ -178,7 +190,11 @@ pub fn run(
             let cancelled = || stop.load(Ordering::Relaxed) || progress.cancelled();
             match w.run(&units[i], archive_path, progress, &cancelled) {
                 Ok(Out::Files(f)) => lock(done).files.extend(f),
-                Ok(Out::ArchiveMd5(d)) => lock(done).archive_md5 = Some(d),
+                Ok(Out::Archive(d, extra)) => {
+                    let mut done = lock(done);
+                    done.archive_md5 = d;
+                    done.archive_extra = extra;
+                }
                 Err(Error::Cancelled) if stop.load(Ordering::Relaxed) => break,
                 Err(e) => {
                     stop.store(true, Ordering::Relaxed);
@@ -228,10 +244,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn units(plan: &Plan, want_archive_md5: bool) -> Vec<Unit> {
+fn units(plan: &Plan, want_archive: bool) -> Vec<Unit> {
     let mut units = Vec::new();
-    if want_archive_md5 {
-        units.push(Unit::ArchiveMd5);
+    if want_archive {
+        units.push(Unit::ArchiveSums);
     }
     for &(level, i) in plan.small.keys() {
         units.push(Unit::Small(level, i));
@@ -264,7 +280,7 @@ fn units(plan: &Plan, want_archive_md5: bool) -> Vec<Unit> {
 
 enum Out {
     Files(Vec<FileRecord>),
-    ArchiveMd5(Digest),
+    Archive(Option<Digest>, Extra),
 }
 
 struct Worker<'p> {
@@ -278,6 +294,8 @@ struct Worker<'p> {
     open: Option<(usize, ZipArchive<Section>)>,
     /// Where written files go to be fsynced, when they must be.
     syncer: Option<mpsc::SyncSender<(File, String)>>,
+    /// Which digests of the whole deposit file its sidecars ask for.
+    archive_want: (bool, Want),
 }
 
 /// Mode 0644 whatever the umask; on disk before the release is renamed.
@@ -318,14 +336,15 @@ impl Worker<'_> {
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Out> {
         match unit {
-            Unit::ArchiveMd5 => {
+            Unit::ArchiveSums => {
                 let mut stop = false;
-                let d = file_md5(archive_path, &mut self.buf, |_| stop = stop || cancelled())
+                let (md5, want) = self.archive_want;
+                let (d, extra) = file_sums(archive_path, &mut self.buf, md5, want, |_| stop = stop || cancelled())
                     .ctx(Stage::Verify, || format!("read {}", archive_path.display()))?;
                 if stop {
                     return Err(Error::Cancelled);
                 }
-                Ok(Out::ArchiveMd5(d))
+                Ok(Out::Archive(d, extra))
             }
             Unit::Small(level, i) => {
                 let bytes = &self.plan.small[&(*level, *i)];
@@ -333,19 +352,22 @@ impl Worker<'_> {
                     return Ok(Out::Files(Vec::new()));
                 };
                 let md5: Digest = Md5::digest(bytes).into();
+                let e = &self.plan.levels[*level].entries[*i];
+                let mut others = Hashers::new(self.plan.want(*level, &e.name));
+                others.update(bytes);
                 if let Some(store) = self.target.store {
                     store.put(published, bytes, &md5)?;
                 } else if let Some(root) = self.target.root {
                     place(&self.target, &self.syncer, root, published, bytes)?;
                 }
                 progress.advance(bytes.len() as u64, 1);
-                let e = &self.plan.levels[*level].entries[*i];
                 Ok(Out::Files(vec![FileRecord {
                     level: *level,
                     name: e.name.clone(),
                     published: Some(published.clone()),
                     size: bytes.len() as u64,
                     md5: Some(md5),
+                    extra: others.finish(),
                 }]))
             }
             Unit::Container(c) => self.container(*c, cancelled).map(|r| Out::Files(vec![r])),
@@ -362,6 +384,7 @@ impl Worker<'_> {
         let mut src = self.plan.levels[info.level].src.open()?;
         let mut crc = crc32fast::Hasher::new();
         let mut md5 = want_md5.then(Md5::new);
+        let mut others = Hashers::new(self.plan.want(0, &e.name));
         loop {
             let n = src.read(&mut self.buf).ctx(Stage::Unpack, || format!("read {}", e.name))?;
             if n == 0 {
@@ -371,6 +394,7 @@ impl Worker<'_> {
             if let Some(h) = md5.as_mut() {
                 h.update(&self.buf[..n]);
             }
+            others.update(&self.buf[..n]);
             if cancelled() {
                 return Err(Error::Cancelled);
             }
@@ -392,6 +416,7 @@ impl Worker<'_> {
             published: None,
             size: e.size,
             md5: md5.map(|h| h.finalize().into()),
+            extra: others.finish(),
         })
     }
 
@@ -417,31 +442,40 @@ impl Worker<'_> {
             let e = &lv.entries[i];
             let Role::Data(published) = &lv.roles[i] else { continue };
             let label = archive::label(&lv.container, &e.name);
+            let mut others = Hashers::new(self.plan.want(level, &e.name));
             let reader = archive::open_entry(zip, e.index, &label)?;
             let on_bytes = |n| {
                 progress.advance(n, 0);
                 if cancelled() { Err(Error::Cancelled) } else { Ok(()) }
             };
+            let buf = &mut self.buf;
+            // The SHA digests (when wanted) are of the very bytes written.
+            let copy = |out: &mut dyn Write| {
+                let mut tee = md5sums::Tee { inner: out, hashers: std::mem::take(&mut others) };
+                let c = archive::copy_entry(reader, e.size, &label, &mut tee, buf, on_bytes);
+                others = tee.hashers;
+                c
+            };
             let copied = if let Some(store) = self.target.store {
                 let mut w = store.writer(published)?;
-                let c = archive::copy_entry(reader, e.size, &label, &mut w, &mut self.buf, on_bytes)?;
+                let c = copy(&mut w)?;
                 w.commit(&c.md5)?;
                 c
             } else {
                 match self.target.root {
                     Some(root) if self.target.base.is_some() && e.size <= LINK_MAX => {
                         let mut bytes = Vec::with_capacity(e.size as usize);
-                        let c = archive::copy_entry(reader, e.size, &label, &mut bytes, &mut self.buf, on_bytes)?;
+                        let c = copy(&mut bytes)?;
                         place(&self.target, &self.syncer, root, published, &bytes)?;
                         c
                     }
                     Some(root) => {
                         let mut f = create(root, published)?;
-                        let c = archive::copy_entry(reader, e.size, &label, &mut f, &mut self.buf, on_bytes)?;
+                        let c = copy(&mut f)?;
                         finish(&self.syncer, self.target.fsync, f, published)?;
                         c
                     }
-                    None => archive::copy_entry(reader, e.size, &label, &mut io::sink(), &mut self.buf, on_bytes)?,
+                    None => copy(&mut io::sink())?,
                 }
             };
             progress.advance(0, 1);
@@ -451,6 +485,7 @@ impl Worker<'_> {
                 published: Some(published.clone()),
                 size: copied.size,
                 md5: Some(copied.md5),
+                extra: others.finish(),
             });
         }
         Ok(out)

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::error::{Code, Error, Result, Stage};
-use crate::md5sums::{self, Digest};
+use crate::md5sums::{self, Algo, Digest, Sum};
 use crate::names::{self, check_name, check_rules};
 use crate::plan::Plan;
 use crate::unpack::FileRecord;
@@ -26,6 +26,34 @@ pub fn parse_sidecar(text: &str, name: &str) -> Result<Digest> {
             format!("{name}: does not start with an MD5 (32 hex digits)"),
         )
     })
+}
+
+/// Parse a `.sha256`/`.sha512` (or `.md5`) sidecar: the digest, alone or
+/// as an md5sum-style line.
+pub fn parse_sidecar_as(text: &str, name: &str, algo: Algo) -> Result<Sum> {
+    text.split_whitespace().next().and_then(|t| md5sums::parse_sum(t, algo)).ok_or_else(|| {
+        Error::reject(
+            algo.mismatch(),
+            Stage::Verify,
+            Some(name),
+            format!("{name}: does not start with a {} ({} hex digits)", algo.label(), algo.bytes() * 2),
+        )
+    })
+}
+
+/// [`archive_mismatch`] for any algorithm.
+pub fn archive_mismatch_sum(archive_name: &str, actual: &[u8], sidecar_name: &str, given: &Sum) -> Error {
+    Error::reject(
+        given.algo.mismatch(),
+        Stage::Verify,
+        Some(archive_name),
+        format!(
+            "{archive_name}: {} is {}, {sidecar_name} says {}: the archive was damaged on its way (or the sidecar belongs to another upload); upload both again",
+            given.algo.label(),
+            md5sums::hex_of(actual),
+            given.hex()
+        ),
+    )
 }
 
 /// The archive does not match its sidecar: the verdict on the deposit,
@@ -88,17 +116,23 @@ pub fn check(
                     format!("{} line {} names {shown}, which is not in the deposit", m.label, line.number),
                 ));
             };
-            if rec.md5 != Some(line.md5) {
-                let actual = rec.md5.as_ref().map_or_else(|| "?".into(), md5sums::hex);
+            let algo = line.sum.algo;
+            let actual = match algo {
+                Algo::Md5 => rec.md5.as_ref().map(|d| &d[..]),
+                _ => rec.extra.get(algo),
+            };
+            if actual != Some(&line.sum.bytes[..]) {
+                let actual = actual.map_or_else(|| "?".into(), md5sums::hex_of);
                 return Err(Error::reject(
-                    Code::Md5Mismatch,
+                    algo.mismatch(),
                     Stage::Verify,
                     Some(&shown),
                     format!(
-                        "{shown}: MD5 is {actual}, {} line {} says {}",
+                        "{shown}: {} is {actual}, {} line {} says {}",
+                        algo.label(),
                         m.label,
                         line.number,
-                        md5sums::hex(&line.md5)
+                        line.sum.hex()
                     ),
                 ));
             }

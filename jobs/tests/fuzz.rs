@@ -79,7 +79,7 @@ proptest! {
             let mut want = n.as_str();
             while let Some(rest) = want.strip_prefix("./") { want = rest; }
             prop_assert_eq!(&l.path, want);
-            prop_assert_eq!(jobs::md5sums::hex(&l.md5), md5hex(n.as_bytes()));
+            prop_assert_eq!(l.sum.hex(), md5hex(n.as_bytes()));
         }
     }
 }

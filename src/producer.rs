@@ -1,5 +1,5 @@
 //! `depot producer add|list`: onboarding a producer the way the README's
-//! "The producer side" describes it, and a health report of every producer.
+//! "Onboarding producers" (docs/operator-guide.md) describes it, and a health report of every producer.
 //!
 //! `add` makes the system account (through `useradd`/`groupadd`/`usermod`,
 //! the system's own tools), the producer's folders with the owners and modes

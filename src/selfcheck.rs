@@ -290,9 +290,9 @@ pub fn operator(cfg: &Config) -> Vec<Finding> {
     for p in producers {
         match crate::producer::folder_problems(&drop_root, &p) {
             Some(why) => out.push(Finding::warn(format!(
-                "producer {p}: {why} (README, \"The producer side\"; `depot producer add {p}` sets them)"
+                "producer {p}: {why} (docs/operator-guide.md, \"Onboarding producers\"; `depot producer add {p}` sets them)"
             ))),
-            None => out.push(Finding::ok(format!("producer {p}: account and folders as the README gives them"))),
+            None => out.push(Finding::ok(format!("producer {p}: account and folders as the operator guide gives them"))),
         }
     }
     out

@@ -139,7 +139,7 @@ fn router(door: Shared_) -> Router {
 }
 
 async fn not_found() -> Response {
-    answer(StatusCode::NOT_FOUND, "nothing here: see the README's \"Depositing over HTTPS\"")
+    answer(StatusCode::NOT_FOUND, "nothing here: see docs/http.md, \"Depositing over HTTPS\"")
 }
 
 async fn metrics(State(door): State<Shared_>) -> Response {

@@ -53,6 +53,7 @@ pub fn config_page() -> String {
     );
     let mut comment: Vec<String> = Vec::new();
     let mut table = String::new();
+    let mut example_table: Option<String> = None;
     let mut started = false;
     let mut keys = false;
     let flush = |out: &mut String, comment: &mut Vec<String>| {
@@ -69,15 +70,23 @@ pub fn config_page() -> String {
             if c.is_empty() {
                 continue;
             }
+            // `# [table]`: the commented keys below it are that table's
+            // (an example table, `# [producers.MSEC]`), until a real one.
+            if let Some(t) = c.strip_prefix('[').and_then(|t| t.strip_suffix(']'))
+                && !t.contains(' ')
+            {
+                example_table = Some(t.to_owned());
+                continue;
+            }
             // `# key = example`: a key left unset by default, described by
             // the comment above it.
+            let of = example_table.as_deref().unwrap_or(&table);
             if let Some((key, example)) = c.split_once(" = ")
-                && !table.is_empty()
+                && !of.is_empty()
                 && !key.is_empty()
                 && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
             {
-                let _ =
-                    writeln!(out, ".TP\n\\fB{}.{}\\fR (unset; for example {})", roff(&table), roff(key), roff(example));
+                let _ = writeln!(out, ".TP\n\\fB{}.{}\\fR (unset; for example {})", roff(of), roff(key), roff(example));
                 if comment.is_empty() {
                     out.push_str("(see above)\n");
                 }
@@ -104,6 +113,7 @@ pub fn config_page() -> String {
                 keys = true;
             }
             table = t.to_owned();
+            example_table = None;
             let _ = writeln!(out, ".SS [{}]", roff(t));
             if !comment.is_empty() {
                 out.push_str(".PP\n");

@@ -292,15 +292,15 @@ impl Space {
         written: &Arc<std::sync::atomic::AtomicU64>,
     ) -> Result<bool, jobs::Error> {
         let mut held = lock(&self.held);
-        let others: u64 = held
-            .iter()
-            .filter(|(k, _)| k.as_str() != id)
-            .map(|(_, (n, w))| n.saturating_sub(w.load(Ordering::Relaxed)))
-            .sum();
-        if others == 0 {
+        let running: Vec<_> = held.iter().filter(|(k, _)| k.as_str() != id).map(|(_, v)| v).collect();
+        let others: u64 = running.iter().map(|(n, w)| n.saturating_sub(w.load(Ordering::Relaxed))).sum();
+        if running.is_empty() {
             // Alone: the plain check is the verdict.
             jobs::publish::check_free_space(root, need, margin)?;
         } else if jobs::publish::check_free_space(root, need.saturating_add(others), margin).is_err() {
+            // Another deposit runs: it may yet fail and give its space
+            // back (even once all its bytes are written), so wait for it to
+            // end; alone again, the plain check decides.
             return Ok(false);
         }
         held.insert(id.to_owned(), (need, written.clone()));

@@ -20,7 +20,7 @@ use crate::lease::RedisLocks;
 pub fn publish(job: &Job<'_>, cfg: &Config, progress: &dyn Progress) -> jobs::Result<Published> {
     let root: &Path = &cfg.publish_root;
     match job.settings.publish.target {
-        PublishTarget::Fs => pipeline::preflight(job, root)
+        PublishTarget::Fs => pipeline::preflight(job, root, progress)
             .and_then(|()| pipeline::ingest(job, root, IngestOptions::default(), progress)),
         PublishTarget::S3 => {
             // Scratch (compressed dataset zips copied out) stays local.

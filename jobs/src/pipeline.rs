@@ -539,11 +539,13 @@ impl Progress for Leased<'_> {
 
 /// Check free space before reading the archive at all (its own size is a
 /// floor; the unpacked size is checked again once the directory is read).
-pub fn preflight(job: &Job<'_>, publish_root: &Path) -> Result<()> {
+pub fn preflight(job: &Job<'_>, publish_root: &Path, progress: &dyn Progress) -> Result<()> {
     fs::create_dir_all(publish_root).ctx(Stage::Unpack, || format!("create {}", publish_root.display()))?;
     let size = fs::metadata(job.archive).ctx(Stage::Unpack, || format!("stat {}", job.archive.display()))?.len();
     // Unknown until the directory is read; the archive's size is a floor.
-    publish::check_free_space(publish_root, size, job.settings.limits.min_free_bytes)
+    // Asked as a reservation: beside running deposits, a shortfall is a
+    // wait for them to end, not this deposit's verdict.
+    progress.reserve(publish_root, size, job.settings.limits.min_free_bytes)
 }
 
 /// Move the deposit to `previous/` or `rejected/` and write the reports.

@@ -281,6 +281,9 @@ pub fn to_previous(producer_dir: &Path, d: &Deposited<'_>) -> Result<PathBuf> {
     let dest = prev.join(d.name);
     move_replacing(d.archive, &dest).ctx(Stage::Rotate, || format!("move deposit to {}", dest.display()))?;
     owned(&side, false)?;
+    for ext in crate::md5sums::Algo::OTHERS.iter().map(|a| a.ext()) {
+        owned(&prev.join(format!("{}.{ext}", d.name)), false)?;
+    }
     owned(&dest, true)?;
     sync_dir(&prev)?;
     Ok(dest)
@@ -344,26 +347,7 @@ pub fn to_rejected(producer_dir: &Path, d: &Deposited<'_>, report: &Report) -> R
             io::Error::from(io::ErrorKind::InvalidInput),
         ));
     }
-    if !crate::deposit::is_id(&report.deposit) {
-        return Err(Error::io(
-            Stage::Rotate,
-            format!("deposit id {:?}", report.deposit),
-            io::Error::from(io::ErrorKind::InvalidInput),
-        ));
-    }
-    let rej = producer_dir.join(REJECTED);
-    ensure_real_dir(&rej)?;
-    let dir = rejected_dir(producer_dir, &report.deposit);
-    match DirBuilder::new().mode(0o755).create(&dir) {
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-            return Err(Error::io(Stage::Rotate, format!("create {}", dir.display()), e));
-        }
-        _ => check_real_dir(&dir).ctx(Stage::Rotate, || format!("refusing {}", dir.display()))?,
-    }
-    let advice = report.code.and_then(Code::parse).map(Code::advice);
-    let json = dir.join(REPORT_JSON);
-    write_new(&json, report.to_json().as_bytes())?;
-    write_new(&dir.join(REPORT_TXT), report.to_text(advice).as_bytes())?;
+    let (rej, dir, json) = with_reports(producer_dir, report, true)?;
     // The sidecar first: the archive leaving the spool is what says the
     // rotation is done, and nothing may be left behind then.
     if let Some(s) = d.sidecar {
@@ -378,7 +362,9 @@ pub fn to_rejected(producer_dir: &Path, d: &Deposited<'_>, report: &Report) -> R
     }
     let dest = dir.join(d.name);
     place(d.archive, &dest).ctx(Stage::Rotate, || format!("move deposit to {}", dest.display()))?;
-    owned(&dir.join(format!("{}.md5", d.name)), false)?;
+    for ext in std::iter::once("md5").chain(crate::md5sums::Algo::OTHERS.iter().map(|a| a.ext())) {
+        owned(&dir.join(format!("{}.{ext}", d.name)), false)?;
+    }
     owned(&dest, true)?;
     sync_dir(&dir)?;
     sync_dir(&rej)?;
@@ -388,6 +374,17 @@ pub fn to_rejected(producer_dir: &Path, d: &Deposited<'_>, report: &Report) -> R
 /// A report with nothing to move (a folder dropped in `new/`, which is
 /// never a deposit): `rejected/<id>/` with `report.json` and `report.txt`.
 pub fn report_only(producer_dir: &Path, report: &Report) -> Result<PathBuf> {
+    let (rej, dir, json) = with_reports(producer_dir, report, false)?;
+    sync_dir(&dir)?;
+    sync_dir(&rej)?;
+    Ok(json)
+}
+
+/// `rejected/<deposit-id>/` made (a real folder under a real `rejected/`)
+/// with the deposit's `report.json` and `report.txt`; `again`: the folder
+/// may be there already, made by an earlier attempt of this deposit.
+/// Returns `rejected/`, the folder and the path of report.json.
+fn with_reports(producer_dir: &Path, report: &Report, again: bool) -> Result<(PathBuf, PathBuf, PathBuf)> {
     if !crate::deposit::is_id(&report.deposit) {
         return Err(Error::io(
             Stage::Rotate,
@@ -398,14 +395,17 @@ pub fn report_only(producer_dir: &Path, report: &Report) -> Result<PathBuf> {
     let rej = producer_dir.join(REJECTED);
     ensure_real_dir(&rej)?;
     let dir = rejected_dir(producer_dir, &report.deposit);
-    DirBuilder::new().mode(0o755).create(&dir).ctx(Stage::Rotate, || format!("create {}", dir.display()))?;
+    match DirBuilder::new().mode(0o755).create(&dir) {
+        Err(e) if !(again && e.kind() == io::ErrorKind::AlreadyExists) => {
+            return Err(Error::io(Stage::Rotate, format!("create {}", dir.display()), e));
+        }
+        _ => check_real_dir(&dir).ctx(Stage::Rotate, || format!("refusing {}", dir.display()))?,
+    }
     let advice = report.code.and_then(Code::parse).map(Code::advice);
     let json = dir.join(REPORT_JSON);
     write_new(&json, report.to_json().as_bytes())?;
     write_new(&dir.join(REPORT_TXT), report.to_text(advice).as_bytes())?;
-    sync_dir(&dir)?;
-    sync_dir(&rej)?;
-    Ok(json)
+    Ok((rej, dir, json))
 }
 
 /// Into the deposit's own rejected folder. A name already there was put

@@ -76,5 +76,21 @@ need curl || apt_install curl
 # tests/http.rs makes its users files with Apache's own htpasswd (-B, -m).
 need htpasswd || apt_install apache2-utils
 
+# tests/moddav.rs runs Debian's Apache with mod_dav (the migration path).
+# Installed without letting the package start its service on port 80: a
+# policy-rc.d refusing every start for the install only (one already there,
+# e.g. a container's, is put back as it was).
+[ -x /usr/sbin/apache2 ] || {
+    saved=""
+    if [ -e /usr/sbin/policy-rc.d ]; then saved="$(mktemp)"; cp -p /usr/sbin/policy-rc.d "$saved"; fi
+    restore_policy() { if [ -n "$saved" ]; then mv -f "$saved" /usr/sbin/policy-rc.d; else rm -f /usr/sbin/policy-rc.d; fi; }
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    trap restore_policy EXIT
+    apt_install apache2
+    restore_policy
+    trap - EXIT
+}
+
 $deps_only && exit 0
 cargo test --workspace --locked "$@"

@@ -267,6 +267,9 @@ pub async fn put(
         Err(e) => return answer(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
     let mut partial = Partial(Some(hidden.clone()));
+    // The answer is sent only once a refused upload's file is gone: a
+    // client (or a test) that looks right after its 4xx finds nothing.
+    let r: Response = async {
     let idle = Duration::from_secs(cfg.http.idle_timeout_s);
     let addr = peer.0;
     let mut body = body.into_data_stream();
@@ -381,6 +384,12 @@ pub async fn put(
     );
     if let Ok(v) = HeaderValue::from_str(&location) {
         r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+    }
+    .await;
+    if let Some(p) = partial.0.take() {
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(p)).await;
     }
     r
 }

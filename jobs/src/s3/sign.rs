@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use aws_sigv4::http_request::{
     PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SignatureLocation, SigningError,
-    SigningSettings, UriPathNormalizationMode, sign,
+    SigningInstructions, SigningSettings, UriPathNormalizationMode, sign,
 };
 use aws_sigv4::sign::v4;
 
@@ -64,8 +64,18 @@ fn settings(location: SignatureLocation) -> SigningSettings {
     s
 }
 
-fn identity(creds: &Credentials) -> aws_credential_types::Credentials {
-    aws_credential_types::Credentials::new(&creds.key_id, &creds.secret, None, None, "depot")
+/// `req` signed for S3 in `region` at `time` with `settings`.
+fn signed(
+    req: SignableRequest,
+    creds: &Credentials,
+    region: &str,
+    time: SystemTime,
+    settings: SigningSettings,
+) -> Result<SigningInstructions, SignError> {
+    let identity = aws_credential_types::Credentials::new(&creds.key_id, &creds.secret, None, None, "depot").into();
+    let params =
+        v4::SigningParams::builder().identity(&identity).region(region).name("s3").time(time).settings(settings).build()?.into();
+    Ok(sign(req, &params)?.into_parts().0)
 }
 
 /// The headers that sign request `method url` (`url` complete and already
@@ -81,23 +91,14 @@ pub fn sign_headers(
     region: &str,
     time: SystemTime,
 ) -> Result<Vec<(String, String)>, SignError> {
-    let identity = identity(creds).into();
     let mut s = settings(SignatureLocation::Headers);
     s.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name("s3")
-        .time(time)
-        .settings(s)
-        .build()?
-        .into();
     let body = match payload_sha256 {
         Some(h) => SignableBody::Precomputed(h.to_owned()),
         None => SignableBody::UnsignedPayload,
     };
     let req = SignableRequest::new(method, url, headers.iter().map(|(k, v)| (k.as_str(), v.as_str())), body)?;
-    let (instructions, _) = sign(req, &params)?.into_parts();
+    let instructions = signed(req, creds, region, time, s)?;
     Ok(instructions.headers().map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
 }
 
@@ -116,19 +117,10 @@ pub fn presign(
     if expires < Duration::from_secs(1) || expires > Duration::from_secs(7 * 24 * 3600) {
         return Err(SignError::Expiry(expires));
     }
-    let identity = identity(creds).into();
     let mut s = settings(SignatureLocation::QueryParams);
     s.expires_in = Some(expires);
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name("s3")
-        .time(time)
-        .settings(s)
-        .build()?
-        .into();
     let req = SignableRequest::new(method, url, std::iter::empty(), SignableBody::UnsignedPayload)?;
-    let (instructions, _) = sign(req, &params)?.into_parts();
+    let instructions = signed(req, creds, region, time, s)?;
     let query: Vec<String> = instructions
         .params()
         .iter()

@@ -30,13 +30,16 @@ struct Cache {
     hashes: HashMap<String, String>,
 }
 
+/// Cheap to clone: the lookup runs on the blocking pool (it stats, and
+/// may read, the users file).
+#[derive(Clone)]
 pub struct Users {
-    cache: std::sync::Mutex<Cache>,
+    cache: std::sync::Arc<std::sync::Mutex<Cache>>,
 }
 
 impl Users {
     pub fn new() -> Users {
-        Users { cache: std::sync::Mutex::default() }
+        Users { cache: std::sync::Arc::default() }
     }
 
     /// `user`'s hash in `path`, the file read again if it changed.
@@ -176,20 +179,24 @@ pub async fn check(door: &Door, headers: &HeaderMap, addr: IpAddr) -> Result<Str
         let Ok(_permit) = door.verifying.acquire().await else {
             return Err(unauthorized("the door is stopping"));
         };
-        let hash = match door.users.hash_of(&path, &user) {
-            Ok(h) => h,
-            Err(e) => {
-                warn!(users_file = %path, error = %e, "cannot read http.users_file: every login is refused");
-                None
-            }
-        };
-        tokio::task::spawn_blocking(move || match hash {
-            Some(h) => verify(&h, &password),
-            None => {
-                // An unknown user costs a bcrypt too: timing does not tell
-                // which users exist.
-                let _ = verify(&DUMMY, &password);
-                false
+        let users = door.users.clone();
+        let u = user.clone();
+        tokio::task::spawn_blocking(move || {
+            let hash = match users.hash_of(&path, &u) {
+                Ok(h) => h,
+                Err(e) => {
+                    warn!(users_file = %path, error = %e, "cannot read http.users_file: every login is refused");
+                    None
+                }
+            };
+            match hash {
+                Some(h) => verify(&h, &password),
+                None => {
+                    // An unknown user costs a bcrypt too: timing does not
+                    // tell which users exist.
+                    let _ = verify(&DUMMY, &password);
+                    false
+                }
             }
         })
         .await

@@ -139,25 +139,46 @@ fn refused_space(why: &str) -> Response {
     )
 }
 
-/// Write a batch; with `margin` (a body of unknown length), refuse to go
-/// on once the drop filesystem is down to it.
-async fn write_batch(sink: Sink, batch: Vec<Bytes>, margin: Option<(PathBuf, u64)>) -> std::io::Result<Sink> {
+/// How many batches may wait for the writer: receiving runs ahead of
+/// hashing and writing by at most this many (memory per upload is about
+/// `(QUEUED + 2) * WRITE_BATCH`).
+const QUEUED: usize = 2;
+
+/// The writer of one upload, on the blocking pool: hashes and writes each
+/// batch while the runtime goes on receiving the next one, so that MD5 and
+/// the disk overlap the network instead of following it. With `margin` (a
+/// body of unknown length) it refuses to go on once the drop filesystem is
+/// down to it. Ends when the sender is dropped (the body ended, or the
+/// request was dropped) or at the first error.
+fn writer(
+    mut sink: Sink,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
+    margin: Option<(PathBuf, u64)>,
+) -> tokio::task::JoinHandle<std::io::Result<Sink>> {
     tokio::task::spawn_blocking(move || {
-        let mut sink = sink;
-        let n: usize = batch.iter().map(Bytes::len).sum();
-        if let Some((root, margin)) = margin
-            && jobs::publish::check_free_space(&root, n as u64, margin).is_err()
-        {
-            return Err(std::io::Error::from_raw_os_error(28));
-        }
-        for b in &batch {
-            sink.md5.update(b);
-            sink.file.write_all(b)?;
+        while let Some(batch) = rx.blocking_recv() {
+            let n: usize = batch.iter().map(Bytes::len).sum();
+            if let Some((root, margin)) = &margin
+                && jobs::publish::check_free_space(root, n as u64, *margin).is_err()
+            {
+                return Err(std::io::Error::from_raw_os_error(28));
+            }
+            for b in &batch {
+                sink.md5.update(b);
+                sink.file.write_all(b)?;
+            }
         }
         Ok(sink)
     })
-    .await
-    .map_err(std::io::Error::other)?
+}
+
+/// The writer's error, once a batch could not be handed over to it.
+async fn writer_failed(w: tokio::task::JoinHandle<std::io::Result<Sink>>) -> std::io::Error {
+    match w.await {
+        Ok(Err(e)) => e,
+        Ok(Ok(_)) => std::io::Error::other("the upload's writer stopped early"),
+        Err(e) => std::io::Error::other(e),
+    }
 }
 
 pub async fn put(
@@ -273,7 +294,16 @@ pub async fn put(
     let idle = Duration::from_secs(cfg.http.idle_timeout_s);
     let addr = peer.0;
     let mut body = body.into_data_stream();
-    let mut sink = Sink { file, md5: Md5::new() };
+    let margin = length.is_none().then(|| (cfg.drop_root.clone(), limits.min_free_bytes));
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(QUEUED);
+    let mut writing = writer(Sink { file, md5: Md5::new() }, rx, margin);
+    let store_failed = |e: std::io::Error, p: &str| {
+        if no_space(&e) {
+            return refused_space(&e.to_string());
+        }
+        warn!(producer = %p, error = %e, "cannot write an HTTP upload");
+        answer(StatusCode::INTERNAL_SERVER_ERROR, "the archive could not store the upload")
+    };
     let (mut total, mut batch, mut batched) = (0u64, Vec::new(), 0usize);
     loop {
         let chunk = match tokio::time::timeout(idle, body.next()).await {
@@ -301,21 +331,23 @@ pub async fn put(
             batch.push(b);
         }
         if batched >= WRITE_BATCH || (end && !batch.is_empty()) {
-            let margin = length.is_none().then(|| (cfg.drop_root.clone(), limits.min_free_bytes));
-            sink = match write_batch(sink, std::mem::take(&mut batch), margin).await {
-                Ok(s) => s,
-                Err(e) if no_space(&e) => return refused_space(&e.to_string()),
-                Err(e) => {
-                    warn!(producer = %p, error = %e, "cannot write an HTTP upload");
-                    return answer(StatusCode::INTERNAL_SERVER_ERROR, "the archive could not store the upload");
-                }
-            };
+            // Waiting here for room is the back-pressure that keeps a fast
+            // client from outrunning the disk.
+            if tx.send(std::mem::take(&mut batch)).await.is_err() {
+                return store_failed(writer_failed(writing).await, &p);
+            }
             batched = 0;
         }
         if end {
             break;
         }
     }
+    drop(tx);
+    let sink = match (&mut writing).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return store_failed(e, &p),
+        Err(e) => return answer(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
     if length.is_some_and(|n| n != total) {
         return answer(StatusCode::BAD_REQUEST, "the upload was cut short: nothing was kept");
     }

@@ -156,6 +156,8 @@ fn writer(
     margin: Option<(PathBuf, u64)>,
 ) -> tokio::task::JoinHandle<std::io::Result<Sink>> {
     tokio::task::spawn_blocking(move || {
+        let mut flushing: Option<std::thread::JoinHandle<std::io::Result<()>>> = None;
+        let mut unflushed = 0usize;
         while let Some(batch) = rx.blocking_recv() {
             let n: usize = batch.iter().map(Bytes::len).sum();
             if let Some((root, margin)) = &margin
@@ -167,9 +169,33 @@ fn writer(
                 sink.md5.update(b);
                 sink.file.write_all(b)?;
             }
+            unflushed += n;
+            if unflushed >= FLUSH_EVERY && flushing.as_ref().is_none_or(|f| f.is_finished()) {
+                if let Some(f) = flushing.take() {
+                    flushed(f)?;
+                }
+                let dup = sink.file.try_clone()?;
+                flushing = Some(std::thread::spawn(move || dup.sync_data()));
+                unflushed = 0;
+            }
+        }
+        if let Some(f) = flushing {
+            flushed(f)?;
         }
         Ok(sink)
     })
+}
+
+/// Bytes written between two early flushes of an upload. The disk starts
+/// writing a large upload while the rest is still arriving, so the final
+/// `sync_all` before the 201 waits for the tail only, not for the whole
+/// archive (512 MiB took 0.3 to 0.4 s to flush here).
+const FLUSH_EVERY: usize = 32 << 20;
+
+/// An early flush's own error: it shares the file description with the
+/// final `sync_all`, which would not report a write-back error again.
+fn flushed(f: std::thread::JoinHandle<std::io::Result<()>>) -> std::io::Result<()> {
+    f.join().map_err(|_| std::io::Error::other("an upload's flush panicked"))?
 }
 
 /// The writer's error, once a batch could not be handed over to it.

@@ -11,6 +11,7 @@
 //! on every body read (see `upload`).
 
 mod auth;
+mod page;
 mod read;
 mod tls;
 mod upload;
@@ -124,6 +125,8 @@ fn metrics_router(door: Shared_) -> Router {
 
 fn router(door: Shared_) -> Router {
     Router::new()
+        .route("/", get(page::overview))
+        .route("/producers/{p}", get(page::producer))
         .route("/metrics", get(metrics))
         .route("/data/availability", get(read::availability))
         .route("/data/{p}/new/", put(upload::no_name))

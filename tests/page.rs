@@ -115,9 +115,9 @@ fn ended(
 fn bad_md5(p: &str) -> Vec<u8> {
     let dat = format!("{p}_DAT_1");
     RawZip::new()
-        .file(&format!("{p}_en.json"), pivot(p, &[(&dat, &["a.txt"])]))
+        .file(format!("{p}_en.json"), pivot(p, &[(&dat, &["a.txt"])]))
         .stored(
-            &format!("{dat}.zip"),
+            format!("{dat}.zip"),
             RawZip::new().file("a.txt", "data").file("MD5SUMS", "0123456789abcdef0123456789abcdef  a.txt\n").build(),
         )
         .build()

@@ -525,7 +525,14 @@ pre{white-space:pre-wrap;word-break:break-word;background:#8881;padding:0.5rem;b
 .trouble{background:#cf222e22;border:1px solid var(--bad);padding:0.5rem;border-radius:4px}
 progress{width:8rem;vertical-align:middle}
 nav a{margin-right:1rem}
-@media (max-width:40rem){body{padding:0.4rem}th,td{padding:0.25rem 0.3rem}table{font-size:0.85rem}}
+time{white-space:nowrap}
+@media (max-width:40rem){body{padding:0.4rem}
+table.cards thead{display:none}
+table.cards,table.cards tbody,table.cards tr,table.cards td{display:block}
+table.cards tr{border-bottom:1px solid #8886;padding:0.3rem 0}
+table.cards td{border:none;padding:0.1rem 0.2rem;text-align:left}
+table.cards td:empty{display:none}
+table.cards td[data-label]::before{content:attr(data-label) \": \";color:var(--mute);font-size:0.85em}}
 ";
 
 fn layout(title: &str, refresh: bool, user: &str, body: Markup) -> Markup {
@@ -636,7 +643,7 @@ fn render_overview(ov: &Overview) -> Markup {
         @if ov.lines.is_empty() {
             p.mute { "No producer yet: none has a folder under drop_root." }
         } @else {
-            div.scroll { table #producers {
+            div.scroll { table.cards #producers {
                 thead { tr {
                     th { "producer" } th { "last state" } th { "when" } th { "last success" }
                     th { "failures (24 h)" } th { "backlog" } th { "current release" }
@@ -644,27 +651,27 @@ fn render_overview(ov: &Overview) -> Markup {
                 tbody { @for l in &ov.lines {
                     tr data-producer=(l.producer) {
                         td { a href=(producer_href(&l.producer)) { (l.producer) } }
-                        td title=(l.last_deposit) { (state(&l.last_state)) }
-                        td { (when(&l.last_time, ov.now)) }
-                        td { (when(&l.last_success, ov.now)) }
-                        td.num { @if l.failures_24h > 0 { span.FAILURE { (l.failures_24h) } } @else { "0" } }
-                        td.num { (l.backlog) }
-                        td { @if l.current_release.is_empty() { span.mute { "-" } } @else { code { (release_id(&l.current_release)) } } }
+                        td title=(l.last_deposit) data-label="last state" { (state(&l.last_state)) }
+                        td data-label="when" { (when(&l.last_time, ov.now)) }
+                        td data-label="last success" { (when(&l.last_success, ov.now)) }
+                        td.num data-label="failures (24 h)" { @if l.failures_24h > 0 { span.FAILURE { (l.failures_24h) } } @else { "0" } }
+                        td.num data-label="backlog" { (l.backlog) }
+                        td data-label="current release" { @if l.current_release.is_empty() { span.mute { "-" } } @else { code { (release_id(&l.current_release)) } } }
                     }
                 } }
             } }
         }
         @if !ov.running.is_empty() {
             h2 { "Running and waiting" }
-            div.scroll { table #running {
+            div.scroll { table.cards #running {
                 thead { tr { th { "producer" } th { "file" } th { "state" } th { "progress" } th { "since" } } }
                 tbody { @for r in &ov.running {
                     tr data-deposit=(r.id) {
                         td { a href=(producer_href(&r.producer)) { (r.producer) } }
-                        td.file { (r.file) }
-                        td { (state(&r.state)) }
-                        td { @if r.state == status::PROGRESS { (progress(r.bytes_done, r.bytes_total, &r.stage)) } }
-                        td { (when(&r.time, ov.now)) }
+                        td.file data-label="file" { (r.file) }
+                        td data-label="state" { (state(&r.state)) }
+                        td data-label="progress" { @if r.state == status::PROGRESS { (progress(r.bytes_done, r.bytes_total, &r.stage)) } }
+                        td data-label="since" { (when(&r.time, ov.now)) }
                     }
                 } }
             } }
@@ -713,7 +720,7 @@ fn render_producer(pg: &ProducerPage) -> Markup {
         @if pg.deposits.is_empty() {
             p.mute { "No deposit yet." }
         } @else {
-            div.scroll { table #deposits {
+            div.scroll { table.cards #deposits {
                 thead { tr { th { "state" } th { "file" } th { "size" } th { "time" } th { "code" } th { "report" } } }
                 tbody { @for d in &pg.deposits {
                     tr data-deposit=(d.row.id) {
@@ -721,14 +728,14 @@ fn render_producer(pg: &ProducerPage) -> Markup {
                             (state(&d.row.state))
                             @if d.row.state == status::PROGRESS { br; (progress(d.bytes_done, d.bytes_total, &d.stage)) }
                         }
-                        td.file { (d.row.file) }
-                        td.num { @if let Some(s) = d.size.or(d.row.bytes) { (bytes(s)) } }
-                        td { (when(&d.row.time, pg.now)) }
-                        td {
+                        td.file data-label="file" { (d.row.file) }
+                        td.num data-label="size" { @if let Some(s) = d.size.or(d.row.bytes) { (bytes(s)) } }
+                        td data-label="time" { (when(&d.row.time, pg.now)) }
+                        td data-label="code" {
                             @if !d.row.code.is_empty() { code { (d.row.code) } }
                             @if !d.row.error.is_empty() { div.mute { (d.row.error) } }
                         }
-                        td { @if let Some(h) = report_href(p, &d.row.id) { a href=(h) title=(d.row.id) { "report.txt" } } }
+                        td data-label="report" { @if let Some(h) = report_href(p, &d.row.id) { a href=(h) title=(d.row.id) { "report.txt" } } }
                     }
                 } }
             } }

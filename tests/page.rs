@@ -203,6 +203,21 @@ fn page_in_a_real_browser() {
     let theirs = dom(&url("OTHR:pw2", "/producers/OTHR"));
     assert!(theirs.contains(&format!("data-deposit=\"{}\"", othr["id"])) && !theirs.contains("MSEC"), "{theirs}");
 
+    // A deposit that runs: MSEC's publish lock is held (as another host's
+    // depot would hold it), so its next deposit stays in PROGRESS. Both
+    // pages show its progress and reload themselves while it runs.
+    let holder = hold_publish_lock(&site, "MSEC");
+    site.drop_rsync("MSEC", "MSEC_THEIA.zip", &good_theia("MSEC", "two"));
+    let running = || by_file(&redis, "MSEC", "MSEC_THEIA.zip").into_iter().find(|d| d["state"] == "PROGRESS");
+    wait_for(&site, "MSEC's third deposit in PROGRESS", 60, || running().is_some());
+    let run = running().unwrap();
+    let refresh = "<meta http-equiv=\"refresh\" content=\"5\">";
+    let op = dom(&url("ops:opw", "/"));
+    assert!(op.contains(refresh), "{op}");
+    assert!(op.contains(&format!("<tr data-deposit=\"{}\">", run["id"])) && op.contains("<progress"), "{op}");
+    let mine = dom(&url("MSEC:pw", "/producers/MSEC"));
+    assert!(mine.contains(refresh) && mine.contains("<progress"), "{mine}");
+
     // Screenshots: into DEPOT_SCREENSHOTS when set (the README's), else a temp folder.
     let tmp = tempfile::tempdir().unwrap();
     let dir: PathBuf = std::env::var_os("DEPOT_SCREENSHOTS").map_or_else(|| tmp.path().to_owned(), PathBuf::from);
@@ -210,5 +225,22 @@ fn page_in_a_real_browser() {
     screenshot(&url("ops:opw", "/"), &dir.join("page-operator.png"));
     screenshot(&url("MSEC:pw", "/producers/MSEC"), &dir.join("page-producer.png"));
 
+    // Once it ended, the page stands still again.
+    drop(holder);
+    let two = ended(&site, &redis, "MSEC", "MSEC_THEIA.zip", &[&ok, &bad]);
+    assert_eq!(two["state"], "SUCCESS", "{two:?}");
+    let mine = dom(&url("MSEC:pw", "/producers/MSEC"));
+    assert!(!mine.contains("http-equiv=\"refresh\"") && !mine.contains("<progress"), "{mine}");
+
     assert_eq!(stop(daemon), Some(0));
+}
+
+/// Producer `p`'s publish lock, held until dropped.
+fn hold_publish_lock(site: &Site, p: &str) -> fs::File {
+    let dir = site.root().join("publish/.locks");
+    fs::create_dir_all(&dir).unwrap();
+    let f =
+        fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(format!("{p}.lock"))).unwrap();
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+    f
 }

@@ -518,6 +518,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .SUCCESS{color:var(--ok);font-weight:600}.FAILURE{color:var(--bad);font-weight:600}
 .PROGRESS,.WAITING,.CREATED{color:var(--run);font-weight:600}
 .age,.mute{color:var(--mute);font-size:0.85em}
+.age{white-space:nowrap}
 .file{overflow-wrap:break-word;min-width:8rem}
 code{font-size:0.9em}
 pre{white-space:pre-wrap;word-break:break-word;background:#8881;padding:0.5rem;border-radius:4px;font-size:0.85rem;margin:0.3rem 0}
@@ -603,12 +604,16 @@ fn state(s: &str) -> Markup {
     html! { span class=(s) { (s) } }
 }
 
+/// A running deposit's bar: bytes_done of bytes_total, or a bar without
+/// a value (the browser shows it as busy) before the size is known.
 fn progress(done: u64, total: u64, stage: &str) -> Markup {
     html! {
         @if total > 0 {
             @let pct = (done.min(total) as f64 * 100.0 / total as f64).floor() as u64;
             progress value=(done.min(total)) max=(total) { (pct) "%" }
             " " (pct) "% " span.mute { (bytes(done)) " of " (bytes(total)) }
+        } @else {
+            progress { "running" }
         }
         @if !stage.is_empty() { " " span.mute { "(" (stage) ")" } }
     }
@@ -804,6 +809,9 @@ mod tests {
         assert!(busy.contains("<meta http-equiv=\"refresh\" content=\"5\">"), "{busy}");
         assert!(busy.contains("<progress value=\"250\" max=\"1000\">"), "{busy}");
         assert!(busy.contains("25%"));
+        pg.deposits[1].bytes_total = 0;
+        let unknown = render_producer(&pg).into_string();
+        assert!(unknown.contains("<progress>running</progress>"), "{unknown}");
         assert!(busy.contains("/data/MSEC/deposits/20261122T101600Z-MSEC-bbbbbbbb/report.txt"), "{busy}");
     }
 

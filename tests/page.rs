@@ -165,6 +165,8 @@ fn page_in_a_real_browser() {
     // Another producer's page: 403; an unknown one: 404.
     assert_eq!(curl(port, Some("OTHR:pw2"), "/producers/MSEC").0, 403);
     assert_eq!(curl(port, Some("ops:opw"), "/producers/nope").0, 404);
+    let (_, head, _) = curl(port, Some("ops:opw"), "/");
+    assert!(head.to_ascii_lowercase().contains("content-security-policy: default-src 'none'"), "{head}");
     // A producer opening / is sent to its own page.
     let (code, head, _) = curl(port, Some("MSEC:pw"), "/");
     assert!(code == 303 && head.contains("location: /producers/MSEC"), "{head}");
@@ -231,6 +233,22 @@ fn page_in_a_real_browser() {
     assert_eq!(two["state"], "SUCCESS", "{two:?}");
     let mine = dom(&url("MSEC:pw", "/producers/MSEC"));
     assert!(!mine.contains("http-equiv=\"refresh\"") && !mine.contains("<progress"), "{mine}");
+
+    // Redis gone: the pages say so and show what the folders keep.
+    let mut redis = redis;
+    let _ = redis.child.kill();
+    let _ = redis.child.wait();
+    let op = dom(&url("ops:opw", "/"));
+    assert!(op.contains("Redis could not be read"), "{op}");
+    for p in ["MSEC", "OTHR"] {
+        assert!(op.contains(&format!("<tr data-producer=\"{p}\">")), "{p}: {op}");
+    }
+    let mine = dom(&url("MSEC:pw", "/producers/MSEC"));
+    assert!(mine.contains("Redis could not be read"), "{mine}");
+    for d in [&ok, &bad, &two] {
+        assert!(mine.contains(&format!("<tr data-deposit=\"{}\">", d["id"])), "{}: {mine}", d["id"]);
+    }
+    assert!(mine.contains("MD5_MISMATCH"), "{mine}");
 
     assert_eq!(stop(daemon), Some(0));
 }

@@ -123,6 +123,15 @@ fn html_response(m: Markup) -> Response {
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     // The page changes with every deposit: never a stale copy.
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // It needs no script and nothing from elsewhere: should a name ever
+    // slip through as markup, the browser still runs nothing, and no other
+    // site can frame the page.
+    r.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; frame-ancestors 'none'",
+        ),
+    );
     r
 }
 

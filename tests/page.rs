@@ -129,12 +129,16 @@ fn page_in_a_real_browser() {
     let port = free_port();
     let site = Site::new(
         &redis.url(),
-        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\nusers_file = \"users\"\noperators = [\"ops\"]\n"),
+        &format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\nusers_file = \"users\"\noperators = [\"ops\"]\n\
+             [producers.MSEC]\nhttp_users = [\"ann\"]\n[producers.OTHR]\nhttp_users = [\"ann\"]\n"
+        ),
     );
     let users = site.root().join("users");
     htpasswd(&users, "-B", "MSEC", "pw");
     htpasswd(&users, "-m", "OTHR", "pw2");
     htpasswd(&users, "-B", "ops", "opw");
+    htpasswd(&users, "-m", "ann", "apw");
     let daemon = site.start();
     wait_for(&site, "the door to listen", 30, || TcpStream::connect(("127.0.0.1", port)).is_ok());
 
@@ -170,6 +174,13 @@ fn page_in_a_real_browser() {
     // A producer opening / is sent to its own page.
     let (code, head, _) = curl(port, Some("MSEC:pw"), "/");
     assert!(code == 303 && head.contains("location: /producers/MSEC"), "{head}");
+    // One who acts for several producers picks one.
+    let (code, _, body) = curl(port, Some("ann:apw"), "/");
+    assert!(
+        code == 200 && body.contains("href=\"/producers/MSEC\"") && body.contains("href=\"/producers/OTHR\""),
+        "{body}"
+    );
+    assert_eq!(curl(port, Some("ann:apw"), "/producers/OTHR").0, 200);
 
     // The operator's page, as Chromium builds it.
     let url = |cred: &str, path: &str| format!("http://{cred}@127.0.0.1:{port}{path}");

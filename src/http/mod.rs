@@ -1,6 +1,7 @@
 //! The HTTP door (SPEC "HTTP door"): producers deposit with `curl -T` and
-//! read back their deposits and `previous/`; anyone reaching it reads
-//! `/metrics` and `/data/availability`.
+//! read back their deposits and `previous/`; people look at the web page
+//! (`/`, `/producers/P`: see `page`); anyone reaching it reads `/metrics`
+//! and `/data/availability`.
 //!
 //! Connections are served one by one with hyper's HTTP/1 builder rather
 //! than `axum::serve`, so that the door owns what protects it: a cap on

@@ -75,6 +75,9 @@ fi
 need curl || apt_install curl
 # tests/http.rs makes its users files with Apache's own htpasswd (-B, -m).
 need htpasswd || apt_install apache2-utils
+# tests/page.rs loads the web page in Debian's headless Chromium (--dump-dom,
+# --screenshot).
+need chromium || apt_install chromium
 
 # tests/moddav.rs runs Debian's Apache with mod_dav (the migration path).
 # Installed without letting the package start its service on port 80: a

@@ -1,6 +1,7 @@
 //! The HTTP door (SPEC "HTTP door"): producers deposit with `curl -T` and
-//! read back their deposits and `previous/`; anyone reaching it reads
-//! `/metrics` and `/data/availability`.
+//! read back their deposits and `previous/`; people look at the web page
+//! (`/`, `/producers/P`: see `page`); anyone reaching it reads `/metrics`
+//! and `/data/availability`.
 //!
 //! Connections are served one by one with hyper's HTTP/1 builder rather
 //! than `axum::serve`, so that the door owns what protects it: a cap on
@@ -11,6 +12,7 @@
 //! on every body read (see `upload`).
 
 mod auth;
+mod page;
 mod read;
 mod tls;
 mod upload;
@@ -124,6 +126,8 @@ fn metrics_router(door: Shared_) -> Router {
 
 fn router(door: Shared_) -> Router {
     Router::new()
+        .route("/", get(page::overview))
+        .route("/producers/{p}", get(page::producer))
         .route("/metrics", get(metrics))
         .route("/data/availability", get(read::availability))
         .route("/data/{p}/new/", put(upload::no_name))

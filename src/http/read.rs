@@ -31,14 +31,14 @@ use crate::state::lock;
 const CHUNK: usize = 256 * 1024;
 
 /// `<drop_root>/<P>/<sub>`, if every folder on the way is a real one.
-fn real_folder(drop_root: &Path, p: &str, sub: &str) -> Option<PathBuf> {
+pub(super) fn real_folder(drop_root: &Path, p: &str, sub: &str) -> Option<PathBuf> {
     let pdir = drop_root.join(p);
     let dir = pdir.join(sub);
     [&pdir, &dir].iter().all(|d| std::fs::symlink_metadata(d).is_ok_and(|m| m.is_dir())).then_some(dir)
 }
 
 /// A regular file in `dir`, opened without following a link.
-fn open_regular(dir: &Path, name: &str) -> Option<(std::fs::File, std::fs::Metadata)> {
+pub(super) fn open_regular(dir: &Path, name: &str) -> Option<(std::fs::File, std::fs::Metadata)> {
     if name.is_empty() || name.starts_with('.') || name.contains('/') {
         return None;
     }

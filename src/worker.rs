@@ -632,7 +632,7 @@ fn success(base: ReportBase, p: &jobs::publish::Published) -> Outcome {
     let release = p.release.display().to_string();
     let current =
         p.superseded_by.as_ref().and_then(|newer| p.release.parent().map(|r| r.join(newer).display().to_string()));
-    let report = Report::success(base, p.file_count, p.total_bytes, Some(release.clone()));
+    let report = Report::success(base, p.file_count, p.total_bytes, Some(release.clone())).warned(&p.warnings);
     Outcome {
         state: SUCCESS.into(),
         report: serde_json::to_value(&report).unwrap_or_default(),
@@ -854,6 +854,7 @@ impl ReportView {
             file_count: None,
             total_bytes: None,
             release: None,
+            warnings: Vec::new(),
         }
     }
 }

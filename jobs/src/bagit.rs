@@ -18,10 +18,7 @@ use crate::unpack::FileRecord;
 /// the ones a validator must parse. Other tag files are streamed like
 /// payload.
 pub fn is_parsed_tag(path: &str) -> bool {
-    !path.contains('/')
-        && (path == "bagit.txt"
-            || path == "bag-info.txt"
-            || manifest_kind(path).is_some())
+    !path.contains('/') && (path == "bagit.txt" || path == "bag-info.txt" || manifest_kind(path).is_some())
 }
 
 /// `manifest-<alg>.txt` (payload, false) or `tagmanifest-<alg>.txt` (tag,
@@ -70,7 +67,8 @@ pub fn locate(entries: &[Entry]) -> Result<String> {
     match tops.len() {
         1 => {
             let top = tops.iter().next().copied().unwrap_or_default();
-            let in_folder = entries.iter().all(|e| e.name.starts_with(&format!("{top}/")) || (e.is_dir && e.name == top));
+            let in_folder =
+                entries.iter().all(|e| e.name.starts_with(&format!("{top}/")) || (e.is_dir && e.name == top));
             if in_folder && entries.iter().any(|e| !e.is_dir && e.name == format!("{top}/bagit.txt")) {
                 Ok(format!("{top}/"))
             } else {
@@ -134,9 +132,10 @@ impl Bag {
     /// (zip entry name, algorithm) of every digest a manifest gives, MD5
     /// aside (every file gets one).
     pub fn wants(&self) -> impl Iterator<Item = (String, Algo)> + '_ {
-        self.manifests.iter().filter(|m| m.algo != Algo::Md5).flat_map(move |m| {
-            m.lines.iter().map(move |l| (format!("{}{}", self.root, l.path), m.algo))
-        })
+        self.manifests
+            .iter()
+            .filter(|m| m.algo != Algo::Md5)
+            .flat_map(move |m| m.lines.iter().map(move |l| (format!("{}{}", self.root, l.path), m.algo)))
     }
 }
 
@@ -157,7 +156,9 @@ fn decode(bytes: &[u8], encoding: &str, name: &str) -> Result<String> {
         ));
     };
     let (enc, body) = match encoding_rs::Encoding::for_bom(bytes) {
-        Some((bom, len)) if bom == declared || (bom.name().starts_with("UTF-16") && declared.name().starts_with("UTF-16")) => {
+        Some((bom, len))
+            if bom == declared || (bom.name().starts_with("UTF-16") && declared.name().starts_with("UTF-16")) =>
+        {
             (bom, &bytes[len..])
         }
         Some((bom, _)) => {
@@ -169,7 +170,10 @@ fn decode(bytes: &[u8], encoding: &str, name: &str) -> Result<String> {
         None => (declared, bytes),
     };
     enc.decode_without_bom_handling_and_without_replacement(body).map(|t| t.into_owned()).ok_or_else(|| {
-        invalid(name, format!("{name}: is not {encoding} text, the encoding bagit.txt declares (Tag-File-Character-Encoding)"))
+        invalid(
+            name,
+            format!("{name}: is not {encoding} text, the encoding bagit.txt declares (Tag-File-Character-Encoding)"),
+        )
     })
 }
 
@@ -189,7 +193,9 @@ fn lines(text: &str) -> Vec<String> {
 fn parse_bagit_txt(bytes: &[u8], warnings: &mut Vec<String>) -> Result<(String, String)> {
     let bad = |why: &str| invalid("bagit.txt", format!("bagit.txt: {why} (RFC 8493 §2.1.1)"));
     if bytes.starts_with(&[0xEF, 0xBB, 0xBF]) || bytes.starts_with(&[0xFE, 0xFF]) || bytes.starts_with(&[0xFF, 0xFE]) {
-        return Err(bad("starts with a byte-order mark (BOM), which a bag's bagit.txt must not have; save it as UTF-8 without BOM"));
+        return Err(bad(
+            "starts with a byte-order mark (BOM), which a bag's bagit.txt must not have; save it as UTF-8 without BOM",
+        ));
     }
     let text = std::str::from_utf8(bytes).map_err(|_| bad("is not UTF-8 text"))?;
     let ls = lines(text);
@@ -220,7 +226,7 @@ fn parse_bagit_txt(bytes: &[u8], warnings: &mut Vec<String>) -> Result<(String, 
     }
     if version != "1.0" && version != "0.97" {
         warnings.push(format!(
-            "bagit.txt: BagIt-Version {version} is older than RFC 8493 (1.0); checked as a 1.0 bag would be"
+            "bagit.txt: BagIt-Version {version} is older than RFC 8493 (BagIt 1.0); new bags are better made as 1.0"
         ));
     }
     Ok((version, encoding))
@@ -260,7 +266,11 @@ fn payload_oxum(text: &str) -> Result<Option<(u64, u64)>> {
         let Some((label, value)) = line.split_once(':') else {
             return Err(invalid(
                 "bag-info.txt",
-                format!("bag-info.txt line {}: {:?} is not `Label: value` (RFC 8493 §2.2.2)", i + 1, names::printable(&line)),
+                format!(
+                    "bag-info.txt line {}: {:?} is not `Label: value` (RFC 8493 §2.2.2)",
+                    i + 1,
+                    names::printable(&line)
+                ),
             ));
         };
         if label.trim().eq_ignore_ascii_case("Payload-Oxum") && found.is_none() {
@@ -338,7 +348,8 @@ pub fn parse(
     }
     if manifests.iter().filter(|m| !m.tag).all(|m| matches!(m.algo, Algo::Md5 | Algo::Sha1)) {
         warnings.push(
-            "the payload manifests use only MD5 or SHA-1; RFC 8493 recommends SHA-256 or SHA-512 (bagit.py --sha512)".into(),
+            "the payload manifests use only MD5 or SHA-1; RFC 8493 recommends SHA-256 or SHA-512 (bagit.py --sha512)"
+                .into(),
         );
     }
     let octets: u64 = payload.values().sum();
@@ -382,9 +393,8 @@ fn parse_manifest(
         }
         let at = |why: String| invalid(name, format!("{name} line {number}: {why}"));
         let (hex, rest) = line.split_once([' ', '\t']).ok_or_else(|| at("not `<checksum> <path>`".into()))?;
-        let sum = md5sums::parse_sum(hex, algo).ok_or_else(|| {
-            at(format!("{hex:?} is not a {} ({} hex digits)", algo.label(), algo.bytes() * 2))
-        })?;
+        let sum = md5sums::parse_sum(hex, algo)
+            .ok_or_else(|| at(format!("{hex:?} is not a {} ({} hex digits)", algo.label(), algo.bytes() * 2)))?;
         let mut raw = rest.trim_start_matches([' ', '\t']);
         if let Some(r) = raw.strip_prefix('*') {
             // md5sum's "binary" marker: not part of the name.

@@ -362,7 +362,7 @@ fn two_top_level_folders() {
     let b = BagBuilder::new().sealed();
     let mut z = RawZip::new();
     for (p, d) in &b.files {
-        z = z.file(&format!("one/{p}"), d.clone());
+        z = z.file(format!("one/{p}"), d.clone());
     }
     z = z.file("two/readme.txt", "another folder");
     refused(&z.build(), Code::BagInvalid, "2 entries there (one, two)");

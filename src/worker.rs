@@ -447,6 +447,11 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
             Err(err) if err.is_transient() && (retry || out_of_descriptors(&err)) => return End::Retry(err),
             Ok(p) => {
                 sh.pruned.store(true, Ordering::Relaxed);
+                // Accepted all the same (a bag's RFC "SHOULD"s): in the
+                // report, and said to the operator.
+                for w in &p.warnings {
+                    info!(deposit = %e.id, producer = %e.producer, "accepted with a warning: {w}");
+                }
                 success(base, &p)
             }
             Err(err) => failure(base, &err),

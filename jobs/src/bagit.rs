@@ -338,7 +338,7 @@ pub fn parse(
         let listed: BTreeSet<&str> = m.lines.iter().map(|l| l.path.as_str()).collect();
         if let Some(p) = payload.keys().find(|p| !listed.contains(*p)) {
             return Err(invalid(
-                &format!("{root}{p}"),
+                p,
                 format!(
                     "{p} is in the bag's payload but not listed in {}: every payload manifest must list every file under data/ (RFC 8493 §3)",
                     m.name
@@ -423,7 +423,7 @@ fn parse_manifest(
             checked.to_owned()
         } else if let Some(f) = nfc.get(&checked.nfc().collect::<String>()) {
             warnings.push(format!(
-                "{name} line {number} lists {checked}, which is in the zip in another Unicode form ({f})"
+                "{name} line {number} lists {checked} in another Unicode normalization form than the file's name in the zip; taken as that file"
             ));
             (*f).to_owned()
         } else {
@@ -462,13 +462,14 @@ pub fn verify(bag: &Bag, files: &[FileRecord]) -> Result<()> {
         for l in &m.lines {
             let entry = format!("{}{}", bag.root, l.path);
             let rec = by_name.get(entry.as_str());
+            let entry = &l.path;
             let actual = rec.and_then(|r| match m.algo {
                 Algo::Md5 => r.md5.as_ref().map(|d| &d[..]),
                 a => r.extra.get(a),
             });
             if actual != Some(&l.sum[..]) {
                 return Err(invalid(
-                    &entry,
+                    entry,
                     format!(
                         "{}: {} is {}, {} line {} says {}: the file changed after the bag was made, or was damaged on its way",
                         l.path,

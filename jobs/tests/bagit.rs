@@ -137,7 +137,7 @@ fn warning_bags() {
         ("duplicate-file-with-different-case", None),
         ("made-with-md5sum-tools", Some("binary marker")),
         ("relative-path", Some("`./`")),
-        ("same-filename-listed-twice-with-different-normalization", Some("another Unicode form")),
+        ("same-filename-listed-twice-with-different-normalization", Some("another Unicode normalization form")),
         ("same-filename-listed-twice-with-the-same-hash", Some("second time")),
         ("special-system-files", None),
     ];
@@ -306,7 +306,8 @@ fn manifest_path_with_dot_dot() {
 fn percent_encoded_traversal_is_not_decoded() {
     // %2E is not one of RFC 8493's three escapes: the path stays literal
     // and names no file; %25 decodes once, to a literal `%`.
-    for line in ["data/%2E%2E/%2E%2E/evil.txt", "data/%252E%252E/evil.txt", "%2E%2E/evil.txt"] {
+    // %0A decodes to a newline, which no depot name may hold.
+    for line in ["data/%2E%2E/%2E%2E/evil.txt", "data/%252E%252E/evil.txt", "%2E%2E/evil.txt", "data/a%0Ab.txt"] {
         let bad = BagBuilder::new().sealed().manifest_line(&format!("{}  {line}\n", sha256hex(b"x")));
         let e = check(&bad.zip("mybag")).expect_err(line);
         assert_eq!(e.code(), Code::BagInvalid, "{line}: {e}");

@@ -418,3 +418,17 @@ fn bag_warnings_reach_the_report() {
     assert!(json["warnings"][0].as_str().unwrap().contains("0.96"));
     assert!(out.report.to_text(None).contains("Warnings"));
 }
+
+#[test]
+fn a_symlink_in_a_bag_is_refused_as_in_any_deposit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("mybag");
+    for (p, d) in &BagBuilder::new().sealed().files {
+        let f = dir.join(p);
+        fs::create_dir_all(f.parent().unwrap()).unwrap();
+        fs::write(f, d).unwrap();
+    }
+    assert!(check(&zip_r(&dir)).is_ok());
+    std::os::unix::fs::symlink("/etc/passwd", dir.join("data/link")).unwrap();
+    assert_eq!(check(&zip_r(&dir)).unwrap_err().code(), Code::Symlink);
+}

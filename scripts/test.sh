@@ -47,6 +47,8 @@ need openssl || apt_install openssl
 { need sftp && need scp && need ssh-keygen; } || apt_install openssh-client
 { need rsync && need rrsync; } || apt_install rsync
 need python3 || apt_install python3
+# tests/cli.rs makes a BagIt bag as a producer would: `zip -r bag.zip mybag/`.
+need zip || apt_install zip
 need unshare || apt_install util-linux
 # tests/cli.rs renders the man pages with `man -l`.
 need man || apt_install man-db

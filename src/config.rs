@@ -768,6 +768,25 @@ mod tests {
     }
 
     #[test]
+    fn bagit_profile_and_what_it_cannot_be_combined_with() {
+        let c = parse(&format!("{MIN}[producers]\nprofile = \"bagit\"\n")).unwrap();
+        assert_eq!(c.settings_for("MSEC").profile, Profile::Bagit);
+        let c = parse(&format!("{MIN}[producers.LOCB]\nprofile = \"bagit\"\n")).unwrap();
+        assert_eq!(c.settings_for("LOCB").profile, Profile::Bagit);
+        // A merged release would not be a bag: refused, naming the keys.
+        for (text, key) in [
+            (
+                "[producers.LOCB]\nprofile = \"bagit\"\n[producers.LOCB.publish]\nmode = \"merge\"\n",
+                "producers.LOCB.publish.mode",
+            ),
+            ("[publish]\nmode = \"merge\"\n[producers]\nprofile = \"bagit\"\n", "publish.mode"),
+        ] {
+            let e = format!("{:#}", parse(&format!("{MIN}{text}")).unwrap_err());
+            assert!(e.contains(key) && e.contains("bagit"), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn allow_empty_is_off_and_set_per_producer() {
         let c = parse(&format!(
             "{MIN}[producers.IGNF.checks]

@@ -249,7 +249,7 @@ enum ProducerCommand {
     },
 }
 
-/// The profiles of the SPEC; bagit is not implemented yet.
+/// The profiles of the SPEC.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum CheckProfile {
     Theia,
@@ -397,6 +397,9 @@ fn cmd_sample(producer: &str, out: &Path, profile: Option<sample::Profile>, conf
             Some(_) => match config.load()?.settings_for(producer).profile {
                 jobs::Profile::Plain => sample::Profile::Plain,
                 jobs::Profile::Theia => sample::Profile::Theia,
+                jobs::Profile::Bagit => bail!(
+                    "{producer}'s profile is \"bagit\": make a bag with a BagIt tool (bagit.py --sha256 mybag) and zip it (zip -r bag.zip mybag/); or pass --profile theia|plain"
+                ),
             },
             None => sample::Profile::Theia,
         },
@@ -453,7 +456,7 @@ fn cmd_check(
         None => None,
         Some(CheckProfile::Theia) => Some(jobs::Profile::Theia),
         Some(CheckProfile::Plain) => Some(jobs::Profile::Plain),
-        Some(CheckProfile::Bagit) => bail!("the bagit profile is not supported yet: theia or plain"),
+        Some(CheckProfile::Bagit) => Some(jobs::Profile::Bagit),
     };
     // A file that is not there or cannot be read is the caller's mistake
     // (a usage error), not a verdict on a deposit.
@@ -516,7 +519,7 @@ fn cmd_check(
     let report = match r {
         // The machine's fault, not the deposit's: say what failed.
         Err(e) if e.is_transient() => bail!("cannot check {}: {}", archive.display(), e.message()),
-        Ok(summary) => Report::success(base, summary.file_count, summary.total_bytes, None),
+        Ok(summary) => Report::success(base, summary.file_count, summary.total_bytes, None).warned(&summary.warnings),
         Err(e) => Report::failure(base, &e),
     };
     if json {
@@ -668,7 +671,8 @@ fn cmd_ingest(
             let base =
                 ReportBase { deposit: id.clone(), producer: producer.to_owned(), archive: name.clone(), started };
             record(&match &outcome {
-                Ok(p) => Report::success(base, p.file_count, p.total_bytes, Some(p.release.display().to_string())),
+                Ok(p) => Report::success(base, p.file_count, p.total_bytes, Some(p.release.display().to_string()))
+                    .warned(&p.warnings),
                 Err(_) => Report::failure(base, &e),
             });
             return Err(anyhow::anyhow!("{e}"));

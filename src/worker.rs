@@ -447,6 +447,11 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
             Err(err) if err.is_transient() && (retry || out_of_descriptors(&err)) => return End::Retry(err),
             Ok(p) => {
                 sh.pruned.store(true, Ordering::Relaxed);
+                // Accepted all the same (a bag's RFC "SHOULD"s): in the
+                // report, and said to the operator.
+                for w in &p.warnings {
+                    info!(deposit = %e.id, producer = %e.producer, "accepted with a warning: {w}");
+                }
                 success(base, &p)
             }
             Err(err) => failure(base, &err),
@@ -632,7 +637,7 @@ fn success(base: ReportBase, p: &jobs::publish::Published) -> Outcome {
     let release = p.release.display().to_string();
     let current =
         p.superseded_by.as_ref().and_then(|newer| p.release.parent().map(|r| r.join(newer).display().to_string()));
-    let report = Report::success(base, p.file_count, p.total_bytes, Some(release.clone()));
+    let report = Report::success(base, p.file_count, p.total_bytes, Some(release.clone())).warned(&p.warnings);
     Outcome {
         state: SUCCESS.into(),
         report: serde_json::to_value(&report).unwrap_or_default(),
@@ -854,6 +859,7 @@ impl ReportView {
             file_count: None,
             total_bytes: None,
             release: None,
+            warnings: Vec::new(),
         }
     }
 }

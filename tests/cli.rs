@@ -234,9 +234,79 @@ fn check_profile_and_the_shipped_plain_example() {
     assert_eq!(depot(&["check", a], empty.path()).status.code(), Some(1));
     let out = depot(&["check", a, "--profile", "plain"], empty.path());
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
-    let out = depot(&["check", a, "--profile", "bagit"], empty.path());
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not supported yet"), "{out:?}");
+    // Not a bag: no bagit.txt.
+    let out = depot(&["check", a, "--profile", "bagit", "--json"], empty.path());
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["code"], "BAG_INVALID");
+}
+
+fn sh(cmd: &str, cwd: &Path) {
+    let out = Command::new("sh").arg("-c").arg(cmd).current_dir(cwd).output().unwrap();
+    assert!(out.status.success(), "{cmd}: {out:?}");
+}
+
+/// A bag made by hand as a producer would (sha256sum, `zip -r`), checked
+/// with `depot check --profile bagit`, then ingested by a producer whose
+/// profile is bagit: the release is the bag itself, and still a bag.
+#[test]
+fn a_bag_through_check_and_ingest_is_published_as_it_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bag = tmp.path().join("mybag");
+    fs::create_dir_all(bag.join("data/2026")).unwrap();
+    fs::write(bag.join("bagit.txt"), "BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n").unwrap();
+    fs::write(bag.join("data/2026/obs.csv"), "t,v\n1,2.5\n").unwrap();
+    fs::write(bag.join("data/README"), "Observations of 2026.\n").unwrap();
+    sh("sha256sum data/2026/obs.csv data/README > manifest-sha256.txt", &bag);
+    sh("zip -qr bag.zip mybag/", tmp.path());
+    let zip = tmp.path().join("bag.zip");
+    let z = zip.to_str().unwrap();
+
+    // No bag-info.txt: accepted, with the warning in the report.
+    let out = depot(&["check", z, "--profile", "bagit", "--producer", "LOCB", "--json"], tmp.path());
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["warnings"][0].as_str().unwrap().contains("Payload-Oxum"), "{v}");
+    let out = depot(&["check", z, "--profile", "bagit", "--producer", "LOCB"], tmp.path());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Warnings"), "{out:?}");
+
+    // With bag-info.txt and a tag manifest: ingested, no warning.
+    fs::write(bag.join("bag-info.txt"), "Bagging-Date: 2026-12-05\nPayload-Oxum: 32.2\n").unwrap();
+    sh("sha256sum bagit.txt bag-info.txt manifest-sha256.txt > tagmanifest-sha256.txt", &bag);
+    fs::remove_file(&zip).unwrap();
+    sh("zip -qr bag.zip mybag/", tmp.path());
+    let cfg = tmp.path().join("config.toml");
+    fs::write(
+        &cfg,
+        "drop_root = \"drop\"\npublish_root = \"publish\"\n[redis]\nurl = \"redis://127.0.0.1:1\"\n[publish]\nfsync = false\n[producers.LOCB]\nprofile = \"bagit\"\n",
+    )
+    .unwrap();
+    let out = depot(&["ingest", z, "--producer", "LOCB", "-c", cfg.to_str().unwrap(), "--json"], tmp.path());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "SUCCESS");
+    assert!(v.get("warnings").is_none(), "{v}");
+    let release = tmp.path().join("publish/LOCB/current");
+    let mut published: Vec<String> = Env::tree(&release).keys().map(|p| p.display().to_string()).collect();
+    published.retain(|p| p != "manifest.json");
+    let mut made: Vec<String> = Env::tree(&bag).keys().map(|p| p.display().to_string()).collect();
+    made.sort();
+    published.sort();
+    assert_eq!(published, made);
+    for f in made.iter().filter(|f| bag.join(f).is_file()) {
+        assert_eq!(fs::read(release.join(f)).unwrap(), fs::read(bag.join(f)).unwrap(), "{f}");
+    }
+    // The release is itself a valid bag.
+    sh("sha256sum -c --quiet manifest-sha256.txt && sha256sum -c --quiet tagmanifest-sha256.txt", &release);
+    let m: serde_json::Value = serde_json::from_slice(&fs::read(release.join("manifest.json")).unwrap()).unwrap();
+    let obs = m["files"].as_array().unwrap().iter().find(|f| f["path"] == "data/2026/obs.csv").unwrap();
+    assert!(obs["md5"].is_string() && obs["sha256"].is_string(), "{obs}");
 }
 
 /// The man pages (depot(1), one per subcommand, depot.toml(5)) render with

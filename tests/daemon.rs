@@ -830,6 +830,7 @@ fn readme_commands_run() {
         ("python3 bench/flood.py", "benchmark, run by hand"),
         ("python3 bench/limits.py", "benchmark, run by hand"),
         ("PROPTEST_CASES=", "long fuzzing run, by hand"),
+        ("depot check bag.zip --profile bagit", "tests/cli.rs makes a bag (sha256sum, zip -r) and checks it so"),
     ];
     let mut docs: Vec<String> = fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs"))
         .unwrap()

@@ -579,7 +579,7 @@ fn check_speaks_to_scientists() {
     let cfg = dir.join("config.toml");
     fs::write(
         &cfg,
-        "drop_root = \"drop\"\npublish_root = \"publish\"\n[producers.PLAN]\nprofile = \"plain\"\n[producers.LIMT]\nprofile = \"plain\"\n[producers.LIMT.limits]\nmax_entries = 1\n",
+        "drop_root = \"drop\"\npublish_root = \"publish\"\n[producers.PLAN]\nprofile = \"plain\"\n[producers.LIMT]\nprofile = \"plain\"\n[producers.LIMT.limits]\nmax_entries = 1\n[producers.BAGS]\nprofile = \"bagit\"\n",
     )
     .unwrap();
     // A missing file, a folder: usage errors (exit 2), no report.
@@ -662,6 +662,7 @@ fn check_speaks_to_scientists() {
         ),
         ("PRODUCER_MISMATCH", "MSEC", RawZip::new().file("MSEC_en.json", pivot("ABCD", &[])).build()),
         ("EMPTY_DEPOSIT", "PLAN", RawZip::new().dir("a/").build()),
+        ("BAG_INVALID", "BAGS", RawZip::new().file("bag/data/a.txt", "a").build()),
         (
             "DATASET_MISMATCH",
             "MSEC",

@@ -34,10 +34,11 @@ pub enum Code {
     IoError,
     NoSpace,
     ChecksumMismatch,
+    BagInvalid,
 }
 
 impl Code {
-    pub const ALL: [Code; 20] = [
+    pub const ALL: [Code; 21] = [
         Code::NotAZip,
         Code::ZipCorrupt,
         Code::UnsafePath,
@@ -58,6 +59,7 @@ impl Code {
         Code::IoError,
         Code::NoSpace,
         Code::ChecksumMismatch,
+        Code::BagInvalid,
     ];
 
     /// The code named by its stable string (reports, Redis), if any.
@@ -87,6 +89,7 @@ impl Code {
             Code::IoError => "IO_ERROR",
             Code::NoSpace => "NO_SPACE",
             Code::ChecksumMismatch => "CHECKSUM_MISMATCH",
+            Code::BagInvalid => "BAG_INVALID",
         }
     }
 
@@ -138,6 +141,9 @@ impl Code {
             Code::NoSpace => "The archive host is out of disk space (a fault of the host, not of the deposit).",
             Code::ChecksumMismatch => {
                 "A file does not match the SHA-256 or SHA-512 checksum given for it, or a checksum file is not in sha256sum/sha512sum format."
+            }
+            Code::BagInvalid => {
+                "The archive is not a valid BagIt bag (RFC 8493): a required file is missing or malformed, a manifest and the files disagree, or a path leads outside the bag."
             }
         }
     }
@@ -192,6 +198,9 @@ impl Code {
             Code::NoSpace => "Nothing is needed from you: the deposit is kept and tried again once there is room.",
             Code::ChecksumMismatch => {
                 "If the file is right, regenerate its checksum (`sha256sum FILE` or `sha512sum FILE`); otherwise upload it again: it was damaged on its way."
+            }
+            Code::BagInvalid => {
+                "Fix the file and rule the message names, or make the bag again with a BagIt tool (bagit-python: `bagit.py --sha256 mybag`), then zip it with `zip -r bag.zip mybag/`."
             }
         }
     }

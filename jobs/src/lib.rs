@@ -3,6 +3,7 @@
 //! [`pipeline`].
 
 pub mod archive;
+pub mod bagit;
 pub mod conflicts;
 pub mod deposit;
 pub mod error;

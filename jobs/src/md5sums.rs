@@ -15,6 +15,10 @@ pub enum Algo {
     Md5,
     Sha256,
     Sha512,
+    /// BagIt's older manifests (`manifest-sha1.txt`, `manifest-sha224.txt`):
+    /// only a bag's manifests ask for these, never a sidecar or SUMS file.
+    Sha1,
+    Sha224,
 }
 
 impl Algo {
@@ -24,6 +28,8 @@ impl Algo {
             Algo::Md5 => 16,
             Algo::Sha256 => 32,
             Algo::Sha512 => 64,
+            Algo::Sha1 => 20,
+            Algo::Sha224 => 28,
         }
     }
 
@@ -32,6 +38,8 @@ impl Algo {
             Algo::Md5 => "MD5",
             Algo::Sha256 => "SHA-256",
             Algo::Sha512 => "SHA-512",
+            Algo::Sha1 => "SHA-1",
+            Algo::Sha224 => "SHA-224",
         }
     }
 
@@ -41,6 +49,8 @@ impl Algo {
             Algo::Md5 => "md5",
             Algo::Sha256 => "sha256",
             Algo::Sha512 => "sha512",
+            Algo::Sha1 => "sha1",
+            Algo::Sha224 => "sha224",
         }
     }
 
@@ -49,7 +59,7 @@ impl Algo {
     pub fn mismatch(self) -> Code {
         match self {
             Algo::Md5 => Code::Md5Mismatch,
-            Algo::Sha256 | Algo::Sha512 => Code::ChecksumMismatch,
+            Algo::Sha256 | Algo::Sha512 | Algo::Sha1 | Algo::Sha224 => Code::ChecksumMismatch,
         }
     }
 
@@ -75,6 +85,8 @@ impl Sum {
 pub struct Want {
     pub sha256: bool,
     pub sha512: bool,
+    pub sha1: bool,
+    pub sha224: bool,
 }
 
 impl Want {
@@ -83,6 +95,8 @@ impl Want {
             Algo::Md5 => {}
             Algo::Sha256 => self.sha256 = true,
             Algo::Sha512 => self.sha512 = true,
+            Algo::Sha1 => self.sha1 = true,
+            Algo::Sha224 => self.sha224 = true,
         }
     }
 }
@@ -92,6 +106,8 @@ impl Want {
 pub struct Extra {
     pub sha256: Option<Vec<u8>>,
     pub sha512: Option<Vec<u8>>,
+    pub sha1: Option<Vec<u8>>,
+    pub sha224: Option<Vec<u8>>,
 }
 
 impl Extra {
@@ -100,6 +116,8 @@ impl Extra {
             Algo::Md5 => None,
             Algo::Sha256 => self.sha256.as_deref(),
             Algo::Sha512 => self.sha512.as_deref(),
+            Algo::Sha1 => self.sha1.as_deref(),
+            Algo::Sha224 => self.sha224.as_deref(),
         }
     }
 }
@@ -109,11 +127,18 @@ impl Extra {
 pub struct Hashers {
     sha256: Option<sha2::Sha256>,
     sha512: Option<sha2::Sha512>,
+    sha1: Option<sha1::Sha1>,
+    sha224: Option<sha2::Sha224>,
 }
 
 impl Hashers {
     pub fn new(want: Want) -> Hashers {
-        Hashers { sha256: want.sha256.then(sha2::Sha256::new), sha512: want.sha512.then(sha2::Sha512::new) }
+        Hashers {
+            sha256: want.sha256.then(sha2::Sha256::new),
+            sha512: want.sha512.then(sha2::Sha512::new),
+            sha1: want.sha1.then(sha1::Sha1::new),
+            sha224: want.sha224.then(sha2::Sha224::new),
+        }
     }
 
     pub fn update(&mut self, data: &[u8]) {
@@ -123,10 +148,21 @@ impl Hashers {
         if let Some(h) = self.sha512.as_mut() {
             h.update(data);
         }
+        if let Some(h) = self.sha1.as_mut() {
+            h.update(data);
+        }
+        if let Some(h) = self.sha224.as_mut() {
+            h.update(data);
+        }
     }
 
     pub fn finish(self) -> Extra {
-        Extra { sha256: self.sha256.map(|h| h.finalize().to_vec()), sha512: self.sha512.map(|h| h.finalize().to_vec()) }
+        Extra {
+            sha256: self.sha256.map(|h| h.finalize().to_vec()),
+            sha512: self.sha512.map(|h| h.finalize().to_vec()),
+            sha1: self.sha1.map(|h| h.finalize().to_vec()),
+            sha224: self.sha224.map(|h| h.finalize().to_vec()),
+        }
     }
 }
 
@@ -248,6 +284,8 @@ fn parse_line(line: &str, number: usize, algo: Algo) -> Result<Line, ParseError>
         Algo::Md5 => err("does not start with 32 hex digits"),
         Algo::Sha256 => err("does not start with 64 hex digits (SHA-256)"),
         Algo::Sha512 => err("does not start with 128 hex digits (SHA-512)"),
+        Algo::Sha1 => err("does not start with 40 hex digits (SHA-1)"),
+        Algo::Sha224 => err("does not start with 56 hex digits (SHA-224)"),
     })?;
     let rest = &line[digits..];
     let after_sep = rest.trim_start_matches([' ', '\t']);

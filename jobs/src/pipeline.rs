@@ -37,6 +37,9 @@ pub struct Summary {
     pub files: Vec<FileRecord>,
     pub file_count: u64,
     pub total_bytes: u64,
+    /// What the deposit should have done otherwise, without being refused
+    /// for it (a bag's RFC "SHOULD"s).
+    pub warnings: Vec<String>,
 }
 
 /// The sidecar is tiny; more than this is not an md5 line.
@@ -293,6 +296,9 @@ fn examine_with(
         return Err(e);
     }
     verify::check(&plan, &got.files, pair, job.name, s.limits.max_path_len, s.checks.portable_names)?;
+    if let Some(bag) = &plan.bag {
+        crate::bagit::verify(bag, &got.files)?;
+    }
     let files: Vec<FileRecord> = got.files.into_iter().filter(|f| f.published.is_some()).collect();
     // Last, so that what is wrong with the names or checksums it does
     // hold is said first.
@@ -308,7 +314,8 @@ fn examine_with(
             ),
         ));
     }
-    Ok(Summary { file_count: files.len() as u64, total_bytes: files.iter().map(|f| f.size).sum(), files })
+    let warnings = plan.bag.map(|b| b.warnings).unwrap_or_default();
+    Ok(Summary { file_count: files.len() as u64, total_bytes: files.iter().map(|f| f.size).sum(), files, warnings })
 }
 
 /// Every check, nothing written but in a private temp folder (compressed
@@ -380,7 +387,8 @@ pub fn ingest(job: &Job<'_>, publish_root: &Path, opts: IngestOptions, progress:
         fsync: s.publish.fsync,
         fail_after: opts.fail_after,
     };
-    publish::publish(&req, staging, &summary.files, s.checks.case_insensitive)
+    let published = publish::publish(&req, staging, &summary.files, s.checks.case_insensitive)?;
+    Ok(Published { warnings: summary.warnings, ..published })
 }
 
 /// [`ingest`] to a bucket (`publish.target = "s3"`): the same checks, the
@@ -494,6 +502,7 @@ pub fn ingest_s3(
         file_count: manifest.file_count,
         total_bytes: manifest.total_bytes,
         superseded_by: newer,
+        warnings: summary.warnings,
     })
 }
 
@@ -565,7 +574,8 @@ pub fn finish(
     let d = Deposited { archive: job.archive, sidecar: job.sidecar, name: job.name };
     match outcome {
         Ok(p) => {
-            let report = Report::success(base, p.file_count, p.total_bytes, Some(p.release.display().to_string()));
+            let report = Report::success(base, p.file_count, p.total_bytes, Some(p.release.display().to_string()))
+                .warned(&p.warnings);
             rotate::to_previous(producer_dir, &d)?;
             Ok((report, None))
         }

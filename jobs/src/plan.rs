@@ -13,6 +13,7 @@ use std::sync::Arc;
 use zip::ZipArchive;
 
 use crate::archive::{self, Copied, Entry, Section, label};
+use crate::bagit;
 use crate::conflicts::{self, Name};
 use crate::error::{Code, Error, IoContext, Result, Stage};
 use crate::md5sums::{self, Digest, Line, Want, is_manifest_name};
@@ -109,6 +110,9 @@ pub struct Plan {
     /// Bytes of compressed dataset zips inflated to scratch to be read; they
     /// count against `limits.max_unpacked_bytes` with `total_bytes`.
     pub scratch_bytes: u64,
+    /// The bag of a `bagit` deposit, judged from its tag files: its
+    /// digests are compared once the unpack pass measured them.
+    pub bag: Option<bagit::Bag>,
 }
 
 impl Plan {
@@ -204,12 +208,18 @@ pub fn build(input: &Input<'_>) -> Result<Plan> {
         total_bytes: 0,
         total_files: 0,
         scratch_bytes: 0,
+        bag: None,
     };
     // The caller refused a sidecar over the limit on its own, before reading it.
     let mut meta = Metadata { used: input.sidecar_bytes, max: limits.max_metadata_bytes };
-    let roles = match input.settings.profile {
-        Profile::Plain => plain_roles(&entries),
-        Profile::Theia => theia_roles(&entries, input.producer, &mut plan.containers)?,
+    let bag_root = match input.settings.profile {
+        Profile::Bagit => Some(bagit::locate(&entries)?),
+        _ => None,
+    };
+    let roles = match (input.settings.profile, &bag_root) {
+        (Profile::Bagit, Some(root)) => bag_roles(&entries, root),
+        (Profile::Plain | Profile::Bagit, _) => plain_roles(&entries),
+        (Profile::Theia, _) => theia_roles(&entries, input.producer, &mut plan.containers)?,
     };
     plan.levels.push(Level { container: String::new(), src: Source::InPlace(src), entries, roles });
     // Level 0's data entries are the pivots in a Theia deposit (read and
@@ -217,6 +227,9 @@ pub fn build(input: &Input<'_>) -> Result<Plan> {
     let theia = input.settings.profile == Profile::Theia;
     meta.charge_level(&plan.levels[0], |r| *r == Role::Manifest || (theia && matches!(r, Role::Data(_))))?;
     read_manifests(&mut plan, 0, &mut zip)?;
+    if let Some(root) = &bag_root {
+        read_bag(&mut plan, &mut zip, &mut meta, root)?;
+    }
     for m in &plan.manifests {
         plan.listed_top.extend(m.lines.iter().map(|l| names::join(&m.dir, &l.path)));
     }
@@ -251,6 +264,65 @@ fn plain_roles(entries: &[Entry]) -> Vec<Role> {
             }
         })
         .collect()
+}
+
+/// Every file of the bag is published, at its path in the bag: the release
+/// is the bag itself, its manifests and tag files included.
+fn bag_roles(entries: &[Entry], root: &str) -> Vec<Role> {
+    entries
+        .iter()
+        .map(|e| match e.name.strip_prefix(root) {
+            Some(p) if !e.is_dir => Role::Data(p.to_owned()),
+            _ => Role::Dir,
+        })
+        .collect()
+}
+
+/// Read and judge the bag's tag files (charged to the metadata budget
+/// first), and ask the unpack pass for the digests its manifests give.
+fn read_bag(plan: &mut Plan, zip: &mut ZipArchive<Section>, meta: &mut Metadata, root: &str) -> Result<()> {
+    let lv = &plan.levels[0];
+    let mut files = BTreeMap::new();
+    let mut dirs = BTreeSet::new();
+    let mut tags = Vec::new();
+    for (i, (e, r)) in lv.entries.iter().zip(&lv.roles).enumerate() {
+        match r {
+            Role::Data(p) => {
+                files.insert(p.clone(), e.size);
+                if bagit::is_parsed_tag(p) {
+                    tags.push((i, p.clone()));
+                }
+            }
+            _ => {
+                if let Some(d) = e.name.strip_prefix(root) {
+                    dirs.insert(d.to_owned());
+                }
+            }
+        }
+    }
+    bagit::refuse_fetch(&files)?;
+    for (i, _) in &tags {
+        meta.charge(lv.entries[*i].size, &lv.entries[*i].name)?;
+    }
+    let mut texts = BTreeMap::new();
+    let mut small = Vec::new();
+    for (i, p) in tags {
+        let (bytes, _) = read_small(zip, lv, i)?;
+        texts.insert(p.clone(), bytes);
+        small.push((i, p));
+    }
+    let bag = bagit::parse(root, &files, &dirs, &texts)?;
+    for (name, algo) in bag.wants() {
+        plan.wants.entry((0, name)).or_default().add(algo);
+    }
+    // Published from memory, hashed there (Unit::Small).
+    for (i, p) in small {
+        if let Some(bytes) = texts.remove(&p) {
+            plan.small.insert((0, i), bytes);
+        }
+    }
+    plan.bag = Some(bag);
+    Ok(())
 }
 
 fn theia_roles(entries: &[Entry], producer: &str, containers: &mut Vec<Container>) -> Result<Vec<Role>> {
@@ -515,7 +587,8 @@ fn check_totals(plan: &mut Plan, input: &Input<'_>) -> Result<()> {
         ));
     }
     check_unpacked(plan.total_bytes, plan.scratch_bytes, limits)?;
-    if input.settings.checks.require_md5 && plan.manifests.is_empty() && !input.has_sidecar {
+    // A bag always gives checksums: its payload manifests.
+    if input.settings.checks.require_md5 && plan.manifests.is_empty() && !input.has_sidecar && plan.bag.is_none() {
         return Err(Error::reject(
             Code::Md5Missing,
             Stage::Verify,
@@ -534,7 +607,14 @@ fn check_names(plan: &Plan, input: &Input<'_>) -> Result<()> {
         for (e, r) in lv.entries.iter().zip(&lv.roles) {
             let path = match r {
                 Role::Data(p) => p.clone(),
-                Role::Dir if lv.container.is_empty() => e.name.clone(),
+                // A bag's folder is published as the release root.
+                Role::Dir if lv.container.is_empty() => match &plan.bag {
+                    Some(bag) => match e.name.strip_prefix(&bag.root) {
+                        Some(p) => p.to_owned(),
+                        None => continue,
+                    },
+                    None => e.name.clone(),
+                },
                 Role::Dir => names::join(lv.container.trim_end_matches(".zip"), &e.name),
                 _ => continue,
             };

@@ -321,6 +321,9 @@ pub struct Published {
     pub total_bytes: u64,
     /// `current` was left on this newer release (see [`publish`]).
     pub superseded_by: Option<String>,
+    /// What the deposit should have done otherwise, without being refused
+    /// for it (a bag without Payload-Oxum): for the report.
+    pub warnings: Vec<String>,
 }
 
 /// The folder `current` points at, if any.
@@ -409,7 +412,7 @@ pub fn publish(
     prune(req.publish_root, req.producer, newer.as_deref().unwrap_or(req.deposit_id), req.keep_releases)
         .ctx(Stage::Publish, || "remove old releases".into())?;
     req.step(Step::Pruned)?;
-    Ok(Published { release, file_count, total_bytes, superseded_by: newer })
+    Ok(Published { release, file_count, total_bytes, superseded_by: newer, warnings: Vec::new() })
 }
 
 /// Folders 0755 whatever the umask, and their entries on disk.

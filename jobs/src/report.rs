@@ -23,6 +23,10 @@ pub struct Report {
     pub file_count: Option<u64>,
     pub total_bytes: Option<u64>,
     pub release: Option<String>,
+    /// What an accepted deposit should have done otherwise (a bag's RFC
+    /// "SHOULD"s); absent when there is none, as in reports before it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl Report {
@@ -42,6 +46,21 @@ impl Report {
             file_count: Some(file_count),
             total_bytes: Some(total_bytes),
             release,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// The same report, with the deposit's warnings.
+    pub fn warned(self, warnings: &[String]) -> Report {
+        Report { warnings: warnings.to_vec(), ..self }
+    }
+
+    fn warnings_text(&self, t: &mut String) {
+        if !self.warnings.is_empty() {
+            t.push_str("Warnings (accepted all the same; better fixed in your next deposit):\n");
+            for w in &self.warnings {
+                t.push_str(&format!("  - {}\n", printable(w)));
+            }
         }
     }
 
@@ -61,6 +80,7 @@ impl Report {
             file_count: None,
             total_bytes: None,
             release: None,
+            warnings: Vec::new(),
         }
     }
 
@@ -78,6 +98,7 @@ impl Report {
             if let (Some(n), Some(b)) = (self.file_count, self.total_bytes) {
                 t.push_str(&format!("Files: {n}, {b} bytes.\n"));
             }
+            self.warnings_text(&mut t);
         } else {
             t.push_str(&format!("Deposit {} was REJECTED.\n\n", printable(&self.archive)));
             self.verdict(&mut t, advice);
@@ -104,6 +125,7 @@ impl Report {
                 t.push_str(&format!(": {n} files, {b} bytes"));
             }
             t.push_str(".\n");
+            self.warnings_text(&mut t);
         } else {
             t.push_str(&format!("{} would be REJECTED.\n\n", printable(&self.archive)));
             let advice = self.code.and_then(crate::Code::parse).map(crate::Code::advice);

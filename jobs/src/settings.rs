@@ -11,6 +11,8 @@ pub enum Profile {
     Theia,
     /// IGN archive: the archive's files published as they are.
     Plain,
+    /// One BagIt bag (RFC 8493), validated and published as it is.
+    Bagit,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -227,6 +229,12 @@ impl Settings {
             if s3.prefix.split('/').any(|c| c == "." || c == "..") {
                 return Err("publish.s3.prefix must not hold `.` or `..` components".into());
             }
+        }
+        if self.profile == Profile::Bagit && self.publish.mode == PublishMode::Merge {
+            // A merged release is the current one plus the delivered files:
+            // its manifests would not list the kept ones, so it would not
+            // be a bag.
+            return Err("publish.mode = \"merge\" cannot be used with profile = \"bagit\": every release must be the bag itself (use publish.mode = \"replace\")".into());
         }
         if self.publish.keep_releases == 0 {
             return Err("publish.keep_releases must be at least 1 (the current release)".into());

@@ -11,6 +11,7 @@
 //! on every body read (see `upload`).
 
 mod auth;
+mod data;
 mod read;
 mod tls;
 mod upload;
@@ -60,6 +61,8 @@ pub struct Door {
     /// MD5s of files in `previous/` without a sidecar, by (device, inode,
     /// size, mtime): a listing must not read a large archive each time.
     md5s: Mutex<HashMap<(u64, u64, u64, i64), String>>,
+    /// Release manifests parsed for the data service (`/data/pub/`).
+    data: data::Manifests,
 }
 
 type Shared_ = Arc<Door>;
@@ -104,6 +107,7 @@ pub async fn serve(
         receiving: Mutex::default(),
         verifying: tokio::sync::Semaphore::new(2),
         md5s: Mutex::default(),
+        data: data::Manifests::default(),
     });
     let router = if metrics_only { metrics_router(door) } else { router(door) };
     info!(listen = %addr, tls = tls.is_some(), what = if metrics_only { "metrics" } else { "HTTP door" }, "listening");
@@ -134,6 +138,9 @@ fn router(door: Shared_) -> Router {
         .route("/data/{p}/deposits", get(read::deposits))
         .route("/data/{p}/deposits/{id}", get(read::deposit))
         .route("/data/{p}/deposits/{id}/report.txt", get(read::report))
+        .route("/data/pub/{p}", get(data::redirect))
+        .route("/data/pub/{p}/", get(data::manifest))
+        .route("/data/pub/{p}/{*path}", get(data::file))
         .fallback(not_found)
         .with_state(door)
 }

@@ -166,6 +166,9 @@ impl Http {
     /// Checked at load: a bad address, half a TLS pair, credentials in
     /// clear over a non-loopback address.
     fn check(&self) -> Result<()> {
+        if !(1..=7 * 24 * 3600).contains(&self.presign_s) {
+            bail!("http.presign_s must be 1 to 604800 (7 days, S3's longest presigned URL)");
+        }
         if self.listen.is_empty() {
             return Ok(());
         }
@@ -189,9 +192,6 @@ impl Http {
         }
         if self.max_connections < 2 {
             bail!("http.max_connections must be at least 2");
-        }
-        if !(1..=7 * 24 * 3600).contains(&self.presign_s) {
-            bail!("http.presign_s must be 1 to 604800 (7 days, S3's longest presigned URL)");
         }
         Ok(())
     }
@@ -889,6 +889,23 @@ allow_empty = true
         }
         parse(&format!("{MIN}[http]\nlisten = \"0.0.0.0:8480\"\nbehind_proxy = true\n")).unwrap();
         parse(&format!("{MIN}[http]\nlisten = \"0.0.0.0:8480\"\ntls_cert = \"c\"\ntls_key = \"k\"\n")).unwrap();
+    }
+
+    #[test]
+    fn public_producers_and_presign_expiry() {
+        let c = parse(&format!("{MIN}[producers.OPEN]\npublic = true\n[producers.MSEC]\npublic = false\n")).unwrap();
+        assert!(c.producers.public.contains("OPEN") && !c.producers.public.contains("MSEC"));
+        assert_eq!(c.http.presign_s, 3600);
+        // Not a pipeline setting: the producer's settings still type.
+        assert_eq!(c.settings_for("OPEN"), Settings::default());
+        for (extra, key) in [
+            ("[producers.OPEN]\npublic = \"yes\"\n", "producers.OPEN.public"),
+            ("[http]\npresign_s = 0\n", "http.presign_s"),
+            ("[http]\npresign_s = 604801\n", "http.presign_s"),
+        ] {
+            let err = format!("{:#}", parse(&format!("{MIN}{extra}")).unwrap_err());
+            assert!(err.contains(key), "{extra}: {err}");
+        }
     }
 
     #[test]

@@ -138,7 +138,10 @@ fn manifest(door: &Door, user: &[&str], p: &str) -> (String, HashMap<String, (u6
         .unwrap()
         .iter()
         .map(|f| {
-            (f["path"].as_str().unwrap().to_owned(), (f["size"].as_u64().unwrap(), f["md5"].as_str().unwrap().to_owned()))
+            (
+                f["path"].as_str().unwrap().to_owned(),
+                (f["size"].as_u64().unwrap(), f["md5"].as_str().unwrap().to_owned()),
+            )
         })
         .collect();
     (m["deposit"].as_str().unwrap().to_owned(), files)
@@ -231,7 +234,8 @@ fn curl_and_wget_read_releases_whole_by_range_and_conditionally() {
     assert_eq!(code, 304);
     let (code, _, _) = door.curl(&["-u", "MSEC:pw", "-H", "If-None-Match: \"other\"", &url("big.bin")]);
     assert_eq!(code, 200);
-    let (code, _, body) = door.curl(&["-u", "MSEC:pw", "-r", "0-9", "-H", &format!("If-Range: {etag}"), &url("big.bin")]);
+    let (code, _, body) =
+        door.curl(&["-u", "MSEC:pw", "-r", "0-9", "-H", &format!("If-Range: {etag}"), &url("big.bin")]);
     assert_eq!((code, body.len()), (206, 10));
     let (code, _, body) = door.curl(&["-u", "MSEC:pw", "-r", "0-9", "-H", "If-Range: \"old\"", &url("big.bin")]);
     assert_eq!((code, body.len()), (200, big.len()));
@@ -325,10 +329,8 @@ fn slow_get(port: u16, path: &str, auth: &str) -> TcpStream {
 fn a_download_begun_before_a_switch_ends_with_the_old_bytes() {
     let redis = Redis::start();
     let port = free_port();
-    let site = Site::new(
-        &redis.url(),
-        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\nusers_file = \"users\"\n{PRODUCERS}"),
-    );
+    let site =
+        Site::new(&redis.url(), &format!("[http]\nlisten = \"127.0.0.1:{port}\"\nusers_file = \"users\"\n{PRODUCERS}"));
     // One release kept: the old one is pruned while its download runs.
     let text = fs::read_to_string(&site.config).unwrap().replace("keep_releases = 10", "keep_releases = 1");
     fs::write(&site.config, text).unwrap();

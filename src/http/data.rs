@@ -64,7 +64,11 @@ pub struct Manifests {
 }
 
 impl Manifests {
-    fn get_or(&self, key: &str, load: impl FnOnce() -> Result<ReleaseManifest, Refusal>) -> Result<Arc<Index>, Refusal> {
+    fn get_or(
+        &self,
+        key: &str,
+        load: impl FnOnce() -> Result<ReleaseManifest, Refusal>,
+    ) -> Result<Arc<Index>, Refusal> {
         if let Some(i) = lock(&self.map).get(key) {
             return Ok(i.clone());
         }
@@ -88,7 +92,10 @@ impl Refusal {
     }
     fn broken(what: String, e: impl std::fmt::Display) -> Refusal {
         error!(what, error = %e, "data service: a published release cannot be read");
-        Refusal(StatusCode::INTERNAL_SERVER_ERROR, format!("{what}: the archive cannot read it; its operators are told"))
+        Refusal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{what}: the archive cannot read it; its operators are told"),
+        )
     }
     fn into_response(self) -> Response {
         answer(self.0, &self.1)
@@ -113,7 +120,12 @@ async fn may_read(door: &Door, headers: &HeaderMap, peer: Peer, p: &str) -> Resu
 }
 
 fn dir_at(dir: impl AsFd, name: &str) -> io::Result<OwnedFd> {
-    Ok(rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?)
+    Ok(rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
 /// A regular file in `dir`, never through a link (and never blocking on
@@ -137,9 +149,7 @@ fn file_at(dir: impl AsFd, name: &str) -> io::Result<(File, std::fs::Metadata)> 
 /// `..` component, no NUL or backslash. Anything else is refused before
 /// the manifest is even looked at (`%2e%2e%2f` arrives here decoded).
 fn plain_path(path: &str) -> bool {
-    !path.is_empty()
-        && !path.contains(['\0', '\\'])
-        && path.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+    !path.is_empty() && !path.contains(['\0', '\\']) && path.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
 /// The release a request names: `current`'s, or `?release=<id>`.
@@ -241,7 +251,7 @@ struct Validators<'a> {
     modified: u64,
 }
 
-fn header_str<'a>(h: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -520,7 +530,11 @@ async fn serve(
     if settings.publish.target == jobs::PublishTarget::S3 {
         let expires = Duration::from_secs(cfg.http.presign_s);
         let d = door.clone();
-        return match blocking(move || presigned(&d, &settings.publish.s3, &p, path.as_deref(), params.release.as_deref(), expires)).await {
+        return match blocking(move || {
+            presigned(&d, &settings.publish.s3, &p, path.as_deref(), params.release.as_deref(), expires)
+        })
+        .await
+        {
             Ok(Ok(url)) => {
                 let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
                 set(r.headers_mut(), header::LOCATION, &url);
@@ -542,7 +556,8 @@ async fn serve(
             }
             None => {
                 let what = || format!("release {} of {p}: manifest.json", rel.id);
-                let (f, m) = file_at(&rel.dir, jobs::conflicts::RELEASE_MANIFEST).map_err(|e| Refusal::broken(what(), e))?;
+                let (f, m) =
+                    file_at(&rel.dir, jobs::conflicts::RELEASE_MANIFEST).map_err(|e| Refusal::broken(what(), e))?;
                 let mut md5 = md5::Md5::new();
                 // The manifest has no MD5 of its own in any manifest: its
                 // ETag is its release and size (it never changes).
@@ -588,7 +603,8 @@ fn presigned(
     asked: Option<&str>,
     expires: Duration,
 ) -> Result<String, Refusal> {
-    let bucket = jobs::s3::Bucket::open(s3).map_err(|e| Refusal::broken(format!("bucket {}", s3.bucket), e.message()))?;
+    let bucket =
+        jobs::s3::Bucket::open(s3).map_err(|e| Refusal::broken(format!("bucket {}", s3.bucket), e.message()))?;
     let current = match asked {
         Some(_) => None,
         None => bucket
@@ -602,19 +618,21 @@ fn presigned(
     let index = door.data.get_or(&key, || {
         bucket
             .manifest(p, &id)
-            .map_err(|e| Refusal::broken(format!("{}{}", bucket.url(&base), jobs::conflicts::RELEASE_MANIFEST), e.message()))?
-            .ok_or_else(|| Refusal::not_found(format!("no release {id} of producer {p} (not kept, or never published)")))
+            .map_err(|e| {
+                Refusal::broken(format!("{}{}", bucket.url(&base), jobs::conflicts::RELEASE_MANIFEST), e.message())
+            })?
+            .ok_or_else(|| {
+                Refusal::not_found(format!("no release {id} of producer {p} (not kept, or never published)"))
+            })
     })?;
     let object = match path {
         None => jobs::conflicts::RELEASE_MANIFEST.to_owned(),
-        Some(path) => {
-            index
-                .files
-                .get(path)
-                .ok_or_else(|| Refusal::not_found(format!("release {id} of producer {p} has no file {path}")))?
-                .path
-                .clone()
-        }
+        Some(path) => index
+            .files
+            .get(path)
+            .ok_or_else(|| Refusal::not_found(format!("release {id} of producer {p} has no file {path}")))?
+            .path
+            .clone(),
     };
     bucket
         .client()

@@ -73,8 +73,14 @@ fn signed(
     settings: SigningSettings,
 ) -> Result<SigningInstructions, SignError> {
     let identity = aws_credential_types::Credentials::new(&creds.key_id, &creds.secret, None, None, "depot").into();
-    let params =
-        v4::SigningParams::builder().identity(&identity).region(region).name("s3").time(time).settings(settings).build()?.into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name("s3")
+        .time(time)
+        .settings(settings)
+        .build()?
+        .into();
     Ok(sign(req, &params)?.into_parts().0)
 }
 

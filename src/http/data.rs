@@ -531,7 +531,7 @@ async fn serve(
         let expires = Duration::from_secs(cfg.http.presign_s);
         let d = door.clone();
         return match blocking(move || {
-            presigned(&d, &settings.publish.s3, &p, path.as_deref(), params.release.as_deref(), expires)
+            presigned(&d.data, &settings.publish.s3, &p, path.as_deref(), params.release.as_deref(), expires)
         })
         .await
         {
@@ -596,7 +596,7 @@ async fn serve(
 /// S3: the presigned GET of the file (or the manifest), found through
 /// `current` (or `?release`) and the release's manifest.json in the bucket.
 fn presigned(
-    door: &Door,
+    cache: &Manifests,
     s3: &jobs::S3Settings,
     p: &str,
     path: Option<&str>,
@@ -615,7 +615,7 @@ fn presigned(
     let id = release_id(current, asked, p)?;
     let base = bucket.release_key(p, &id);
     let key = format!("{}{base}", bucket.url(""));
-    let index = door.data.get_or(&key, || {
+    let index = cache.get_or(&key, || {
         bucket
             .manifest(p, &id)
             .map_err(|e| {
@@ -705,5 +705,78 @@ mod tests {
         );
         assert_eq!(content_md5("d41d8cd98f00b204e9800998ecf8427e").as_deref(), Some("1B2M2Y8AsgTpgAmY7PhCfg=="));
         assert_eq!(content_md5("nope"), None);
+    }
+
+    /// A stand-in bucket answering `current` and one manifest; the paths
+    /// it was asked for.
+    fn fake_s3(id: &'static str) -> (String, Arc<Mutex<Vec<String>>>) {
+        use std::io::Write;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(mut c) = c else { return };
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && c.read(&mut b).unwrap_or(0) == 1 {
+                    head.push(b[0]);
+                }
+                let path = String::from_utf8_lossy(&head).split(' ').nth(1).unwrap_or_default().to_owned();
+                s.lock().unwrap().push(path.clone());
+                let body = if path == "/bk/pre/MSEC/current" {
+                    format!("{{\"release\": \"{id}\"}}")
+                } else if path == format!("/bk/pre/MSEC/releases/{id}/manifest.json") {
+                    format!(
+                        "{{\"deposit\": \"{id}\", \"producer\": \"MSEC\", \"created\": \"2026-11-22T10:15:00Z\", \"file_count\": 1, \"total_bytes\": 3, \"files\": [{{\"path\": \"d/é.txt\", \"size\": 3, \"md5\": \"acbd18db4cc2f85cedef654fccc4a4d8\"}}]}}"
+                    )
+                } else {
+                    let r = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+                    let _ = c.write_all(r.as_bytes());
+                    continue;
+                };
+                let r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                let _ = c.write_all(r.as_bytes());
+            }
+        });
+        (url, seen)
+    }
+
+    #[test]
+    fn s3_presigns_only_what_the_manifest_lists() {
+        let id = "20261122T101500Z-MSEC-1a2b3c4d";
+        let (endpoint, seen) = fake_s3(id);
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("creds");
+        std::fs::write(&creds, "[default]\naws_access_key_id = AK\naws_secret_access_key = SK\n").unwrap();
+        let s3 = jobs::S3Settings {
+            endpoint: endpoint.clone(),
+            bucket: "bk".into(),
+            prefix: "pre".into(),
+            credentials_file: Some(creds),
+            ..Default::default()
+        };
+        let cache = Manifests::default();
+        let hour = Duration::from_secs(3600);
+        let url = presigned(&cache, &s3, "MSEC", Some("d/é.txt"), None, hour).map_err(|r| r.1).unwrap();
+        assert!(url.starts_with(&format!("{endpoint}/bk/pre/MSEC/releases/{id}/d/%C3%A9.txt?")), "{url}");
+        assert!(url.contains("X-Amz-Expires=3600") && url.contains("X-Amz-Signature="), "{url}");
+        let url = presigned(&cache, &s3, "MSEC", None, Some(id), hour).map_err(|r| r.1).unwrap();
+        assert!(url.starts_with(&format!("{endpoint}/bk/pre/MSEC/releases/{id}/manifest.json?")), "{url}");
+        // Not listed, not a release, not this producer's id: 404, nothing signed.
+        for (path, rel) in [
+            (Some("d/other.txt"), None),
+            (Some("d/é.txt"), Some("20200101T000000Z-MSEC-00000000")),
+            (Some("d/é.txt"), Some("20261122T101500Z-OTHR-1a2b3c4d")),
+            (Some("d/é.txt"), Some("../x")),
+        ] {
+            let r = presigned(&cache, &s3, "MSEC", path, rel, hour).map(|_| ()).map_err(|r| r.0);
+            assert_eq!(r, Err(StatusCode::NOT_FOUND), "{path:?} {rel:?}");
+        }
+        // The manifest was read once (then cached); `current` each time.
+        let seen = seen.lock().unwrap().clone();
+        let manifests = seen.iter().filter(|p| p.ends_with(&format!("{id}/manifest.json"))).count();
+        assert_eq!(manifests, 1, "{seen:?}");
     }
 }

@@ -367,6 +367,30 @@ fn a_download_begun_before_a_switch_ends_with_the_old_bytes() {
     assert!(body == new);
 }
 
+/// A client that stops reading is cut off after `http.idle_timeout_s`,
+/// its connection closed short of the Content-Length.
+#[test]
+fn a_client_that_stops_reading_is_cut_off() {
+    let redis = Redis::start();
+    let port = free_port();
+    let site = Site::new(
+        &redis.url(),
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\nusers_file = \"users\"\nidle_timeout_s = 1\n{PRODUCERS}"),
+    );
+    let door = Door::start(site, port);
+    let big = noise(32 << 20, 6);
+    door.publish(&redis, "OPEN", "OPEN_1.zip", &[("big.bin", &big)]);
+    let mut s = slow_get(port, "/data/pub/OPEN/big.bin", "");
+    let mut got = vec![0u8; 8192];
+    s.read_exact(&mut got).unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let _ = s.read_to_end(&mut got);
+    assert!(got.len() < big.len(), "{} bytes: the whole file went to a client that stopped reading", got.len());
+    // Others are served meanwhile and after.
+    let (code, _, body) = door.curl(&[&door.url("/data/pub/OPEN/big.bin")]);
+    assert_eq!((code, body.len()), (200, big.len()));
+}
+
 /// With the S3 target: a 307 to a presigned GET, which curl follows to
 /// the tests' Garage and gets the release's bytes (none through depot).
 #[test]

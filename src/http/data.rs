@@ -444,7 +444,10 @@ fn respond(req: &HeaderMap, head_only: bool, file: File, m: &std::fs::Metadata, 
 /// chunk at a time, at most one chunk queued ahead of the connection: the
 /// memory a download holds does not grow with the file, and a slow
 /// client holds no thread (the reader waits on the queue, not in a read).
-fn stream(file: File, start: u64, len: u64) -> Body {
+/// A client that takes nothing for `idle` (`http.idle_timeout_s`) is cut
+/// off: the body ends short of its Content-Length, which makes hyper close
+/// the connection (the client sees a short transfer, never a clean end).
+fn stream(file: File, start: u64, len: u64, idle: Duration) -> Body {
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(1);
     tokio::spawn(async move {
         let file = Arc::new(file);
@@ -464,8 +467,16 @@ fn stream(file: File, start: u64, len: u64) -> Body {
             }
             // Sent even when failed: the body's error cuts the connection,
             // so the client sees a short transfer, never a clean end.
-            if tx.send(read).await.is_err() || failed {
-                return;
+            match tokio::time::timeout(idle, tx.send(read)).await {
+                Ok(Ok(())) if !failed => {}
+                Ok(_) => return,
+                Err(_) => {
+                    tracing::debug!(
+                        idle_s = idle.as_secs(),
+                        "data service: a client took nothing for too long: cut off"
+                    );
+                    return;
+                }
             }
             off += n as u64;
         }
@@ -546,6 +557,7 @@ async fn serve(
         };
     }
     let root = cfg.publish_root.clone();
+    let idle = Duration::from_secs(cfg.http.idle_timeout_s);
     let d = door.clone();
     let found = blocking(move || -> Result<Found, Refusal> {
         let rel = open_release(&d, &root, &p, params.release.as_deref())?;
@@ -585,7 +597,7 @@ async fn serve(
     match found {
         Ok(Ok(Found::Head(r))) => r,
         Ok(Ok(Found::Stream { mut head, file, start, len })) => {
-            *head.body_mut() = stream(file, start, len);
+            *head.body_mut() = stream(file, start, len, idle);
             head
         }
         Ok(Err(refusal)) => refusal.into_response(),

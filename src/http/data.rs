@@ -29,6 +29,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use base64::Engine;
 use jobs::publish::{ManifestFile, ReleaseManifest};
+use md5::Digest as _;
 use rustix::fs::{Mode, OFlags};
 use serde::Deserialize;
 use tracing::{error, warn};
@@ -61,9 +62,31 @@ pub struct Index {
 #[derive(Default)]
 pub struct Manifests {
     map: Mutex<HashMap<String, Arc<Index>>>,
+    /// Each producer's S3 target (None: the filesystem), for the config
+    /// they were worked out from: typing a producer's settings (its tables
+    /// merged, its naming schemes compiled) on every request of a
+    /// thousand-file download would cost more than serving the file.
+    targets: Mutex<Targets>,
 }
 
+/// The config the targets were worked out from, and each producer's.
+type Targets = (Option<Arc<crate::config::Config>>, HashMap<String, Option<jobs::S3Settings>>);
+
 impl Manifests {
+    /// `publish.target = "s3"`'s bucket settings for producer `p`, if so.
+    fn s3_target(&self, cfg: &Arc<crate::config::Config>, p: &str) -> Option<jobs::S3Settings> {
+        let mut t = lock(&self.targets);
+        if !t.0.as_ref().is_some_and(|c| Arc::ptr_eq(c, cfg)) {
+            *t = (Some(cfg.clone()), HashMap::new());
+        }
+        t.1.entry(p.to_owned())
+            .or_insert_with(|| {
+                let s = cfg.settings_for(p).publish;
+                (s.target == jobs::PublishTarget::S3).then_some(s.s3)
+            })
+            .clone()
+    }
+
     fn get_or(
         &self,
         key: &str,
@@ -536,15 +559,12 @@ async fn serve(
         return answer(StatusCode::BAD_REQUEST, &format!("{path:?} is not a path of a release"));
     }
     let cfg = door.shared.config();
-    let settings = cfg.settings_for(&p);
     let head_only = method == Method::HEAD;
-    if settings.publish.target == jobs::PublishTarget::S3 {
+    if let Some(s3) = door.data.s3_target(&cfg, &p) {
         let expires = Duration::from_secs(cfg.http.presign_s);
         let d = door.clone();
-        return match blocking(move || {
-            presigned(&d.data, &settings.publish.s3, &p, path.as_deref(), params.release.as_deref(), expires)
-        })
-        .await
+        return match blocking(move || presigned(&d.data, &s3, &p, path.as_deref(), params.release.as_deref(), expires))
+            .await
         {
             Ok(Ok(url)) => {
                 let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
@@ -570,15 +590,14 @@ async fn serve(
                 let what = || format!("release {} of {p}: manifest.json", rel.id);
                 let (f, m) =
                     file_at(&rel.dir, jobs::conflicts::RELEASE_MANIFEST).map_err(|e| Refusal::broken(what(), e))?;
-                let mut md5 = md5::Md5::new();
-                // The manifest has no MD5 of its own in any manifest: its
-                // ETag is its release and size (it never changes).
-                use md5::Digest;
-                md5.update(format!("{}:{}", rel.id, m.len()));
+                // No manifest lists the manifest's own MD5: its ETag is an
+                // MD5 of its release and size (it never changes), never
+                // sent as Content-MD5.
+                let tag = md5::Md5::digest(format!("{}:{}", rel.id, m.len()));
                 let entry = ManifestFile {
                     path: jobs::conflicts::RELEASE_MANIFEST.to_owned(),
                     size: m.len(),
-                    md5: super::upload::hex(&md5.finalize()),
+                    md5: super::upload::hex(&tag),
                     sha256: None,
                 };
                 let mut found = respond(&headers, head_only, f, &m, &entry);

@@ -37,11 +37,12 @@ use tracing::{error, warn};
 use super::{Door, Peer, answer};
 use crate::state::lock;
 
-/// One read of a large file. 256 KiB: large enough that the blocking-pool
-/// hop per chunk costs nothing next to the copy, small enough that 64
+/// One read of a large file. 128 KiB: large enough that the blocking-pool
+/// hop per chunk costs little next to the copy, small enough that 64
 /// downloads at once (a chunk being read, one queued, one being written
-/// by hyper each) stay within a few tens of MiB.
-const CHUNK: usize = 256 * 1024;
+/// by hyper each) stay far under 64 MiB: with 256 KiB a smoke run of
+/// bench/http-pub.sh peaked at 55 MiB (VmHWM) for 64 downloads.
+const CHUNK: usize = 128 * 1024;
 /// A file (or range) up to this size is read in the same blocking call
 /// that opens it, and answered from memory: one hop per small file.
 const INLINE: u64 = 64 * 1024;

@@ -315,6 +315,21 @@ fn curl_and_wget_read_releases_whole_by_range_and_conditionally() {
     fs::remove_file(rel.join("docs")).unwrap_or_else(|_| fs::remove_dir_all(rel.join("docs")).unwrap());
     std::os::unix::fs::symlink("/etc", rel.join("docs")).unwrap();
     assert_eq!(door.curl(&["-u", "MSEC:pw", &url("docs/small.txt")]).0, 500);
+
+    // A proven login is trusted for a minute by the data service (no
+    // bcrypt per file of a long download); the rest of the door checks
+    // every time, and a header never proven is checked.
+    let users = door.site.root().join("users");
+    let kept: String = fs::read_to_string(&users)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("MSEC:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fs::write(&users, kept).unwrap();
+    assert_eq!(door.curl(&["-u", "MSEC:pw", &url("big.bin")]).0, 200);
+    assert_eq!(door.curl(&["-u", "MSEC:pw", &door.url("/data/MSEC/deposits")]).0, 401);
+    assert_eq!(door.curl(&["-u", "MSEC:pw2", &url("big.bin")]).0, 401);
 }
 
 /// A raw HTTP/1.1 GET whose reply is read a few KiB at a time, slowly.

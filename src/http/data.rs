@@ -20,7 +20,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use axum::Extension;
 use axum::body::{Body, Bytes};
@@ -68,7 +68,20 @@ pub struct Manifests {
     /// merged, its naming schemes compiled) on every request of a
     /// thousand-file download would cost more than serving the file.
     targets: Mutex<Targets>,
+    /// Authorization headers that proved a user lately, with the user and
+    /// when: a client fetching a release's 2,000 files over one connection
+    /// sends the same header 2,000 times, and each check is a bcrypt (tens
+    /// of ms at `htpasswd -B`'s costs, two at a time). As Apache's
+    /// mod_authn_socache does; only successes are kept, for [`LOGIN_TTL`].
+    logins: Mutex<HashMap<String, (String, Instant)>>,
 }
+
+/// How long a proven Authorization header is trusted without a new hash
+/// check: a password changed or removed in `http.users_file` takes effect
+/// for downloads within this.
+const LOGIN_TTL: Duration = Duration::from_secs(60);
+/// Headers kept at most (then the map starts over).
+const LOGINS: usize = 1024;
 
 /// The config the targets were worked out from, and each producer's.
 type Targets = (Option<Arc<crate::config::Config>>, HashMap<String, Option<jobs::S3Settings>>);
@@ -140,7 +153,23 @@ async fn may_read(door: &Door, headers: &HeaderMap, peer: Peer, p: &str) -> Resu
     if cfg.is_producer(p) && cfg.producers.public.contains(p) {
         return Ok(());
     }
-    door.acting_for(headers, peer, p).await.map(|_| ())
+    let raw = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if let Some(raw) = &raw {
+        let recent =
+            lock(&door.data.logins).get(raw).filter(|(_, at)| at.elapsed() < LOGIN_TTL).map(|(u, _)| u.clone());
+        if recent.is_some_and(|user| cfg.acts_for(&user, p)) {
+            return Ok(());
+        }
+    }
+    let user = door.acting_for(headers, peer, p).await?;
+    if let Some(raw) = raw {
+        let mut logins = lock(&door.data.logins);
+        if logins.len() >= LOGINS {
+            logins.clear();
+        }
+        logins.insert(raw, (user, Instant::now()));
+    }
+    Ok(())
 }
 
 fn dir_at(dir: impl AsFd, name: &str) -> io::Result<OwnedFd> {

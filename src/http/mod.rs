@@ -1,5 +1,6 @@
 //! The HTTP door (SPEC "HTTP door"): producers deposit with `curl -T` and
-//! read back their deposits and `previous/`; anyone reaching it reads
+//! read back their deposits and `previous/`; the data service serves the
+//! published releases (`/data/pub/`, see `data`); anyone reaching it reads
 //! `/metrics` and `/data/availability`.
 //!
 //! Connections are served one by one with hyper's HTTP/1 builder rather

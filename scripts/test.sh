@@ -75,6 +75,8 @@ if ! need garage; then
     time cargo install garage --locked
 fi
 need curl || apt_install curl
+# tests/pub.rs downloads releases with Debian's wget too (--content-disposition, -c).
+need wget || apt_install wget
 # tests/http.rs makes its users files with Apache's own htpasswd (-B, -m).
 need htpasswd || apt_install apache2-utils
 # tests/page.rs loads the web page in Debian's headless Chromium (--dump-dom,

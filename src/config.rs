@@ -141,6 +141,8 @@ pub struct Http {
     pub behind_proxy: bool,
     /// Connections open at once; one client address holds at most half.
     pub max_connections: usize,
+    /// Seconds a presigned GET of the data service (S3 target) stays valid.
+    pub presign_s: u64,
 }
 
 impl Default for Http {
@@ -155,6 +157,7 @@ impl Default for Http {
             max_uploads_per_producer: 4,
             behind_proxy: false,
             max_connections: 1024,
+            presign_s: 3600,
         }
     }
 }
@@ -163,6 +166,9 @@ impl Http {
     /// Checked at load: a bad address, half a TLS pair, credentials in
     /// clear over a non-loopback address.
     fn check(&self) -> Result<()> {
+        if !(1..=7 * 24 * 3600).contains(&self.presign_s) {
+            bail!("http.presign_s must be 1 to 604800 (7 days, S3's longest presigned URL)");
+        }
         if self.listen.is_empty() {
             return Ok(());
         }
@@ -222,6 +228,9 @@ pub struct Producers {
     overrides: BTreeMap<String, Table>,
     /// `[producers.<P>] http_users`: who else deposits for P over HTTP.
     pub http_users: BTreeMap<String, Vec<String>>,
+    /// `[producers.<P>] public = true`: anyone reads P's releases
+    /// (`/data/pub/<P>/…`) without credentials.
+    pub public: std::collections::BTreeSet<String>,
 }
 
 const MERGED: [&str; 3] = ["checks", "limits", "publish"];
@@ -400,7 +409,7 @@ impl Config {
         if let Some(over) = over {
             for (k, v) in over {
                 match (k.as_str(), v) {
-                    ("http_users", _) => {}
+                    ("http_users" | "public", _) => {}
                     ("profile", v) => {
                         profile = typed(Table::from_iter([("v".to_string(), v.clone())]), &format!("{prefix}profile"))
                             .map(|w: Wrap<Profile>| w.v)?;
@@ -428,7 +437,7 @@ impl Config {
                         }
                     }
                     (k, _) => bail!(
-                        "unknown key `{prefix}{k}` (a producer table may set profile, http_users, names, deposit_names, [checks], [limits], [publish])"
+                        "unknown key `{prefix}{k}` (a producer table may set profile, http_users, public, names, deposit_names, [checks], [limits], [publish])"
                     ),
                 }
             }
@@ -653,6 +662,7 @@ fn parse_producers(mut t: Table) -> Result<Producers> {
     }
     let mut overrides = BTreeMap::new();
     let mut http_users = BTreeMap::new();
+    let mut public = std::collections::BTreeSet::new();
     for (k, v) in t {
         match v {
             toml::Value::Table(tab) if pattern.is_match(&k) => {
@@ -661,13 +671,20 @@ fn parse_producers(mut t: Table) -> Result<Producers> {
                         .map_err(|e| anyhow!("producers.{k}.http_users must be a list of user names: {e}"))?;
                     http_users.insert(k.clone(), users);
                 }
+                match tab.get("public") {
+                    None | Some(toml::Value::Boolean(false)) => {}
+                    Some(toml::Value::Boolean(true)) => {
+                        public.insert(k.clone());
+                    }
+                    Some(_) => bail!("producers.{k}.public must be true or false"),
+                }
                 overrides.insert(k, tab);
             }
             toml::Value::Table(_) => bail!("producers.{k}: not a producer name (producers.pattern is {pattern_src})"),
             _ => bail!("unknown key `producers.{k}`"),
         }
     }
-    Ok(Producers { pattern, allow, profile, overrides, http_users })
+    Ok(Producers { pattern, allow, profile, overrides, http_users, public })
 }
 
 #[cfg(test)]
@@ -891,6 +908,23 @@ allow_empty = true
         }
         parse(&format!("{MIN}[http]\nlisten = \"0.0.0.0:8480\"\nbehind_proxy = true\n")).unwrap();
         parse(&format!("{MIN}[http]\nlisten = \"0.0.0.0:8480\"\ntls_cert = \"c\"\ntls_key = \"k\"\n")).unwrap();
+    }
+
+    #[test]
+    fn public_producers_and_presign_expiry() {
+        let c = parse(&format!("{MIN}[producers.OPEN]\npublic = true\n[producers.MSEC]\npublic = false\n")).unwrap();
+        assert!(c.producers.public.contains("OPEN") && !c.producers.public.contains("MSEC"));
+        assert_eq!(c.http.presign_s, 3600);
+        // Not a pipeline setting: the producer's settings still type.
+        assert_eq!(c.settings_for("OPEN"), Settings::default());
+        for (extra, key) in [
+            ("[producers.OPEN]\npublic = \"yes\"\n", "producers.OPEN.public"),
+            ("[http]\npresign_s = 0\n", "http.presign_s"),
+            ("[http]\npresign_s = 604801\n", "http.presign_s"),
+        ] {
+            let err = format!("{:#}", parse(&format!("{MIN}{extra}")).unwrap_err());
+            assert!(err.contains(key), "{extra}: {err}");
+        }
     }
 
     #[test]

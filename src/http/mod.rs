@@ -1,7 +1,8 @@
 //! The HTTP door (SPEC "HTTP door"): producers deposit with `curl -T` and
-//! read back their deposits and `previous/`; people look at the web page
-//! (`/`, `/producers/P`: see `page`); anyone reaching it reads `/metrics`
-//! and `/data/availability`.
+//! read back their deposits and `previous/`; the data service serves the
+//! published releases (`/data/pub/`, see `data`); people look at the web
+//! page (`/`, `/producers/P`: see `page`); anyone reaching it reads
+//! `/metrics` and `/data/availability`.
 //!
 //! Connections are served one by one with hyper's HTTP/1 builder rather
 //! than `axum::serve`, so that the door owns what protects it: a cap on
@@ -12,6 +13,7 @@
 //! on every body read (see `upload`).
 
 mod auth;
+mod data;
 mod page;
 mod read;
 mod tls;
@@ -62,6 +64,8 @@ pub struct Door {
     /// MD5s of files in `previous/` without a sidecar, by (device, inode,
     /// size, mtime): a listing must not read a large archive each time.
     md5s: Mutex<HashMap<(u64, u64, u64, i64), String>>,
+    /// Release manifests parsed for the data service (`/data/pub/`).
+    data: data::Manifests,
 }
 
 type Shared_ = Arc<Door>;
@@ -106,6 +110,7 @@ pub async fn serve(
         receiving: Mutex::default(),
         verifying: tokio::sync::Semaphore::new(2),
         md5s: Mutex::default(),
+        data: data::Manifests::default(),
     });
     let router = if metrics_only { metrics_router(door) } else { router(door) };
     info!(listen = %addr, tls = tls.is_some(), what = if metrics_only { "metrics" } else { "HTTP door" }, "listening");
@@ -138,6 +143,9 @@ fn router(door: Shared_) -> Router {
         .route("/data/{p}/deposits", get(read::deposits))
         .route("/data/{p}/deposits/{id}", get(read::deposit))
         .route("/data/{p}/deposits/{id}/report.txt", get(read::report))
+        .route("/data/pub/{p}", get(data::redirect))
+        .route("/data/pub/{p}/", get(data::manifest))
+        .route("/data/pub/{p}/{*path}", get(data::file))
         .fallback(not_found)
         .with_state(door)
 }

@@ -1,0 +1,443 @@
+//! The data service (`/data/pub/<P>/…`) end to end: releases published by
+//! the real daemon, read back with the real clients (Debian's curl and
+//! wget), byte for byte against the release's manifest.json.
+
+#[path = "../jobs/tests/support/mod.rs"]
+mod support;
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use md5::Digest;
+use support::RawZip;
+
+struct Door {
+    site: Site,
+    _daemon: Daemon,
+    port: u16,
+}
+
+fn htpasswd(file: &Path, user: &str, pw: &str) {
+    let mut cmd = Command::new("htpasswd");
+    if !file.exists() {
+        cmd.arg("-c");
+    }
+    let out = cmd.args(["-b", "-B"]).arg(file).args([user, pw]).output().expect("htpasswd (apache2-utils)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The door on plain HTTP on loopback; MSEC private, OPEN public, both
+/// publishing zips as they are (`plain`).
+const PRODUCERS: &str = "[producers.MSEC]\nprofile = \"plain\"\n[producers.OPEN]\nprofile = \"plain\"\npublic = true\n";
+
+impl Door {
+    fn start(site: Site, port: u16) -> Door {
+        let users = site.root().join("users");
+        htpasswd(&users, "MSEC", "pw");
+        htpasswd(&users, "OTHR", "pw2");
+        let daemon = site.start();
+        wait_for(&site, "the door to listen", 30, || TcpStream::connect(("127.0.0.1", port)).is_ok());
+        Door { site, _daemon: daemon, port }
+    }
+    fn new(redis: &Redis, publish: &str) -> Door {
+        let port = free_port();
+        let site = Site::new(
+            &redis.url(),
+            &format!(
+                "{publish}\n[http]\nlisten = \"127.0.0.1:{port}\"\nusers_file = \"users\"\noperators = [\"ops\"]\n{PRODUCERS}"
+            ),
+        );
+        Self::start(site, port)
+    }
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+    /// curl; (status, headers, body).
+    fn curl(&self, args: &[&str]) -> (u16, String, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, b) = (dir.path().join("h"), dir.path().join("b"));
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "60", "-D"])
+            .arg(&h)
+            .arg("-o")
+            .arg(&b)
+            .args(["-w", "%{http_code}"])
+            .args(args)
+            .output()
+            .unwrap();
+        let code = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+        (code, fs::read_to_string(&h).unwrap_or_default(), fs::read(&b).unwrap_or_default())
+    }
+    /// Publish `files` for `p` as one deposit; the release id.
+    fn publish(&self, redis: &Redis, p: &str, name: &str, files: &[(&str, &[u8])]) -> String {
+        let mut z = RawZip::new();
+        for (n, d) in files {
+            z = z.stored(*n, d.to_vec());
+        }
+        self.site.drop_rsync(p, name, &z.build());
+        let mut id = String::new();
+        wait_for(&self.site, &format!("{name} published"), 60, || {
+            let d = redis.deposits().into_iter().find(|d| d.get("file").map(String::as_str) == Some(name));
+            match d {
+                Some(d) if terminal(&d) => {
+                    assert_eq!(d["state"], "SUCCESS", "{d:?}");
+                    id = d["id"].clone();
+                    true
+                }
+                _ => false,
+            }
+        });
+        // SUCCESS is recorded after the switch: `current` names it now.
+        id
+    }
+}
+
+/// Bytes no two files share by accident (a ranged read at the wrong
+/// offset cannot look right).
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn md5_hex(b: &[u8]) -> String {
+    md5::Md5::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn header<'a>(headers: &'a str, name: &str) -> Option<&'a str> {
+    // The last response's (curl -L writes every hop's).
+    headers.lines().rev().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn manifest(door: &Door, user: &[&str], p: &str) -> (String, HashMap<String, (u64, String)>) {
+    let mut args: Vec<&str> = user.to_vec();
+    let url = door.url(&format!("/data/pub/{p}/"));
+    args.push(&url);
+    let (code, _, body) = door.curl(&args);
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let m: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let files = m["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_owned(),
+                (f["size"].as_u64().unwrap(), f["md5"].as_str().unwrap().to_owned()),
+            )
+        })
+        .collect();
+    (m["deposit"].as_str().unwrap().to_owned(), files)
+}
+
+/// What `openssl dgst -md5 -binary | base64` prints: Content-MD5 of a
+/// manifest MD5.
+fn b64_of_hex(h: &str) -> String {
+    use base64::Engine;
+    let bytes: Vec<u8> = (0..h.len() / 2).map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[test]
+fn curl_and_wget_read_releases_whole_by_range_and_conditionally() {
+    let redis = Redis::start();
+    let door = Door::new(&redis, "");
+    let big = noise(3 << 20, 1);
+    let small = b"a small text file\n".to_vec();
+    let accented = noise(70_000, 2);
+    let id = door.publish(
+        &redis,
+        "MSEC",
+        "MSEC_1.zip",
+        &[("big.bin", &big), ("docs/small.txt", &small), ("docs/données été.csv", &accented)],
+    );
+    let u = ["-u", "MSEC:pw"];
+    let (mid, files) = manifest(&door, &u, "MSEC");
+    assert_eq!(mid, id);
+    let url = |path: &str| door.url(&format!("/data/pub/MSEC/{path}"));
+
+    // Whole, each file: the bytes the manifest describes.
+    for (path, bytes) in [("big.bin", &big), ("docs/small.txt", &small)] {
+        let (code, h, body) = door.curl(&["-u", "MSEC:pw", &url(path)]);
+        assert_eq!(code, 200, "{h}");
+        assert_eq!(body.len() as u64, files[path].0);
+        assert_eq!(md5_hex(&body), files[path].1);
+        assert_eq!(&body, bytes);
+    }
+    // The non-ASCII name, percent-encoded as curl sends it.
+    let enc = "docs/donn%C3%A9es%20%C3%A9t%C3%A9.csv";
+    let (code, h, body) = door.curl(&["-u", "MSEC:pw", &url(enc)]);
+    assert_eq!((code, md5_hex(&body)), (200, files["docs/données été.csv"].1.clone()), "{h}");
+    assert!(
+        header(&h, "content-disposition").unwrap().contains("filename*=UTF-8''donn%C3%A9es%20%C3%A9t%C3%A9.csv"),
+        "{h}"
+    );
+
+    // HEAD: the manifest's MD5 as Content-MD5, and the rest of the head.
+    let (code, h, _) = door.curl(&["-I", "-u", "MSEC:pw", &url("big.bin")]);
+    assert_eq!(code, 200);
+    assert_eq!(header(&h, "content-md5"), Some(b64_of_hex(&files["big.bin"].1).as_str()), "{h}");
+    assert_eq!(header(&h, "content-length"), Some((3u64 << 20).to_string().as_str()), "{h}");
+    let etag = format!("\"{}\"", files["big.bin"].1);
+    assert_eq!(header(&h, "etag"), Some(etag.as_str()));
+    assert_eq!(header(&h, "accept-ranges"), Some("bytes"));
+    assert_eq!(header(&h, "content-type"), Some("application/octet-stream"));
+    assert_eq!(header(&h, "content-disposition"), Some("attachment; filename=\"big.bin\""));
+    let last_modified = header(&h, "last-modified").unwrap().to_owned();
+    let (_, h, _) = door.curl(&["-I", "-u", "MSEC:pw", &url("docs/small.txt")]);
+    assert_eq!(header(&h, "content-type"), Some("text/plain"), "{h}");
+
+    // Ranges, as curl -r sends them.
+    for (r, want) in [
+        ("200-500", &big[200..=500]),
+        ("-2000", &big[big.len() - 2000..]),
+        ("100-", &big[100..]),
+        ("1048000-2200000", &big[1_048_000..=2_200_000]),
+    ] {
+        let (code, h, body) = door.curl(&["-u", "MSEC:pw", "-r", r, &url("big.bin")]);
+        assert_eq!(code, 206, "{r}: {h}");
+        assert!(body == want, "{r}: {} bytes", body.len());
+        assert!(header(&h, "content-range").unwrap().ends_with(&format!("/{}", big.len())), "{h}");
+        assert_eq!(header(&h, "content-md5"), None, "a part has no Content-MD5 of its own: {h}");
+    }
+    // Past the end: 416 and the length.
+    let (code, h, _) = door.curl(&["-u", "MSEC:pw", "-r", "99999999-", &url("big.bin")]);
+    assert_eq!(code, 416, "{h}");
+    assert_eq!(header(&h, "content-range"), Some(format!("bytes */{}", big.len()).as_str()));
+    // Several ranges: the whole file (RFC 9110 allows it).
+    let (code, _, body) = door.curl(&["-u", "MSEC:pw", "-r", "0-1,5-6", &url("big.bin")]);
+    assert_eq!((code, body.len()), (200, big.len()));
+
+    // Conditionals: 304 on the ETag and on the date; If-Range.
+    let (code, h, body) = door.curl(&["-u", "MSEC:pw", "-H", &format!("If-None-Match: {etag}"), &url("big.bin")]);
+    assert_eq!((code, body.len()), (304, 0), "{h}");
+    assert_eq!(header(&h, "etag"), Some(etag.as_str()));
+    let (code, _, _) =
+        door.curl(&["-u", "MSEC:pw", "-H", &format!("If-Modified-Since: {last_modified}"), &url("big.bin")]);
+    assert_eq!(code, 304);
+    let (code, _, _) = door.curl(&["-u", "MSEC:pw", "-H", "If-None-Match: \"other\"", &url("big.bin")]);
+    assert_eq!(code, 200);
+    let (code, _, body) =
+        door.curl(&["-u", "MSEC:pw", "-r", "0-9", "-H", &format!("If-Range: {etag}"), &url("big.bin")]);
+    assert_eq!((code, body.len()), (206, 10));
+    let (code, _, body) = door.curl(&["-u", "MSEC:pw", "-r", "0-9", "-H", "If-Range: \"old\"", &url("big.bin")]);
+    assert_eq!((code, body.len()), (200, big.len()));
+
+    // wget names the file from Content-Disposition (here the URL's last
+    // part would be `small.txt?release=…`), and continues a cut download.
+    let wdir = tempfile::tempdir().unwrap();
+    let w = Command::new("wget")
+        .args(["-q", "--content-disposition", "--user", "MSEC", "--password", "pw"])
+        .arg(url(&format!("docs/small.txt?release={id}")))
+        .current_dir(wdir.path())
+        .output()
+        .unwrap();
+    assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
+    assert_eq!(fs::read(wdir.path().join("small.txt")).unwrap(), small);
+    fs::write(wdir.path().join("big.bin"), &big[..1_000_000]).unwrap();
+    let w = Command::new("wget")
+        .args(["-q", "-c", "--user", "MSEC", "--password", "pw"])
+        .arg(url("big.bin"))
+        .current_dir(wdir.path())
+        .output()
+        .unwrap();
+    assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
+    assert_eq!(md5_hex(&fs::read(wdir.path().join("big.bin")).unwrap()), files["big.bin"].1);
+    // curl -O -J -L: the same name from Content-Disposition, via the 308.
+    let (code, h, _) = door.curl(&["-u", "MSEC:pw", &door.url("/data/pub/MSEC")]);
+    assert_eq!((code, header(&h, "location")), (308, Some("/data/pub/MSEC/")));
+    let cdir = tempfile::tempdir().unwrap();
+    let c = Command::new("curl")
+        .args(["-sS", "-f", "-O", "-J", "-L", "-u", "MSEC:pw"])
+        .arg(url(&format!("docs/small.txt?release={id}")))
+        .current_dir(cdir.path())
+        .output()
+        .unwrap();
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    assert_eq!(fs::read(cdir.path().join("small.txt")).unwrap(), small);
+
+    // Who: anonymous 401 (with the challenge), another producer 403, a
+    // public producer's files to anyone.
+    let (code, h, _) = door.curl(&[&url("big.bin")]);
+    assert_eq!(code, 401);
+    assert!(header(&h, "www-authenticate").is_some_and(|v| v.starts_with("Basic")), "{h}");
+    assert_eq!(door.curl(&[&door.url("/data/pub/NONE/x")]).0, 401, "an unknown name answers as a private one");
+    assert_eq!(door.curl(&["-u", "OTHR:pw2", &url("big.bin")]).0, 403);
+    assert_eq!(door.curl(&["-u", "MSEC:nope", &url("big.bin")]).0, 401);
+    door.publish(&redis, "OPEN", "OPEN_1.zip", &[("open.txt", b"for everyone\n")]);
+    let (code, _, body) = door.curl(&[&door.url("/data/pub/OPEN/open.txt")]);
+    assert_eq!((code, body.as_slice()), (200, &b"for everyone\n"[..]));
+    assert_eq!(manifest(&door, &[], "OPEN").1.len(), 1);
+
+    // Unknown file or release: 404.
+    assert_eq!(door.curl(&["-u", "MSEC:pw", &url("nope.bin")]).0, 404);
+    assert_eq!(door.curl(&["-u", "MSEC:pw", &url("big.bin?release=20200101T000000Z-MSEC-abcdef")]).0, 404);
+    assert_eq!(door.curl(&["-u", "MSEC:pw", &url("big.bin?release=../../etc")]).0, 404);
+
+    // Traversal, sent as it is: never a file outside the release.
+    for path in [
+        "/data/pub/MSEC/../../../../etc/passwd",
+        "/data/pub/MSEC/docs/../big.bin",
+        "/data/pub/MSEC/docs/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        "/data/pub/MSEC/%2Fetc%2Fpasswd",
+        "/data/pub/MSEC//etc/passwd",
+        "/data/pub/MSEC/current/big.bin",
+        "/data/pub/MSEC/manifest.json/../big.bin",
+    ] {
+        let (code, _, body) = door.curl(&["--path-as-is", "-u", "MSEC:pw", &door.url(path)]);
+        assert!(code == 400 || code == 404, "{path}: {code}");
+        assert!(!String::from_utf8_lossy(&body).contains("root:"), "{path}");
+    }
+    // A link planted in the release (the name listed) leads nowhere.
+    let rel = door.site.root().join("publish/MSEC/releases").join(&id);
+    fs::remove_file(rel.join("docs/small.txt")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", rel.join("docs/small.txt")).unwrap();
+    let (code, _, body) = door.curl(&["-u", "MSEC:pw", &url("docs/small.txt")]);
+    assert_eq!(code, 500);
+    assert!(!String::from_utf8_lossy(&body).contains("root:"));
+    fs::remove_file(rel.join("docs")).unwrap_or_else(|_| fs::remove_dir_all(rel.join("docs")).unwrap());
+    std::os::unix::fs::symlink("/etc", rel.join("docs")).unwrap();
+    assert_eq!(door.curl(&["-u", "MSEC:pw", &url("docs/small.txt")]).0, 500);
+
+    // A proven login is trusted for a minute by the data service (no
+    // bcrypt per file of a long download); the rest of the door checks
+    // every time, and a header never proven is checked.
+    let users = door.site.root().join("users");
+    let kept: String = fs::read_to_string(&users)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("MSEC:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fs::write(&users, kept).unwrap();
+    assert_eq!(door.curl(&["-u", "MSEC:pw", &url("big.bin")]).0, 200);
+    assert_eq!(door.curl(&["-u", "MSEC:pw", &door.url("/data/MSEC/deposits")]).0, 401);
+    assert_eq!(door.curl(&["-u", "MSEC:pw2", &url("big.bin")]).0, 401);
+}
+
+/// A raw HTTP/1.1 GET whose reply is read a few KiB at a time, slowly.
+fn slow_get(port: u16, path: &str, auth: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\nConnection: close\r\n\r\n").unwrap();
+    s
+}
+
+#[test]
+fn a_download_begun_before_a_switch_ends_with_the_old_bytes() {
+    let redis = Redis::start();
+    let port = free_port();
+    let site =
+        Site::new(&redis.url(), &format!("[http]\nlisten = \"127.0.0.1:{port}\"\nusers_file = \"users\"\n{PRODUCERS}"));
+    // One release kept: the old one is pruned while its download runs.
+    let text = fs::read_to_string(&site.config).unwrap().replace("keep_releases = 10", "keep_releases = 1");
+    fs::write(&site.config, text).unwrap();
+    let door = Door::start(site, port);
+    let old = noise(24 << 20, 3);
+    let id1 = door.publish(&redis, "MSEC", "MSEC_1.zip", &[("big.bin", &old)]);
+    let auth = "TVNFQzpwdw=="; // MSEC:pw
+    let mut s = slow_get(port, "/data/pub/MSEC/big.bin", auth);
+    let mut got = vec![0u8; 8192];
+    s.read_exact(&mut got).unwrap();
+
+    let new = noise(24 << 20, 4);
+    let id2 = door.publish(&redis, "MSEC", "MSEC_2.zip", &[("big.bin", &new)]);
+    assert_ne!(id1, id2);
+    let releases = |d: &Door| -> Vec<PathBuf> {
+        fs::read_dir(d.site.root().join("publish/MSEC/releases")).unwrap().flatten().map(|e| e.path()).collect()
+    };
+    wait_for(&door.site, "the old release pruned", 30, || releases(&door).len() == 1);
+    let pruned = door.site.root().join("publish/.pruned");
+    wait_for(&door.site, "the pruned release deleted", 90, || {
+        fs::read_dir(&pruned).map(|d| d.count() == 0).unwrap_or(true)
+    });
+
+    s.read_to_end(&mut got).unwrap();
+    let text = String::from_utf8_lossy(&got[..got.len().min(4096)]).into_owned();
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let body = &got[head_end..];
+    assert_eq!(body.len(), old.len(), "the whole old file");
+    assert!(body == old.as_slice(), "the old release's bytes");
+    // A new request reads the new release.
+    let (code, _, body) = door.curl(&["-u", "MSEC:pw", &door.url("/data/pub/MSEC/big.bin")]);
+    assert_eq!(code, 200);
+    assert!(body == new);
+}
+
+/// A client that stops reading is cut off after `http.idle_timeout_s`,
+/// its connection closed short of the Content-Length.
+#[test]
+fn a_client_that_stops_reading_is_cut_off() {
+    let redis = Redis::start();
+    let port = free_port();
+    let site = Site::new(
+        &redis.url(),
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\nusers_file = \"users\"\nidle_timeout_s = 1\n{PRODUCERS}"),
+    );
+    let door = Door::start(site, port);
+    let big = noise(32 << 20, 6);
+    door.publish(&redis, "OPEN", "OPEN_1.zip", &[("big.bin", &big)]);
+    let mut s = slow_get(port, "/data/pub/OPEN/big.bin", "");
+    let mut got = vec![0u8; 8192];
+    s.read_exact(&mut got).unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let _ = s.read_to_end(&mut got);
+    assert!(got.len() < big.len(), "{} bytes: the whole file went to a client that stopped reading", got.len());
+    // Others are served meanwhile and after.
+    let (code, _, body) = door.curl(&[&door.url("/data/pub/OPEN/big.bin")]);
+    assert_eq!((code, body.len()), (200, big.len()));
+}
+
+/// With the S3 target: a 307 to a presigned GET, which curl follows to
+/// the tests' Garage and gets the release's bytes (none through depot).
+#[test]
+fn s3_target_answers_307_to_a_presigned_get() {
+    use common::garage::Garage;
+    let redis = Redis::start();
+    let g = Garage::start();
+    let port = free_port();
+    let site = common::s3::s3_site(
+        &redis,
+        &g,
+        "",
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\nusers_file = \"users\"\npresign_s = 120\n{PRODUCERS}"),
+    );
+    let door = Door::start(site, port);
+    let bytes = noise(300_000, 5);
+    let id = door.publish(&redis, "MSEC", "MSEC_1.zip", &[("d/file.bin", &bytes)]);
+    let url = door.url("/data/pub/MSEC/d/file.bin");
+    let (code, h, _) = door.curl(&["-u", "MSEC:pw", &url]);
+    assert_eq!(code, 307, "{h}");
+    let loc = header(&h, "location").unwrap();
+    assert!(loc.starts_with(&format!("{}/{}/archive/MSEC/releases/{id}/d/file.bin?", g.endpoint, g.bucket)), "{loc}");
+    assert!(loc.contains("X-Amz-Expires=120") && loc.contains("X-Amz-Signature="), "{loc}");
+    // curl drops the credentials on the redirect to another port.
+    let (code, h, body) = door.curl(&["-L", "-u", "MSEC:pw", &url]);
+    assert_eq!(code, 200, "{h}");
+    assert_eq!(md5_hex(&body), md5_hex(&bytes));
+    // The manifest, the same way; anonymous still 401; unknown 404.
+    let (code, _, body) = door.curl(&["-L", "-u", "MSEC:pw", &door.url("/data/pub/MSEC/")]);
+    assert_eq!(code, 200);
+    let m: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(m["files"][0]["md5"], md5_hex(&bytes));
+    assert_eq!(door.curl(&[&url]).0, 401);
+    assert_eq!(door.curl(&["-u", "MSEC:pw", &door.url("/data/pub/MSEC/nope")]).0, 404);
+}

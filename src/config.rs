@@ -417,6 +417,13 @@ impl Config {
                                 // `[producers.P.publish.s3]` sets some keys
                                 // of `[publish.s3]`, not all of them.
                                 match (m.get_mut(kk), vv) {
+                                    // A producer's validators run besides
+                                    // the global ones, never instead.
+                                    (Some(toml::Value::Array(all)), toml::Value::Array(more))
+                                        if k == "checks" && kk == "validators" =>
+                                    {
+                                        all.extend(more.iter().cloned());
+                                    }
                                     (Some(toml::Value::Table(inner)), toml::Value::Table(over)) => {
                                         inner.extend(over.iter().map(|(a, b)| (a.clone(), b.clone())));
                                     }
@@ -443,6 +450,20 @@ impl Config {
                 .unwrap_or_default();
         for f in [&mut publish.s3.credentials_file, &mut publish.s3.ca_file].into_iter().flatten() {
             *f = dir.join(&*f);
+        }
+        // Named by the table they were written in: the global ones come
+        // first in a producer's list.
+        let global = match self.base.get("checks").and_then(|c| c.get("validators")) {
+            Some(toml::Value::Array(a)) if p.is_some() => a.len(),
+            _ => 0,
+        };
+        for (i, v) in checks.validators.iter().enumerate() {
+            if let Some(why) = v.problem() {
+                match i.checked_sub(global) {
+                    Some(j) => bail!("{prefix}checks.validators[{j}]: {why}"),
+                    None => bail!("checks.validators[{i}]: {why}"),
+                }
+            }
         }
         let s = Settings {
             profile,

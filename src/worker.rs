@@ -834,6 +834,8 @@ struct ReportView {
     entry: Option<String>,
     started: String,
     finished: String,
+    #[serde(default)]
+    output: Vec<String>,
 }
 
 impl ReportView {
@@ -854,6 +856,7 @@ impl ReportView {
             file_count: None,
             total_bytes: None,
             release: None,
+            output: self.output,
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod scheme;
 pub mod settings;
 pub mod theia;
 pub mod unpack;
+pub mod validate;
 pub mod verify;
 
 pub use error::{Code, Error, Rejection, Result, Stage};

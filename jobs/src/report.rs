@@ -23,6 +23,10 @@ pub struct Report {
     pub file_count: Option<u64>,
     pub total_bytes: Option<u64>,
     pub release: Option<String>,
+    /// A validator's first lines of output (FORMAT_INVALID, VIRUS_FOUND),
+    /// each with its control characters escaped.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub output: Vec<String>,
 }
 
 impl Report {
@@ -42,6 +46,7 @@ impl Report {
             file_count: Some(file_count),
             total_bytes: Some(total_bytes),
             release,
+            output: Vec::new(),
         }
     }
 
@@ -61,6 +66,7 @@ impl Report {
             file_count: None,
             total_bytes: None,
             release: None,
+            output: err.output().to_vec(),
         }
     }
 
@@ -124,6 +130,12 @@ impl Report {
         t.push_str(&format!("Details:        {}\n", printable(self.message.as_deref().unwrap_or("-"))));
         if let Some(e) = &self.entry {
             t.push_str(&format!("File concerned: {}\n", printable(e)));
+        }
+        if !self.output.is_empty() {
+            t.push_str("The check program said (its first lines):\n");
+            for l in &self.output {
+                t.push_str(&format!("    {}\n", printable(l)));
+            }
         }
         t.push_str(&format!(
             "Error code:     {} (during {})\n\n",

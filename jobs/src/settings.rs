@@ -37,6 +37,10 @@ pub struct Checks {
     /// more often a mistake than a wish, and in `replace` mode it would
     /// publish an empty release over the producer's current one.
     pub allow_empty: bool,
+    /// `[[checks.validators]]`: programs run over the staged files before
+    /// publish (a producer's own are added to the global ones).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub validators: Vec<crate::validate::Validator>,
 }
 
 impl Default for Checks {
@@ -47,6 +51,7 @@ impl Default for Checks {
             require_md5: false,
             portable_names: true,
             allow_empty: false,
+            validators: Vec::new(),
         }
     }
 }
@@ -226,6 +231,11 @@ impl Settings {
             }
             if s3.prefix.split('/').any(|c| c == "." || c == "..") {
                 return Err("publish.s3.prefix must not hold `.` or `..` components".into());
+            }
+        }
+        for (i, v) in self.checks.validators.iter().enumerate() {
+            if let Some(why) = v.problem() {
+                return Err(format!("checks.validators[{i}]: {why}"));
             }
         }
         if self.publish.keep_releases == 0 {

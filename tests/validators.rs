@@ -1,0 +1,320 @@
+//! Validators (`[[checks.validators]]`) with the real tools, through
+//! `depot check` as a producer runs it (no daemon, no Redis): ncdump on
+//! netCDF files made by ncgen, fitsverify on FITS files written here,
+//! ClamAV with a signature database written here (no network update), and
+//! the fence around every run: timeout, process group, environment,
+//! network.
+
+#[path = "../jobs/tests/support/mod.rs"]
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// The EICAR test string: every antivirus knows it; harmless.
+const EICAR: &str = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+
+fn depot(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_depot"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("DEPOT_CONFIG")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A config whose plain producer PLAN (and Theia producer MSEC) have the
+/// validators given (TOML of `[[checks.validators]]` tables).
+fn config(dir: &Path, validators: &str) -> PathBuf {
+    let cfg = dir.join("config.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "drop_root = \"drop\"\npublish_root = \"publish\"\n[publish]\nfsync = false\n{validators}\n[producers.PLAN]\nprofile = \"plain\"\n"
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// `depot check --json` of `bytes` as `name`: exit code and the report.
+fn check(dir: &Path, cfg: &Path, name: &str, bytes: &[u8]) -> (Option<i32>, serde_json::Value, Output) {
+    let a = dir.join(name);
+    fs::write(&a, bytes).unwrap();
+    let o = depot(&["check", a.to_str().unwrap(), "-c", cfg.to_str().unwrap(), "--json"], dir, &[]);
+    let v = serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null);
+    (o.status.code(), v, o)
+}
+
+fn netcdf(dir: &Path) -> Vec<u8> {
+    let cdl = dir.join("t.cdl");
+    fs::write(
+        &cdl,
+        "netcdf t {\ndimensions:\n  time = 3 ;\nvariables:\n  float temp(time) ;\n    temp:units = \"K\" ;\ndata:\n temp = 280, 281, 282 ;\n}\n",
+    )
+    .unwrap();
+    let nc = dir.join("t.nc");
+    let o = Command::new("ncgen").arg("-o").arg(&nc).arg(&cdl).output().expect("ncgen (apt-get install netcdf-bin)");
+    assert!(o.status.success(), "{}", text(&o));
+    fs::read(nc).unwrap()
+}
+
+#[test]
+fn netcdf_through_ncdump() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cfg = config(dir, "[[checks.validators]]\nglob = \"*.nc\"\ncommand = [\"ncdump\", \"-h\", \"{}\"]\n");
+    let good = netcdf(dir);
+    let (code, v, o) = check(dir, &cfg, "PLAN_1.zip", &RawZip::new().file("d/t.nc", good.clone()).build());
+    assert_eq!(code, Some(0), "{}", text(&o));
+    assert_eq!(v["accepted"], true);
+    // Damaged: its magic number gone.
+    let mut bad = good.clone();
+    bad[0] = b'X';
+    let zip = RawZip::new().file("d/t.nc", good).file("d/x.NC", bad).file("notes.txt", "not checked").build();
+    let (code, v, o) = check(dir, &cfg, "PLAN_2.zip", &zip);
+    assert_eq!(code, Some(1), "{}", text(&o));
+    assert_eq!(v["code"], "FORMAT_INVALID", "{v}");
+    assert_eq!(v["entry"], "d/x.NC", "{v}");
+    assert!(v["message"].as_str().unwrap().contains("ncdump -h {}"), "{v}");
+    let output: Vec<&str> = v["output"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    assert!(output.iter().any(|l| l.contains("NetCDF: Unknown file format")), "ncdump's words: {v}");
+    // In words, for the producer.
+    let a = dir.join("PLAN_2.zip");
+    let o = depot(&["check", a.to_str().unwrap(), "-c", cfg.to_str().unwrap()], dir, &[]);
+    let t = String::from_utf8_lossy(&o.stdout);
+    assert!(t.contains("FORMAT_INVALID") && t.contains("File concerned: d/x.NC"), "{t}");
+    assert!(t.contains("The check program said") && t.contains("NetCDF: Unknown file format"), "{t}");
+}
+
+/// A FITS header of `cards`, padded to one 2880-byte block.
+fn fits(cards: &[&str]) -> Vec<u8> {
+    let mut h: String = cards.iter().map(|c| format!("{c:<80}")).collect();
+    h.push_str(&format!("{:<80}", "END"));
+    format!("{h:<2880}").into_bytes()
+}
+
+#[test]
+fn fits_through_fitsverify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // fitsverify exits with its count of errors (and warnings, without -e).
+    let cfg = config(
+        dir,
+        "[[checks.validators]]\nglob = \"*.fits\"\ncommand = [\"fitsverify\", \"-q\", \"-e\", \"{}\"]\nreject_exits = [\"1-255\"]\n",
+    );
+    let good = fits(&["SIMPLE  =                    T", "BITPIX  =                    8", "NAXIS   =                    0"]);
+    let (code, _, o) = check(dir, &cfg, "PLAN_1.zip", &RawZip::new().file("img/a.fits", good.clone()).build());
+    assert_eq!(code, Some(0), "{}", text(&o));
+    let bad = fits(&["SIMPLE  =                    T", "BITPIX  =                    7", "NAXIS   =                    0"]);
+    let zip = RawZip::new().file("img/a.fits", good).file("img/b.fits", bad).build();
+    let (code, v, o) = check(dir, &cfg, "PLAN_2.zip", &zip);
+    assert_eq!(code, Some(1), "{}", text(&o));
+    assert_eq!((v["code"].as_str(), v["entry"].as_str()), (Some("FORMAT_INVALID"), Some("img/b.fits")), "{v}");
+    assert!(v["output"][0].as_str().unwrap().contains("verification FAILED"), "{v}");
+}
+
+#[test]
+fn clamav_finds_eicar_inside_a_dataset_zip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // A signature database of one line (md5:size:name): no freshclam.
+    let db = dir.join("test.hdb");
+    fs::write(&db, format!("{}:{}:Depot-Test-EICAR\n", md5hex(EICAR.as_bytes()), EICAR.len())).unwrap();
+    let cfg = config(
+        dir,
+        &format!(
+            "[[checks.validators]]\nscope = \"release\"\ncode = \"VIRUS_FOUND\"\ncommand = [\"clamscan\", \"-r\", \"-i\", \"--no-summary\", \"-d\", {:?}, \"{{}}\"]\n",
+            db.to_str().unwrap()
+        ),
+    );
+    let clean = good_theia("MSEC", "1");
+    let (code, v, o) = check(dir, &cfg, "MSEC_THEIA.zip", &clean);
+    assert_eq!(code, Some(0), "{v} {}", text(&o));
+    let infected = theia(
+        "MSEC",
+        &[("MSEC_DAT_1", vec![("obs1.txt", b"1,2\n".to_vec()), ("obs2.txt", EICAR.as_bytes().to_vec())])],
+        true,
+    );
+    let (code, v, o) = check(dir, &cfg, "MSEC_THEIA.zip", &infected);
+    assert_eq!(code, Some(1), "{}", text(&o));
+    assert_eq!(v["code"], "VIRUS_FOUND", "{v}");
+    let out = v["output"].to_string();
+    assert!(out.contains("MSEC_DAT_1/obs2.txt: Depot-Test-EICAR") && out.contains("FOUND"), "{v}");
+    assert!(!out.contains("obs1.txt"), "only what was found: {v}");
+}
+
+/// A process gone (or a zombie waiting for init): nothing runs.
+fn gone(pid: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()).unwrap_or("");
+        if stat.is_empty() || state == "Z" || state == "X" {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn pids(file: &Path) -> Vec<String> {
+    fs::read_to_string(file).unwrap_or_default().split_whitespace().map(str::to_owned).collect()
+}
+
+#[test]
+fn a_validator_past_its_timeout_is_killed_with_its_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pidfile = dir.join("pids");
+    // The tool, and a child of its own, both sleeping past the timeout.
+    let script = format!("sleep 60 & echo $$ $! > {}; wait", pidfile.display());
+    let cfg = config(
+        dir,
+        &format!("[[checks.validators]]\ntimeout_s = 1\ncommand = [\"sh\", \"-c\", {script:?}, \"sh\", \"{{}}\"]\n"),
+    );
+    let t0 = Instant::now();
+    let a = dir.join("PLAN_1.zip");
+    fs::write(&a, RawZip::new().file("a.txt", "a").build()).unwrap();
+    let o = depot(&["check", a.to_str().unwrap(), "-c", cfg.to_str().unwrap()], dir, &[]);
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+    // Not a verdict on the deposit: the machine's fault (exit 2).
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("timed out after 1 s") && t.contains("not the producer's"), "{t}");
+    let p = pids(&pidfile);
+    assert_eq!(p.len(), 2, "{p:?}");
+    for pid in &p {
+        assert!(gone(pid), "process {pid} outlived its validator");
+    }
+}
+
+#[test]
+fn a_child_that_outlives_its_validator_is_killed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pidfile = dir.join("pids");
+    // Accepts at once, leaving a child behind (holding the output pipe).
+    let script = format!("sleep 60 & echo $! > {}; exit 0", pidfile.display());
+    let cfg = config(dir, &format!("[[checks.validators]]\ncommand = [\"sh\", \"-c\", {script:?}, \"sh\", \"{{}}\"]\n"));
+    let t0 = Instant::now();
+    let (code, _, o) = check(dir, &cfg, "PLAN_1.zip", &RawZip::new().file("a.txt", "a").build());
+    assert_eq!(code, Some(0), "{}", text(&o));
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+    let p = pids(&pidfile);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(gone(&p[0]), "the child {} outlived its validator", p[0]);
+}
+
+#[test]
+fn a_validator_sees_a_cleared_environment_and_no_network() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let out = dir.join("seen");
+    fs::create_dir(&out).unwrap();
+    let script = format!(
+        "env > {0}/env; cat /proc/self/net/dev > {0}/net; pwd > {0}/pwd; [ \"$1\" = \"$DEPOT_TARGET\" ] && [ -f \"$1\" ]",
+        out.display()
+    );
+    let cfg = config(dir, &format!("[[checks.validators]]\ncommand = [\"sh\", \"-c\", {script:?}, \"sh\", \"{{}}\"]\n"));
+    let a = dir.join("PLAN_1.zip");
+    fs::write(&a, RawZip::new().file("sub/a.txt", "a").build()).unwrap();
+    let o = depot(
+        &["check", a.to_str().unwrap(), "-c", cfg.to_str().unwrap()],
+        dir,
+        &[("AWS_SECRET_ACCESS_KEY", "s3cret"), ("DEPOT_LEAK", "x")],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let env = fs::read_to_string(out.join("env")).unwrap();
+    assert!(!env.contains("s3cret") && !env.contains("DEPOT_LEAK"), "{env}");
+    for want in ["DEPOT_PRODUCER=PLAN", "DEPOT_FILE=sub/a.txt", "DEPOT_DEPOSIT=check", "TMPDIR=/"] {
+        assert!(env.lines().any(|l| l.starts_with(want)), "{want}: {env}");
+    }
+    for l in env.lines() {
+        let k = l.split('=').next().unwrap();
+        assert!(
+            k.starts_with("DEPOT_") || ["PATH", "TMPDIR", "PWD", "OLDPWD", "SHLVL", "_"].contains(&k),
+            "{k} leaked: {env}"
+        );
+    }
+    // Its private temp folder is its working folder, and is gone after.
+    let pwd = fs::read_to_string(out.join("pwd")).unwrap();
+    assert!(env.contains(&format!("TMPDIR={}", pwd.trim())), "{pwd} {env}");
+    assert!(!Path::new(pwd.trim()).exists(), "{pwd}");
+    // No network: only a loopback device of its own.
+    let net = fs::read_to_string(out.join("net")).unwrap();
+    let devices: Vec<&str> = net.lines().skip(2).filter_map(|l| l.split(':').next()).map(str::trim).collect();
+    assert_eq!(devices, ["lo"], "{net}");
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for (extra, key) in [
+        ("[[checks.validators]]\ncommand = [\"ncdump\", \"-h\"]\n", "checks.validators[0]"),
+        ("[[checks.validators]]\ncommand = [\"ncdump\", \"{}\"]\nscope = \"dataset\"\n", "scope"),
+        ("[[checks.validators]]\ncommand = [\"ncdump\", \"{}\"]\ncode = \"OTHER\"\n", "code"),
+        ("[[checks.validators]]\ncommand = [\"ncdump\", \"{}\"]\nreject_exits = [0]\n", "reject_exits"),
+        ("[[checks.validators]]\ncommand = [\"ncdump\", \"{}\"]\nshell = true\n", "shell"),
+        (
+            "[[checks.validators]]\ncommand = [\"true\", \"{}\"]\n[[producers.PLAN.checks.validators]]\ncommand = [\"x\", \"{}\"]\nglob = \"[\"\n",
+            "producers.PLAN.checks.validators[0]: glob",
+        ),
+    ] {
+        let cfg = dir.join("c.toml");
+        fs::write(&cfg, format!("drop_root = \"d\"\npublish_root = \"p\"\n{extra}")).unwrap();
+        let o = depot(&["config", "check", "-c", cfg.to_str().unwrap()], dir, &[]);
+        assert_ne!(o.status.code(), Some(0), "{extra}");
+        assert!(text(&o).contains(key), "{extra}: {}", text(&o));
+    }
+    // A program that is not there: `depot config check` names its key.
+    fs::create_dir_all(dir.join("d")).unwrap();
+    fs::create_dir_all(dir.join("p")).unwrap();
+    let cfg = dir.join("c.toml");
+    fs::write(
+        &cfg,
+        "drop_root = \"d\"\npublish_root = \"p\"\n[redis]\nurl = \"redis://127.0.0.1:1\"\n[[checks.validators]]\ncommand = [\"ncdump\", \"-h\", \"{}\"]\n[[producers.PLAN.checks.validators]]\ncommand = [\"no-such-validator\", \"{}\"]\n",
+    )
+    .unwrap();
+    let o = depot(&["config", "check", "-c", cfg.to_str().unwrap()], dir, &[]);
+    let t = text(&o);
+    assert_ne!(o.status.code(), Some(0), "{t}");
+    assert!(t.contains("producers.PLAN.checks.validators[0].command: no-such-validator is not in PATH"), "{t}");
+    assert!(t.contains("checks.validators[0].command: /usr/bin/ncdump is an executable file"), "{t}");
+}
+
+/// A producer's validators run besides the global ones; another producer
+/// has only the global ones.
+#[test]
+fn a_producers_validators_add_to_the_global_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cfg = dir.join("config.toml");
+    fs::write(
+        &cfg,
+        "drop_root = \"drop\"\npublish_root = \"publish\"\n[[checks.validators]]\nglob = \"*.txt\"\ncommand = [\"grep\", \"-q\", \"ok\", \"{}\"]\n\
+         [producers.PLAN]\nprofile = \"plain\"\n[[producers.PLAN.checks.validators]]\nglob = \"*.csv\"\ncommand = [\"grep\", \"-q\", \"ok\", \"{}\"]\n\
+         [producers.IGNF]\nprofile = \"plain\"\n",
+    )
+    .unwrap();
+    let bad_csv = RawZip::new().file("a.txt", "ok").file("b.csv", "nope").build();
+    let (code, v, _) = check(dir, &cfg, "PLAN_1.zip", &bad_csv);
+    assert_eq!((code, v["entry"].as_str()), (Some(1), Some("b.csv")), "{v}");
+    let (code, v, _) = check(dir, &cfg, "IGNF_1.zip", &bad_csv);
+    assert_eq!(code, Some(0), "{v}");
+    let bad_txt = RawZip::new().file("a.txt", "nope").file("b.csv", "ok").build();
+    let (code, v, _) = check(dir, &cfg, "PLAN_2.zip", &bad_txt);
+    assert_eq!((code, v["entry"].as_str()), (Some(1), Some("a.txt")), "{v}");
+}

@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
+mod common;
+use common::{Redis, Site, free_port, http_get, stop, terminal, wait_for};
+
 /// The EICAR test string: every antivirus knows it; harmless.
 const EICAR: &str = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
 
@@ -317,4 +320,51 @@ fn a_producers_validators_add_to_the_global_ones() {
     let bad_txt = RawZip::new().file("a.txt", "nope").file("b.csv", "ok").build();
     let (code, v, _) = check(dir, &cfg, "PLAN_2.zip", &bad_txt);
     assert_eq!((code, v["entry"].as_str()), (Some(1), Some("a.txt")), "{v}");
+}
+
+/// In the daemon: a validator that accepts lets the deposit publish (it
+/// read the staged file); one that fails on its own (a status not in
+/// reject_exits) is retried, then FAILURE VALIDATOR_FAILED, logged at
+/// ERROR and counted, never blamed on the producer.
+#[test]
+fn the_daemon_retries_a_failing_validator_then_says_validator_failed() {
+    let redis = Redis::start();
+    let port = free_port();
+    let site = Site::new(
+        &redis.url(),
+        &format!(
+            "[workers]\nmax_attempts = 2\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n\
+             [[checks.validators]]\nglob = \"*.txt\"\ncommand = [\"grep\", \"-q\", \"1\", \"{{}}\"]\nreject_exits = [3]\n\
+             [producers.GOOD]\nprofile = \"plain\"\n[producers.SICK]\nprofile = \"plain\"\n\
+             [[producers.SICK.checks.validators]]\ncommand = [\"sh\", \"-c\", \"echo broken tool >&2; exit 7\", \"sh\", \"{{}}\"]\n"
+        ),
+    );
+    let daemon = site.start();
+    site.drop_rsync("GOOD", "GOOD_1.zip", &RawZip::new().file("a.txt", "1").build());
+    site.drop_rsync("SICK", "SICK_1.zip", &RawZip::new().file("a.txt", "1").build());
+    wait_for(&site, "two terminal states", 60, || redis.deposits().iter().filter(|d| terminal(d)).count() == 2);
+    let ds = redis.deposits();
+    let of = |p: &str| ds.iter().find(|d| d["producer"] == p).unwrap().clone();
+    let good = of("GOOD");
+    assert_eq!(good["state"], "SUCCESS", "{good:?}");
+    assert!(site.root().join("publish/GOOD/current/a.txt").is_file());
+    let sick = of("SICK");
+    assert_eq!((sick["state"].as_str(), sick["error_code"].as_str()), ("FAILURE", "VALIDATOR_FAILED"), "{sick:?}");
+    assert_eq!(sick["attempts"], "2", "{sick:?}");
+    assert!(sick["error"].contains("exit status 7: broken tool"), "{sick:?}");
+    assert!(!site.root().join("publish/SICK/current").exists());
+    let log = site.log();
+    assert!(
+        log.lines().any(|l| l.contains("ERROR") && l.contains("VALIDATOR_FAILED") && l.contains("finished")),
+        "{log}"
+    );
+    let metrics = http_get(port, "/metrics");
+    for line in [
+        "depot_failures_total{producer=\"SICK\",code=\"VALIDATOR_FAILED\"} 1",
+        "depot_validator_faults_total{producer=\"SICK\"} 2",
+    ] {
+        assert!(metrics.contains(line), "missing {line}:\n{metrics}");
+    }
+    assert!(!metrics.contains("depot_validator_faults_total{producer=\"GOOD\"}"), "{metrics}");
+    assert_eq!(stop(daemon), Some(0));
 }

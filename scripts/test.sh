@@ -75,6 +75,10 @@ fi
 need curl || apt_install curl
 # tests/http.rs makes its users files with Apache's own htpasswd (-B, -m).
 need htpasswd || apt_install apache2-utils
+# tests/validators.rs: the real format checkers and virus scanner.
+need ncgen || apt_install netcdf-bin
+need fitsverify || apt_install fitsverify
+need clamscan || apt_install clamav
 
 # tests/moddav.rs runs Debian's Apache with mod_dav (the migration path).
 # Installed without letting the package start its service on port 80: a

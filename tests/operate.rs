@@ -700,7 +700,10 @@ fn check_speaks_to_scientists() {
     }
     // Every code a deposit can be refused with has been shown here.
     for c in jobs::Code::ALL {
-        assert!(seen.contains(&c) || matches!(c, jobs::Code::IoError | jobs::Code::NoSpace | jobs::Code::ValidatorFailed), "{c} not shown");
+        assert!(
+            seen.contains(&c) || matches!(c, jobs::Code::IoError | jobs::Code::NoSpace | jobs::Code::ValidatorFailed),
+            "{c} not shown"
+        );
     }
     // An accepted one, in the same words.
     let ok = dir.join("MSEC_THEIA.zip");

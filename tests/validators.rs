@@ -115,10 +115,12 @@ fn fits_through_fitsverify() {
         dir,
         "[[checks.validators]]\nglob = \"*.fits\"\ncommand = [\"fitsverify\", \"-q\", \"-e\", \"{}\"]\nreject_exits = [\"1-255\"]\n",
     );
-    let good = fits(&["SIMPLE  =                    T", "BITPIX  =                    8", "NAXIS   =                    0"]);
+    let good =
+        fits(&["SIMPLE  =                    T", "BITPIX  =                    8", "NAXIS   =                    0"]);
     let (code, _, o) = check(dir, &cfg, "PLAN_1.zip", &RawZip::new().file("img/a.fits", good.clone()).build());
     assert_eq!(code, Some(0), "{}", text(&o));
-    let bad = fits(&["SIMPLE  =                    T", "BITPIX  =                    7", "NAXIS   =                    0"]);
+    let bad =
+        fits(&["SIMPLE  =                    T", "BITPIX  =                    7", "NAXIS   =                    0"]);
     let zip = RawZip::new().file("img/a.fits", good).file("img/b.fits", bad).build();
     let (code, v, o) = check(dir, &cfg, "PLAN_2.zip", &zip);
     assert_eq!(code, Some(1), "{}", text(&o));
@@ -210,7 +212,8 @@ fn a_child_that_outlives_its_validator_is_killed() {
     let pidfile = dir.join("pids");
     // Accepts at once, leaving a child behind (holding the output pipe).
     let script = format!("sleep 60 & echo $! > {}; exit 0", pidfile.display());
-    let cfg = config(dir, &format!("[[checks.validators]]\ncommand = [\"sh\", \"-c\", {script:?}, \"sh\", \"{{}}\"]\n"));
+    let cfg =
+        config(dir, &format!("[[checks.validators]]\ncommand = [\"sh\", \"-c\", {script:?}, \"sh\", \"{{}}\"]\n"));
     let t0 = Instant::now();
     let (code, _, o) = check(dir, &cfg, "PLAN_1.zip", &RawZip::new().file("a.txt", "a").build());
     assert_eq!(code, Some(0), "{}", text(&o));
@@ -230,7 +233,8 @@ fn a_validator_sees_a_cleared_environment_and_no_network() {
         "env > {0}/env; cat /proc/self/net/dev > {0}/net; pwd > {0}/pwd; [ \"$1\" = \"$DEPOT_TARGET\" ] && [ -f \"$1\" ]",
         out.display()
     );
-    let cfg = config(dir, &format!("[[checks.validators]]\ncommand = [\"sh\", \"-c\", {script:?}, \"sh\", \"{{}}\"]\n"));
+    let cfg =
+        config(dir, &format!("[[checks.validators]]\ncommand = [\"sh\", \"-c\", {script:?}, \"sh\", \"{{}}\"]\n"));
     let a = dir.join("PLAN_1.zip");
     fs::write(&a, RawZip::new().file("sub/a.txt", "a").build()).unwrap();
     let o = depot(

@@ -576,11 +576,7 @@ impl Capture {
     /// The first lines, each with its control characters escaped: a tool
     /// prints the producer's bytes (a file's attributes, a name).
     fn lines(&self) -> Vec<String> {
-        String::from_utf8_lossy(&self.kept)
-            .lines()
-            .take(OUTPUT_LINES)
-            .map(|l| printable(l).into_owned())
-            .collect()
+        String::from_utf8_lossy(&self.kept).lines().take(OUTPUT_LINES).map(|l| printable(l).into_owned()).collect()
     }
 
     /// For a fault's message: the tool's first line, if it said anything.

@@ -372,3 +372,33 @@ fn the_daemon_retries_a_failing_validator_then_says_validator_failed() {
     assert!(!metrics.contains("depot_validator_faults_total{producer=\"GOOD\"}"), "{metrics}");
     assert_eq!(stop(daemon), Some(0));
 }
+
+/// The S3 target stages nothing: the files a validator selects are kept
+/// in scratch as they stream to the bucket, checked there, and a rejected
+/// deposit leaves no object behind.
+#[test]
+fn validators_run_before_an_s3_publish() {
+    use common::garage::Garage;
+    use common::s3::{PREFIX, assert_complete, current, s3_site, wait_state};
+    let redis = Redis::start();
+    let g = Garage::start();
+    let site = s3_site(
+        &redis,
+        &g,
+        "",
+        "[producers.STOR]\nprofile = \"plain\"\n[[producers.STOR.checks.validators]]\nglob = \"*.txt\"\ncommand = [\"grep\", \"-q\", \"^ok\", \"{}\"]\n",
+    );
+    let daemon = site.start();
+    site.drop_rsync("STOR", "STOR_1.zip", &RawZip::new().file("d/a.txt", "ok 1").file("b.bin", "x").build());
+    let d = wait_state(&site, &redis, "STOR_1.zip", "SUCCESS", 60);
+    assert_complete(&g, "STOR", &d["id"]);
+    site.drop_rsync("STOR", "STOR_2.zip", &RawZip::new().file("d/a.txt", "ok 2").file("d/c.txt", "bad").build());
+    let d2 = wait_state(&site, &redis, "STOR_2.zip", "FAILURE", 60);
+    assert_eq!(d2["error_code"], "FORMAT_INVALID", "{d2:?}");
+    assert!(d2["error"].starts_with("d/c.txt: refused by the format check `grep -q ^ok {}`"), "{d2:?}");
+    assert!(g.keys(&format!("{PREFIX}/STOR/releases/{}/", d2["id"])).is_empty(), "objects of a rejected deposit");
+    assert_eq!(current(&g, "STOR").as_deref(), Some(d["id"].as_str()));
+    let report = fs::read_to_string(site.root().join(format!("drop/STOR/rejected/{}/report.txt", d2["id"]))).unwrap();
+    assert!(report.contains("FORMAT_INVALID") && report.contains("d/c.txt"), "{report}");
+    assert_eq!(stop(daemon), Some(0));
+}

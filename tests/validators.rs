@@ -402,3 +402,33 @@ fn validators_run_before_an_s3_publish() {
     assert!(report.contains("FORMAT_INVALID") && report.contains("d/c.txt"), "{report}");
     assert_eq!(stop(daemon), Some(0));
 }
+
+/// Runs of one deposit go in parallel, never more than
+/// workers.threads_per_deposit at once.
+#[test]
+fn validators_run_in_parallel_up_to_threads_per_deposit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let seen = dir.join("seen");
+    fs::create_dir(&seen).unwrap();
+    // Each run marks itself running, notes how many are, waits, unmarks.
+    let script =
+        format!("d={0}; touch $d/run.$$; ls $d | grep -c '^run' >> $d/counts; sleep 0.4; rm $d/run.$$", seen.display());
+    let cfg = config(
+        dir,
+        &format!(
+            "[workers]\nthreads_per_deposit = 2\n[[checks.validators]]\ncommand = [\"sh\", \"-c\", {script:?}, \"sh\", \"{{}}\"]\n"
+        ),
+    );
+    let mut zip = RawZip::new();
+    for i in 0..6 {
+        zip = zip.file(format!("f{i}.txt"), "x");
+    }
+    let (code, _, o) = check(dir, &cfg, "PLAN_1.zip", &zip.build());
+    assert_eq!(code, Some(0), "{}", text(&o));
+    let counts: Vec<u32> =
+        fs::read_to_string(seen.join("counts")).unwrap().lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(counts.len(), 6, "{counts:?}");
+    assert!(counts.iter().all(|&c| c <= 2), "more than threads_per_deposit at once: {counts:?}");
+    assert!(counts.contains(&2), "never two at once: {counts:?}");
+}

@@ -525,13 +525,17 @@ fn run_one(v: &Validator, target: &Path, file: Option<&str>, r: &Run<'_>, isolat
 }
 
 /// Has the child ended? Looked at without reaping it (WNOWAIT), so its
-/// pid stays its own until its group has been killed.
+/// pid stays its own until its group has been killed. ECHILD (someone
+/// set SIGCHLD to be ignored, and the kernel reaped it) means it has.
 fn exited(pid: libc::pid_t) -> bool {
     // SAFETY: waitid writes into the zeroed siginfo we own.
     unsafe {
         let mut info: libc::siginfo_t = std::mem::zeroed();
         let r = libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT);
-        r == 0 && info.si_pid() != 0
+        if r < 0 {
+            return io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD);
+        }
+        info.si_pid() != 0
     }
 }
 

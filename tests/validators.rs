@@ -230,11 +230,13 @@ fn a_validator_sees_a_cleared_environment_and_no_network() {
     let out = dir.join("seen");
     fs::create_dir(&out).unwrap();
     let script = format!(
-        "env > {0}/env; cat /proc/self/net/dev > {0}/net; pwd > {0}/pwd; [ \"$1\" = \"$DEPOT_TARGET\" ] && [ -f \"$1\" ]",
+        "env > {0}/env; cat /proc/self/net/dev > {0}/net; pwd > {0}/pwd; ulimit -v > {0}/ulimit; [ \"$1\" = \"$DEPOT_TARGET\" ] && [ -f \"$1\" ]",
         out.display()
     );
-    let cfg =
-        config(dir, &format!("[[checks.validators]]\ncommand = [\"sh\", \"-c\", {script:?}, \"sh\", \"{{}}\"]\n"));
+    let cfg = config(
+        dir,
+        &format!("[[checks.validators]]\nmemory_mb = 300\ncommand = [\"sh\", \"-c\", {script:?}, \"sh\", \"{{}}\"]\n"),
+    );
     let a = dir.join("PLAN_1.zip");
     fs::write(&a, RawZip::new().file("sub/a.txt", "a").build()).unwrap();
     let o = depot(
@@ -263,6 +265,29 @@ fn a_validator_sees_a_cleared_environment_and_no_network() {
     let net = fs::read_to_string(out.join("net")).unwrap();
     let devices: Vec<&str> = net.lines().skip(2).filter_map(|l| l.split(':').next()).map(str::trim).collect();
     assert_eq!(devices, ["lo"], "{net}");
+    // Its address space is bounded (KiB).
+    assert_eq!(fs::read_to_string(out.join("ulimit")).unwrap().trim(), (300 * 1024).to_string());
+}
+
+/// A tool that floods its output with escape sequences: the report keeps
+/// its first 20 lines, escaped, and the rest is drained (the tool never
+/// blocks on a full pipe).
+#[test]
+fn a_validators_output_is_bounded_and_escaped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let script = "yes \"$(printf 'bad \\033]2;PWNED\\007 line')\" | head -c 20000000; exit 1";
+    let cfg =
+        config(dir, &format!("[[checks.validators]]\ncommand = [\"sh\", \"-c\", {script:?}, \"sh\", \"{{}}\"]\n"));
+    let (code, v, o) = check(dir, &cfg, "PLAN_1.zip", &RawZip::new().file("a.txt", "a").build());
+    assert_eq!(code, Some(1), "{}", text(&o));
+    let lines = v["output"].as_array().unwrap();
+    assert_eq!(lines.len(), 20, "{v}");
+    assert_eq!(lines[0], "bad \\x1b]2;PWNED\\x07 line", "{v}");
+    let a = dir.join("PLAN_1.zip");
+    let o = depot(&["check", a.to_str().unwrap(), "-c", cfg.to_str().unwrap()], dir, &[]);
+    let t = String::from_utf8_lossy(&o.stdout);
+    assert!(!t.contains('\x1b') && !t.contains('\x07') && t.contains("    bad \\x1b]2;PWNED\\x07 line\n"), "{t}");
 }
 
 #[test]

@@ -230,7 +230,7 @@ fn a_validator_sees_a_cleared_environment_and_no_network() {
     let out = dir.join("seen");
     fs::create_dir(&out).unwrap();
     let script = format!(
-        "env > {0}/env; cat /proc/self/net/dev > {0}/net; pwd > {0}/pwd; ulimit -v > {0}/ulimit; [ \"$1\" = \"$DEPOT_TARGET\" ] && [ -f \"$1\" ]",
+        "env > {0}/env; cat /proc/self/net/dev > {0}/net; pwd > {0}/pwd; ulimit -v > {0}/ulimit; echo evil >> \"$1\" || echo refused > {0}/write; [ \"$1\" = \"$DEPOT_TARGET\" ] && [ -f \"$1\" ]",
         out.display()
     );
     let cfg = config(
@@ -265,6 +265,8 @@ fn a_validator_sees_a_cleared_environment_and_no_network() {
     let net = fs::read_to_string(out.join("net")).unwrap();
     let devices: Vec<&str> = net.lines().skip(2).filter_map(|l| l.split(':').next()).map(str::trim).collect();
     assert_eq!(devices, ["lo"], "{net}");
+    // The staged files are read-only to it.
+    assert_eq!(fs::read_to_string(out.join("write")).unwrap_or_default().trim(), "refused");
     // Its address space is bounded (KiB).
     assert_eq!(fs::read_to_string(out.join("ulimit")).unwrap().trim(), (300 * 1024).to_string());
 }
@@ -363,7 +365,7 @@ fn the_daemon_retries_a_failing_validator_then_says_validator_failed() {
         &redis.url(),
         &format!(
             "[workers]\nmax_attempts = 2\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n\
-             [[checks.validators]]\nglob = \"*.txt\"\ncommand = [\"grep\", \"-q\", \"1\", \"{{}}\"]\nreject_exits = [3]\n\
+             [[checks.validators]]\nglob = \"*.txt\"\ncommand = [\"sh\", \"-c\", \"echo 2 >> \\\"$1\\\"; grep -qx 1 \\\"$1\\\"\", \"sh\", \"{{}}\"]\nreject_exits = [3]\n\
              [producers.GOOD]\nprofile = \"plain\"\n[producers.SICK]\nprofile = \"plain\"\n\
              [[producers.SICK.checks.validators]]\ncommand = [\"sh\", \"-c\", \"echo broken tool >&2; exit 7\", \"sh\", \"{{}}\"]\n"
         ),
@@ -376,7 +378,8 @@ fn the_daemon_retries_a_failing_validator_then_says_validator_failed() {
     let of = |p: &str| ds.iter().find(|d| d["producer"] == p).unwrap().clone();
     let good = of("GOOD");
     assert_eq!(good["state"], "SUCCESS", "{good:?}");
-    assert!(site.root().join("publish/GOOD/current/a.txt").is_file());
+    // Published as verified: the validator could not write to staging.
+    assert_eq!(fs::read_to_string(site.root().join("publish/GOOD/current/a.txt")).unwrap(), "1");
     let sick = of("SICK");
     assert_eq!((sick["state"].as_str(), sick["error_code"].as_str()), ("FAILURE", "VALIDATOR_FAILED"), "{sick:?}");
     assert_eq!(sick["attempts"], "2", "{sick:?}");

@@ -350,13 +350,72 @@ pub fn isolation_available() -> bool {
     isolation(&crate::unpack::Quiet)
 }
 
+/// What a tool is given of its own: a user namespace (unprivileged), a
+/// network namespace (no interface but its own loopback), a mount
+/// namespace (the staged files read-only there).
+const NAMESPACES: libc::c_int = libc::CLONE_NEWUSER | libc::CLONE_NEWNET | libc::CLONE_NEWNS;
+
+/// The staged release folder bound read-only over itself in the tool's
+/// mount namespace. Prepared before the fork (no allocation after it);
+/// applied best effort: a kernel that refuses leaves the files writable,
+/// as without namespaces, rather than fail the run.
+struct ReadOnly {
+    path: std::ffi::CString,
+    /// The mount's own flags, which a remount inside a user namespace
+    /// must keep (they are locked there).
+    keep: libc::c_ulong,
+}
+
+impl ReadOnly {
+    fn of(root: &Path) -> Option<ReadOnly> {
+        use std::os::unix::ffi::OsStrExt;
+        let abs = std::path::absolute(root).ok()?;
+        let path = std::ffi::CString::new(abs.as_os_str().as_bytes()).ok()?;
+        // SAFETY: statvfs fills the zeroed struct we own.
+        let flags = unsafe {
+            let mut st: libc::statvfs = std::mem::zeroed();
+            if libc::statvfs(path.as_ptr(), &mut st) < 0 {
+                return None;
+            }
+            st.f_flag
+        };
+        let mut keep = 0;
+        for (st, ms) in [
+            (libc::ST_NOSUID, libc::MS_NOSUID),
+            (libc::ST_NODEV, libc::MS_NODEV),
+            (libc::ST_NOEXEC, libc::MS_NOEXEC),
+            (libc::ST_NOATIME, libc::MS_NOATIME),
+            (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+            (libc::ST_RELATIME, libc::MS_RELATIME),
+        ] {
+            if flags & st != 0 {
+                keep |= ms;
+            }
+        }
+        Some(ReadOnly { path, keep })
+    }
+
+    /// Between fork and exec: two mount(2) calls, nothing else.
+    unsafe fn apply(&self) {
+        let p = self.path.as_ptr();
+        let none = std::ptr::null();
+        // SAFETY: plain system calls on a NUL-terminated path we own.
+        unsafe {
+            if libc::mount(p, p, none, libc::MS_BIND | libc::MS_REC, std::ptr::null()) == 0 {
+                let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | self.keep;
+                libc::mount(none, p, none, flags, std::ptr::null());
+            }
+        }
+    }
+}
+
 fn probe_isolation() -> bool {
     // SAFETY: the child calls only async-signal-safe functions (unshare,
     // _exit) before it ends.
     unsafe {
         let pid = libc::fork();
         if pid == 0 {
-            let r = libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET);
+            let r = libc::unshare(NAMESPACES);
             libc::_exit(if r == 0 { 0 } else { 1 });
         }
         if pid < 0 {
@@ -439,6 +498,9 @@ fn run_one(v: &Validator, target: &Path, file: Option<&str>, r: &Run<'_>, isolat
         .stdout(Stdio::from(writer))
         .stderr(Stdio::from(writer2));
     let memory = v.memory_mb.saturating_mul(1 << 20);
+    // The staged files, read-only to the tool (best effort): what was
+    // verified is what is published, whatever the tool does.
+    let read_only = if isolate { ReadOnly::of(r.root) } else { None };
     // SAFETY: between fork and exec only raw system calls, no allocation,
     // no lock; errors are read from errno.
     unsafe {
@@ -458,9 +520,13 @@ fn run_one(v: &Validator, target: &Path, file: Option<&str>, r: &Run<'_>, isolat
             }
             // No network: an empty network namespace, in a user namespace
             // of its own (unprivileged; its uid there is unmapped, so exec
-            // keeps no capability even when depot runs as root).
-            if isolate && libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) < 0 {
+            // keeps no capability even when depot runs as root), with a
+            // mount namespace of its own for the read-only view below.
+            if isolate && libc::unshare(NAMESPACES) < 0 {
                 return Err(io::Error::last_os_error());
+            }
+            if let Some(ro) = &read_only {
+                ro.apply();
             }
             Ok(())
         });

@@ -775,6 +775,23 @@ mod tests {
     }
 
     #[test]
+    fn a_producers_validators_run_besides_the_global_ones() {
+        let c = parse(&format!(
+            "{MIN}[[checks.validators]]\nglob = \"*.nc\"\ncommand = [\"ncdump\", \"-h\", \"{{}}\"]\n\
+             [[producers.MSEC.checks.validators]]\nscope = \"release\"\ncode = \"VIRUS_FOUND\"\ncommand = [\"clamscan\", \"{{}}\"]\nreject_exits = [1, \"3-4\"]\n"
+        ))
+        .unwrap();
+        let m = c.settings_for("MSEC").checks.validators;
+        assert_eq!(m.iter().map(|v| v.command[0].as_str()).collect::<Vec<_>>(), ["ncdump", "clamscan"]);
+        assert_eq!((m[0].timeout_s, m[0].memory_mb, m[0].rejects(1), m[0].rejects(2)), (60, 2048, true, false));
+        assert_eq!(m[1].code, jobs::validate::Verdict::VirusFound);
+        assert!(m[1].rejects(4) && !m[1].rejects(2));
+        assert_eq!(c.settings_for("IGNF").checks.validators.len(), 1);
+        // Shown by `depot config show`.
+        assert!(c.effective().contains("[[producers.MSEC.checks.validators]]"), "{}", c.effective());
+    }
+
+    #[test]
     fn producer_tables_override() {
         let c = parse(&format!(
             "{MIN}[limits]\nmax_entries = 10\n[producers.IGNF]\nprofile = \"plain\"\n[producers.IGNF.publish]\nmode = \"merge\"\n[producers.IGNF.checks]\nflat_names = true\n"

@@ -202,6 +202,11 @@ fn validators(cfg: &Config) -> Vec<Finding> {
             });
         }
     }
+    if !out.is_empty() && !jobs::validate::limits(&jobs::unpack::Quiet) {
+        out.push(Finding::warn(
+            "validators' memory_mb cannot be applied: setrlimit is refused here (systemd's SystemCallFilter=~@resources); the service's MemoryMax= still bounds them",
+        ));
+    }
     if !out.is_empty() {
         out.push(if jobs::validate::isolation_available() {
             Finding::ok("validators run without network (a user and network namespace of their own)")

@@ -247,6 +247,9 @@ pub fn run(validators: &[Validator], files: &[&str], r: &Run<'_>, progress: &dyn
         return Ok(());
     }
     let isolate = isolation(progress);
+    if validators.iter().any(|v| v.memory_mb > 0) {
+        limits(progress);
+    }
     let results: Mutex<Vec<Option<Outcome>>> = Mutex::new(work.iter().map(|_| None).collect());
     let (next, stop) = (AtomicUsize::new(0), AtomicBool::new(false));
     let worker = || {
@@ -348,6 +351,26 @@ pub fn isolation(progress: &dyn Progress) -> bool {
 /// Without a warning: `depot config check` says it in its own words.
 pub fn isolation_available() -> bool {
     isolation(&crate::unpack::Quiet)
+}
+
+/// Can `memory_mb` be applied here? setrlimit is tried on depot itself
+/// (its own limit set to what it is): the same filter would refuse it in
+/// a tool. Where it cannot, the operator is warned once and the tools run
+/// bounded only by what bounds depot (systemd's `MemoryMax=`).
+pub fn limits(progress: &dyn Progress) -> bool {
+    static ABLE: OnceLock<bool> = OnceLock::new();
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    // SAFETY: getrlimit/setrlimit on structs we own.
+    let able = *ABLE.get_or_init(|| unsafe {
+        let mut cur: libc::rlimit = std::mem::zeroed();
+        libc::getrlimit(libc::RLIMIT_AS, &mut cur) == 0 && libc::setrlimit(libc::RLIMIT_AS, &cur) == 0
+    });
+    if !able && !WARNED.swap(true, Ordering::Relaxed) {
+        progress.warn(
+            "validators' memory_mb is not applied: setrlimit is refused here (systemd's SystemCallFilter=~@resources); the service's MemoryMax= still bounds them",
+        );
+    }
+    able
 }
 
 /// What a tool is given of its own: a user namespace (unprivileged), a
@@ -512,11 +535,11 @@ fn run_one(v: &Validator, target: &Path, file: Option<&str>, r: &Run<'_>, isolat
             }
             // Gone with the thread that waits for it, should depot die.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            // Refused where setrlimit is filtered (systemd's
+            // SystemCallFilter=~@resources): told once, see `limits`.
             if memory > 0 {
                 let lim = libc::rlimit { rlim_cur: memory as libc::rlim_t, rlim_max: memory as libc::rlim_t };
-                if libc::setrlimit(libc::RLIMIT_AS, &lim) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                libc::setrlimit(libc::RLIMIT_AS, &lim);
             }
             // No network: an empty network namespace, in a user namespace
             // of its own (unprivileged; its uid there is unmapped, so exec

@@ -460,3 +460,28 @@ fn validators_run_in_parallel_up_to_threads_per_deposit() {
     assert!(counts.iter().all(|&c| c <= 2), "more than threads_per_deposit at once: {counts:?}");
     assert!(counts.contains(&2), "never two at once: {counts:?}");
 }
+
+/// A rejection is final: the runs beside it are stopped (their groups
+/// killed), not waited for.
+#[test]
+fn a_verdict_stops_the_runs_beside_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pidfile = dir.join("pids");
+    let slow = format!("echo $$ > {}; sleep 60", pidfile.display());
+    let cfg = config(
+        dir,
+        &format!(
+            "[workers]\nthreads_per_deposit = 2\n[[checks.validators]]\nglob = \"slow.txt\"\ncommand = [\"sh\", \"-c\", {slow:?}, \"sh\", \"{{}}\"]\n\
+             [[checks.validators]]\nglob = \"bad.txt\"\ncommand = [\"sh\", \"-c\", \"sleep 0.5; echo no; exit 1\", \"sh\", \"{{}}\"]\n"
+        ),
+    );
+    let t0 = Instant::now();
+    let zip = RawZip::new().file("slow.txt", "x").file("bad.txt", "y").build();
+    let (code, v, o) = check(dir, &cfg, "PLAN_1.zip", &zip);
+    assert_eq!((code, v["entry"].as_str()), (Some(1), Some("bad.txt")), "{v} {}", text(&o));
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+    let p = pids(&pidfile);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(gone(&p[0]), "the slow validator {} runs on", p[0]);
+}

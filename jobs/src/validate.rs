@@ -226,8 +226,13 @@ pub struct Run<'a> {
 #[derive(Debug)]
 enum Outcome {
     Accepted,
-    Rejected { status: i32, output: Vec<String> },
+    Rejected {
+        status: i32,
+        output: Vec<String>,
+    },
     Fault(String),
+    /// Killed because the deposit's verdict was already known, or shutdown.
+    Stopped,
 }
 
 /// Run every validator over the files (published paths) that match it;
@@ -263,7 +268,9 @@ pub fn run(validators: &[Validator], files: &[&str], r: &Run<'_>, progress: &dyn
                 Some(f) => r.root.join(f),
                 None => r.root.to_path_buf(),
             };
-            let o = run_one(&validators[vi], &target, file, r, isolate);
+            // A verdict stops the runs beside it: it is final either way.
+            let stopped = || stop.load(Ordering::Relaxed) || progress.cancelled();
+            let o = run_one(&validators[vi], &target, file, r, isolate, &stopped);
             if !matches!(o, Outcome::Accepted) {
                 stop.store(true, Ordering::Relaxed);
             }
@@ -492,7 +499,14 @@ fn argv(v: &Validator, path: &Path) -> Vec<OsString> {
         .collect()
 }
 
-fn run_one(v: &Validator, target: &Path, file: Option<&str>, r: &Run<'_>, isolate: bool) -> Outcome {
+fn run_one(
+    v: &Validator,
+    target: &Path,
+    file: Option<&str>,
+    r: &Run<'_>,
+    isolate: bool,
+    cancelled: &dyn Fn() -> bool,
+) -> Outcome {
     let tmp = match Private::make(r.tmp) {
         Ok(t) => t,
         Err(e) => return Outcome::Fault(format!("cannot make its temp folder under {}: {e}", r.tmp.display())),
@@ -573,7 +587,8 @@ fn run_one(v: &Validator, target: &Path, file: Option<&str>, r: &Run<'_>, isolat
             break false;
         }
         let now = Instant::now();
-        if now >= deadline {
+        // Shutdown (or a rejection beside it) does not wait for the tool.
+        if now >= deadline || cancelled() {
             break true;
         }
         let wait = (deadline - now).min(Duration::from_millis(50));
@@ -598,6 +613,9 @@ fn run_one(v: &Validator, target: &Path, file: Option<&str>, r: &Run<'_>, isolat
     }
     let status = child.wait();
     drop(tmp);
+    if timed_out && cancelled() {
+        return Outcome::Stopped;
+    }
     if timed_out {
         return Outcome::Fault(format!("timed out after {} s (timeout_s); killed with its process group", v.timeout_s));
     }

@@ -82,6 +82,10 @@ need htpasswd || apt_install apache2-utils
 # tests/page.rs loads the web page in Debian's headless Chromium (--dump-dom,
 # --screenshot).
 need chromium || apt_install chromium
+# tests/validators.rs: the real format checkers and virus scanner.
+need ncgen || apt_install netcdf-bin
+need fitsverify || apt_install fitsverify
+need clamscan || apt_install clamav
 
 # tests/moddav.rs runs Debian's Apache with mod_dav (the migration path).
 # Installed without letting the package start its service on port 80: a

@@ -426,6 +426,13 @@ impl Config {
                                 // `[producers.P.publish.s3]` sets some keys
                                 // of `[publish.s3]`, not all of them.
                                 match (m.get_mut(kk), vv) {
+                                    // A producer's validators run besides
+                                    // the global ones, never instead.
+                                    (Some(toml::Value::Array(all)), toml::Value::Array(more))
+                                        if k == "checks" && kk == "validators" =>
+                                    {
+                                        all.extend(more.iter().cloned());
+                                    }
                                     (Some(toml::Value::Table(inner)), toml::Value::Table(over)) => {
                                         inner.extend(over.iter().map(|(a, b)| (a.clone(), b.clone())));
                                     }
@@ -452,6 +459,20 @@ impl Config {
                 .unwrap_or_default();
         for f in [&mut publish.s3.credentials_file, &mut publish.s3.ca_file].into_iter().flatten() {
             *f = dir.join(&*f);
+        }
+        // Named by the table they were written in: the global ones come
+        // first in a producer's list.
+        let global = match self.base.get("checks").and_then(|c| c.get("validators")) {
+            Some(toml::Value::Array(a)) if p.is_some() => a.len(),
+            _ => 0,
+        };
+        for (i, v) in checks.validators.iter().enumerate() {
+            if let Some(why) = v.problem() {
+                match i.checked_sub(global) {
+                    Some(j) => bail!("{prefix}checks.validators[{j}]: {why}"),
+                    None => bail!("checks.validators[{i}]: {why}"),
+                }
+            }
         }
         let s = Settings {
             profile,
@@ -768,6 +789,23 @@ mod tests {
             let e = format!("{:#}", parse(&format!("{MIN}{text}")).unwrap_err());
             assert!(e.contains(key), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn a_producers_validators_run_besides_the_global_ones() {
+        let c = parse(&format!(
+            "{MIN}[[checks.validators]]\nglob = \"*.nc\"\ncommand = [\"ncdump\", \"-h\", \"{{}}\"]\n\
+             [[producers.MSEC.checks.validators]]\nscope = \"release\"\ncode = \"VIRUS_FOUND\"\ncommand = [\"clamscan\", \"{{}}\"]\nreject_exits = [1, \"3-4\"]\n"
+        ))
+        .unwrap();
+        let m = c.settings_for("MSEC").checks.validators;
+        assert_eq!(m.iter().map(|v| v.command[0].as_str()).collect::<Vec<_>>(), ["ncdump", "clamscan"]);
+        assert_eq!((m[0].timeout_s, m[0].memory_mb, m[0].rejects(1), m[0].rejects(2)), (60, 2048, true, false));
+        assert_eq!(m[1].code, jobs::validate::Verdict::VirusFound);
+        assert!(m[1].rejects(4) && !m[1].rejects(2));
+        assert_eq!(c.settings_for("IGNF").checks.validators.len(), 1);
+        // Shown by `depot config show`.
+        assert!(c.effective().contains("[[producers.MSEC.checks.validators]]"), "{}", c.effective());
     }
 
     #[test]

@@ -62,6 +62,9 @@ pub struct Metrics {
     files: Family<ProducerLabel, Counter>,
     stages: Family<StageLabel, Histogram>,
     notify_failures: Counter,
+    /// Validator runs that were the tool's fault (a status not in
+    /// reject_exits, a signal, a timeout), retried or final.
+    validator_faults: Family<ProducerLabel, Counter>,
     /// When the producer's last deposit succeeded (s since the epoch):
     /// from Redis at start, then from this process's successes.
     last_success: LastSuccess,
@@ -82,6 +85,7 @@ impl Default for Metrics {
             files: Family::default(),
             stages: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
             notify_failures: Counter::default(),
+            validator_faults: Family::default(),
             last_success: Family::default(),
             duration: duration_histogram(),
             login_failures: Counter::default(),
@@ -128,6 +132,9 @@ impl Metrics {
     pub fn notify_failed(&self) {
         self.notify_failures.inc();
     }
+    pub fn validator_fault(&self, p: &str) {
+        self.validator_faults.get_or_create(&producer(p)).inc();
+    }
     pub fn login_failed(&self) {
         self.login_failures.inc();
     }
@@ -165,6 +172,11 @@ impl Metrics {
             "depot_notify_failures",
             "notify.command runs that failed or timed out.",
             self.notify_failures.clone(),
+        );
+        r.register(
+            "depot_validator_faults",
+            "Validator runs that failed on their own (not a verdict on the deposit): each attempt counts.",
+            self.validator_faults.clone(),
         );
         r.register(
             "depot_http_login_failures",

@@ -181,6 +181,44 @@ fn notify_command(cfg: &Config) -> Option<Finding> {
     })
 }
 
+/// Every validator's program exists and can be run (a missing one would
+/// fail every deposit it applies to, as VALIDATOR_FAILED after retries),
+/// named by the key it was written under; and whether validators get a
+/// network namespace of their own on this kernel.
+fn validators(cfg: &Config) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let global = cfg.settings_for_default().checks.validators;
+    let mut lists = vec![(String::new(), global.clone(), 0)];
+    for p in cfg.overridden() {
+        lists.push((format!("producers.{p}."), cfg.settings_for(p).checks.validators, global.len()));
+    }
+    for (prefix, list, skip) in lists {
+        for (i, v) in list.iter().enumerate().skip(skip) {
+            let key = format!("{prefix}checks.validators[{}].command", i - skip);
+            let Some(program) = v.command.first() else { continue };
+            out.push(match jobs::validate::find_program(program) {
+                Ok(p) => Finding::ok(format!("{key}: {} is an executable file", p.display())),
+                Err(why) => Finding::fail(format!("{key}: {why}")),
+            });
+        }
+    }
+    if !out.is_empty() && !jobs::validate::limits(&jobs::unpack::Quiet) {
+        out.push(Finding::warn(
+            "validators' memory_mb cannot be applied: setrlimit is refused here (systemd's SystemCallFilter=~@resources); the service's MemoryMax= still bounds them",
+        ));
+    }
+    if !out.is_empty() {
+        out.push(if jobs::validate::isolation_available() {
+            Finding::ok("validators run without network (a user and network namespace of their own)")
+        } else {
+            Finding::warn(
+                "validators will run WITH network access: this kernel refuses unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone, or systemd's RestrictNamespaces=)",
+            )
+        });
+    }
+    out
+}
+
 /// The filesystem checks; the Redis one is [`redis`].
 pub fn filesystem(cfg: &Config) -> Vec<Finding> {
     // drop_root itself is root's (OpenSSH's chroot rule: see the README's
@@ -188,6 +226,7 @@ pub fn filesystem(cfg: &Config) -> Vec<Finding> {
     let mut out = vec![spool_dir(&cfg.drop_root), writable_dir("publish_root", &cfg.publish_root)];
     out.push(roots_apart(cfg));
     out.extend(notify_command(cfg));
+    out.extend(validators(cfg));
     if !out.iter().all(|f| f.ok) {
         return out;
     }

@@ -551,6 +551,9 @@ async fn run_one(shared: &Arc<Shared>, entry: Entry) {
         }
         End::Retry(e) => {
             // Not the producer's fault: back off, keep the deposit, try again.
+            if e.code() == jobs::Code::ValidatorFailed {
+                shared.metrics.validator_fault(&entry.producer);
+            }
             let wait = backoff(attempts);
             error!(deposit = %entry.id, producer = %entry.producer, error = %e, attempt = attempts, retry_in_ms = wait.as_millis() as u64, "transient failure");
             let _ = shared
@@ -737,7 +740,7 @@ async fn record(shared: &Arc<Shared>, entry: &Entry, o: &Outcome, last: &[(&str,
             // A rejection is worth a look (WARN); a host fault that used up
             // its attempts needs the operator (ERROR).
             match (o.state.as_str(), o.error_code.as_deref().unwrap_or("")) {
-                (FAILURE, c @ ("IO_ERROR" | "NO_SPACE")) => {
+                (FAILURE, c @ ("IO_ERROR" | "NO_SPACE" | "VALIDATOR_FAILED")) => {
                     error!(deposit = %entry.id, producer = %entry.producer, state = %o.state, error_code = %c, "finished")
                 }
                 (FAILURE, c) => {
@@ -802,6 +805,9 @@ async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) 
 /// Count the outcome and run `notify.command`, once per terminal state.
 fn tell(shared: &Shared, cfg: &crate::config::Config, entry: &Entry, o: &Outcome) {
     shared.metrics.deposit_took(entry.claimed_ns);
+    if o.error_code.as_deref() == Some(jobs::Code::ValidatorFailed.as_str()) {
+        shared.metrics.validator_fault(&entry.producer);
+    }
     shared.metrics.finished(
         &entry.producer,
         &o.state,
@@ -839,6 +845,8 @@ struct ReportView {
     entry: Option<String>,
     started: String,
     finished: String,
+    #[serde(default)]
+    output: Vec<String>,
 }
 
 impl ReportView {
@@ -860,6 +868,7 @@ impl ReportView {
             total_bytes: None,
             release: None,
             warnings: Vec::new(),
+            output: self.output,
         }
     }
 }

@@ -25,6 +25,8 @@ fn config_keys() -> Vec<String> {
         };
         // A table header, even commented out (`# [producers.IGNF.publish]`
         // shows where the example key below it goes).
+        // `[[checks.validators]]`: an array of tables, named as a table.
+        let l = l.strip_prefix('[').and_then(|t| t.strip_suffix(']')).filter(|t| t.starts_with('[')).unwrap_or(l);
         if let Some(t) = l.strip_prefix('[').and_then(|t| t.strip_suffix(']'))
             && !t.is_empty()
             && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')

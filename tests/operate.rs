@@ -579,7 +579,12 @@ fn check_speaks_to_scientists() {
     let cfg = dir.join("config.toml");
     fs::write(
         &cfg,
-        "drop_root = \"drop\"\npublish_root = \"publish\"\n[producers.PLAN]\nprofile = \"plain\"\n[producers.LIMT]\nprofile = \"plain\"\n[producers.LIMT.limits]\nmax_entries = 1\n[producers.BAGS]\nprofile = \"bagit\"\n",
+        concat!(
+            "drop_root = \"drop\"\npublish_root = \"publish\"\n[producers.PLAN]\nprofile = \"plain\"\n[producers.LIMT]\nprofile = \"plain\"\n[producers.LIMT.limits]\nmax_entries = 1\n[producers.BAGS]\nprofile = \"bagit\"\n",
+            "[producers.FMTI]\nprofile = \"plain\"\n[[producers.FMTI.checks.validators]]\ncommand = [\"grep\", \"-q\", \"^good\", \"{}\"]\n",
+            "[producers.VIRS]\nprofile = \"plain\"\n[[producers.VIRS.checks.validators]]\nscope = \"release\"\ncode = \"VIRUS_FOUND\"\n",
+            "command = [\"sh\", \"-c\", \"! grep -rq EICAR \\\"$1\\\"\", \"sh\", \"{}\"]\n",
+        ),
     )
     .unwrap();
     // A missing file, a folder: usage errors (exit 2), no report.
@@ -663,6 +668,8 @@ fn check_speaks_to_scientists() {
         ("PRODUCER_MISMATCH", "MSEC", RawZip::new().file("MSEC_en.json", pivot("ABCD", &[])).build()),
         ("EMPTY_DEPOSIT", "PLAN", RawZip::new().dir("a/").build()),
         ("BAG_INVALID", "BAGS", RawZip::new().file("bag/data/a.txt", "a").build()),
+        ("FORMAT_INVALID", "FMTI", RawZip::new().file("a.nc", "bad").build()),
+        ("VIRUS_FOUND", "VIRS", RawZip::new().file("a.txt", "EICAR").build()),
         (
             "DATASET_MISMATCH",
             "MSEC",
@@ -694,7 +701,10 @@ fn check_speaks_to_scientists() {
     }
     // Every code a deposit can be refused with has been shown here.
     for c in jobs::Code::ALL {
-        assert!(seen.contains(&c) || matches!(c, jobs::Code::IoError | jobs::Code::NoSpace), "{c} not shown");
+        assert!(
+            seen.contains(&c) || matches!(c, jobs::Code::IoError | jobs::Code::NoSpace | jobs::Code::ValidatorFailed),
+            "{c} not shown"
+        );
     }
     // An accepted one, in the same words.
     let ok = dir.join("MSEC_THEIA.zip");

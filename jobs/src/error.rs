@@ -35,10 +35,13 @@ pub enum Code {
     NoSpace,
     ChecksumMismatch,
     BagInvalid,
+    FormatInvalid,
+    VirusFound,
+    ValidatorFailed,
 }
 
 impl Code {
-    pub const ALL: [Code; 21] = [
+    pub const ALL: [Code; 24] = [
         Code::NotAZip,
         Code::ZipCorrupt,
         Code::UnsafePath,
@@ -60,6 +63,9 @@ impl Code {
         Code::NoSpace,
         Code::ChecksumMismatch,
         Code::BagInvalid,
+        Code::FormatInvalid,
+        Code::VirusFound,
+        Code::ValidatorFailed,
     ];
 
     /// The code named by its stable string (reports, Redis), if any.
@@ -90,6 +96,9 @@ impl Code {
             Code::NoSpace => "NO_SPACE",
             Code::ChecksumMismatch => "CHECKSUM_MISMATCH",
             Code::BagInvalid => "BAG_INVALID",
+            Code::FormatInvalid => "FORMAT_INVALID",
+            Code::VirusFound => "VIRUS_FOUND",
+            Code::ValidatorFailed => "VALIDATOR_FAILED",
         }
     }
 
@@ -144,6 +153,13 @@ impl Code {
             }
             Code::BagInvalid => {
                 "The archive is not a valid BagIt bag (RFC 8493): a required file is missing or malformed, a manifest and the files disagree, or a path leads outside the bag."
+            }
+            Code::FormatInvalid => {
+                "A file is not valid in its format: the archive's check program for such files (for example a netCDF or FITS reader) refused it."
+            }
+            Code::VirusFound => "The archive's virus scanner found malicious software in the deposit.",
+            Code::ValidatorFailed => {
+                "A check program of the archive host failed (it crashed, ran too long or could not start): a fault of the host, not of the deposit."
             }
         }
     }
@@ -202,6 +218,15 @@ impl Code {
             Code::BagInvalid => {
                 "Fix the file and rule the message names, or make the bag again with a BagIt tool (bagit-python: `bagit.py --sha256 mybag`), then zip it with `zip -r bag.zip mybag/`."
             }
+            Code::FormatInvalid => {
+                "Open the file named with the program the report quotes (for example `ncdump -h FILE` or `fitsverify FILE`), correct or regenerate it, and rebuild the archive."
+            }
+            Code::VirusFound => {
+                "Scan your computer and the deposit's files with an up-to-date antivirus, remove or clean the infected file, rebuild the archive and upload it again."
+            }
+            Code::ValidatorFailed => {
+                "Nothing is needed from you: the deposit is kept and tried again, and the archive team is told."
+            }
         }
     }
 }
@@ -250,6 +275,10 @@ pub struct Rejection {
     /// The offending entry, as the producer named it (`outer/inner` for an
     /// entry inside a dataset zip).
     pub entry: Option<String>,
+    /// The first lines a validator printed, control characters escaped
+    /// (FORMAT_INVALID, VIRUS_FOUND): the tool's own words on what is wrong.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub output: Vec<String>,
 }
 
 impl fmt::Display for Rejection {
@@ -277,7 +306,13 @@ pub enum Error {
 
 impl Error {
     pub fn reject(code: Code, stage: Stage, entry: Option<&str>, message: impl Into<String>) -> Self {
-        Error::Rejected(Rejection { code, stage, message: message.into(), entry: entry.map(str::to_owned) })
+        Error::Rejected(Rejection {
+            code,
+            stage,
+            message: message.into(),
+            entry: entry.map(str::to_owned),
+            output: Vec::new(),
+        })
     }
 
     pub fn io(stage: Stage, context: impl Into<String>, source: io::Error) -> Self {
@@ -312,6 +347,14 @@ impl Error {
         }
     }
 
+    /// A validator's output lines, for the report.
+    pub fn output(&self) -> &[String] {
+        match self {
+            Error::Rejected(r) => &r.output,
+            Error::Io { .. } | Error::Cancelled => &[],
+        }
+    }
+
     pub fn message(&self) -> String {
         match self {
             Error::Rejected(r) => r.message.clone(),
@@ -321,8 +364,13 @@ impl Error {
     }
 }
 
-/// ENOSPC and EDQUOT both mean "no room": the operator's problem, not an I/O fault.
+/// ENOSPC and EDQUOT both mean "no room": the operator's problem, not an
+/// I/O fault. A validator's own fault is carried as an I/O error (it is
+/// transient the same way) and named by its type.
 fn io_code(e: &io::Error) -> Code {
+    if e.get_ref().is_some_and(|r| r.is::<crate::validate::ValidatorFault>()) {
+        return Code::ValidatorFailed;
+    }
     match e.raw_os_error() {
         Some(28) | Some(122) => Code::NoSpace,
         _ if e.kind() == io::ErrorKind::StorageFull => Code::NoSpace,

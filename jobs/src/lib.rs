@@ -19,6 +19,7 @@ pub mod scheme;
 pub mod settings;
 pub mod theia;
 pub mod unpack;
+pub mod validate;
 pub mod verify;
 
 pub use error::{Code, Error, Rejection, Result, Stage};

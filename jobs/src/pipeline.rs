@@ -15,6 +15,7 @@ use crate::rotate::{self, Deposited};
 use crate::s3::{self, Bucket, Locks};
 use crate::settings::Settings;
 use crate::unpack::{self, FileRecord, Progress, Store, Target, Unpacked};
+use crate::validate;
 use crate::verify::{self, Sidecar};
 
 /// One deposit, as handed to a worker.
@@ -164,7 +165,32 @@ fn examine(job: &Job<'_>, dest: Dest<'_>, scratch: &Path, kept: &[String], progr
         None => None,
     };
     let others = other_sidecars(job, max_metadata.saturating_sub(sidecar.as_ref().map_or(0, |s| s.bytes)), progress)?;
-    let result = examine_with(job, dest, scratch, kept, sidecar.as_ref(), &others, progress);
+    let validators = &job.settings.checks.validators;
+    // Validators read files on local disk: the staging folder, or (for
+    // `depot check` and the S3 target, which stage nothing) a copy of
+    // the files they select, kept in scratch as they stream past.
+    let selection = validate::Selection::new(validators);
+    let local = scratch.join("validate");
+    let keep = validate::Keep { inner: dest.store, root: &local, selection: &selection };
+    let (dest, staged) = match dest.root {
+        _ if validators.is_empty() => (dest, None),
+        Some(root) => (dest, Some(root)),
+        None => (Dest { store: Some(&keep), ..dest }, Some(local.as_path())),
+    };
+    let result = examine_with(job, dest, scratch, kept, sidecar.as_ref(), &others, progress).and_then(|summary| {
+        if let Some(root) = staged {
+            let files: Vec<&str> = summary.files.iter().filter_map(|f| f.published.as_deref()).collect();
+            let run = validate::Run {
+                root,
+                tmp: &scratch.join("tmp"),
+                producer: job.producer,
+                deposit: job.id,
+                threads: job.settings.threads(),
+            };
+            validate::run(validators, &files, &run, progress)?;
+        }
+        Ok(summary)
+    });
     let archive_level = |r: &crate::error::Rejection| {
         r.entry.as_deref() == Some(job.name) && matches!(r.code, Code::Md5Mismatch | Code::ChecksumMismatch)
     };

@@ -27,6 +27,10 @@ pub struct Report {
     /// "SHOULD"s); absent when there is none, as in reports before it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// A validator's first lines of output (FORMAT_INVALID, VIRUS_FOUND),
+    /// each with its control characters escaped.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub output: Vec<String>,
 }
 
 impl Report {
@@ -47,6 +51,7 @@ impl Report {
             total_bytes: Some(total_bytes),
             release,
             warnings: Vec::new(),
+            output: Vec::new(),
         }
     }
 
@@ -81,6 +86,7 @@ impl Report {
             total_bytes: None,
             release: None,
             warnings: Vec::new(),
+            output: err.output().to_vec(),
         }
     }
 
@@ -146,6 +152,12 @@ impl Report {
         t.push_str(&format!("Details:        {}\n", printable(self.message.as_deref().unwrap_or("-"))));
         if let Some(e) = &self.entry {
             t.push_str(&format!("File concerned: {}\n", printable(e)));
+        }
+        if !self.output.is_empty() {
+            t.push_str("The check program said (its first lines):\n");
+            for l in &self.output {
+                t.push_str(&format!("    {}\n", printable(l)));
+            }
         }
         t.push_str(&format!(
             "Error code:     {} (during {})\n\n",

@@ -39,6 +39,10 @@ pub struct Checks {
     /// more often a mistake than a wish, and in `replace` mode it would
     /// publish an empty release over the producer's current one.
     pub allow_empty: bool,
+    /// `[[checks.validators]]`: programs run over the staged files before
+    /// publish (a producer's own are added to the global ones).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub validators: Vec<crate::validate::Validator>,
 }
 
 impl Default for Checks {
@@ -49,6 +53,7 @@ impl Default for Checks {
             require_md5: false,
             portable_names: true,
             allow_empty: false,
+            validators: Vec::new(),
         }
     }
 }
@@ -235,6 +240,11 @@ impl Settings {
             // its manifests would not list the kept ones, so it would not
             // be a bag.
             return Err("publish.mode = \"merge\" cannot be used with profile = \"bagit\": every release must be the bag itself (use publish.mode = \"replace\")".into());
+        }
+        for (i, v) in self.checks.validators.iter().enumerate() {
+            if let Some(why) = v.problem() {
+                return Err(format!("checks.validators[{i}]: {why}"));
+            }
         }
         if self.publish.keep_releases == 0 {
             return Err("publish.keep_releases must be at least 1 (the current release)".into());

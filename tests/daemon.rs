@@ -826,6 +826,8 @@ fn readme_commands_run() {
         ("bench/ingest.sh", "benchmark, run by hand"),
         ("bench/s3.sh", "benchmark, run by hand (Garage, rclone)"),
         ("bench/http.sh", "benchmark, run by hand (Debian's apache2, mod_dav)"),
+        ("bench/http-pub.sh", "benchmark, run by hand (Debian's apache2)"),
+        ("bench/sha.sh", "benchmark, run by hand"),
         ("python3 bench/daemon.py", "benchmark, run by hand"),
         ("python3 bench/flood.py", "benchmark, run by hand"),
         ("python3 bench/limits.py", "benchmark, run by hand"),

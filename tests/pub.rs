@@ -406,6 +406,39 @@ fn a_client_that_stops_reading_is_cut_off() {
     assert_eq!((code, body.len()), (200, big.len()));
 }
 
+/// Attack: downloads that read nothing at all. The kernel's buffers fill,
+/// hyper waits on the socket for good (it has no write timeout) and each
+/// connection keeps its place: a few such clients (half the cap from one
+/// address, the other half from a second) hold the whole door. Each must
+/// be closed after `http.idle_timeout_s` without progress, its place given
+/// back.
+#[test]
+fn downloads_that_read_nothing_give_their_connections_back() {
+    let redis = Redis::start();
+    let port = free_port();
+    let site = Site::new(
+        &redis.url(),
+        &format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\nusers_file = \"users\"\nidle_timeout_s = 1\nmax_connections = 4\n{PRODUCERS}"
+        ),
+    );
+    let door = Door::start(site, port);
+    let big = noise(32 << 20, 7);
+    door.publish(&redis, "OPEN", "OPEN_1.zip", &[("big.bin", &big)]);
+    // Half the cap from this address: downloads that never read a byte.
+    let stalled: Vec<TcpStream> = (0..2).map(|_| slow_get(port, "/data/pub/OPEN/big.bin", "")).collect();
+    std::thread::sleep(Duration::from_secs(5));
+    // Their places are free again: a download from the same address is served.
+    let (code, _, body) = door.curl(&[&door.url("/data/pub/OPEN/big.bin")]);
+    assert_eq!((code, body.len()), (200, big.len()), "the stalled downloads still hold the door");
+    // And each stalled one was closed short of its Content-Length.
+    for mut s in stalled {
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        assert!(got.len() < big.len(), "{} bytes", got.len());
+    }
+}
+
 /// With the S3 target: a 307 to a presigned GET, which curl follows to
 /// the tests' Garage and gets the release's bytes (none through depot).
 #[test]

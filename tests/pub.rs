@@ -406,6 +406,51 @@ fn a_client_that_stops_reading_is_cut_off() {
     assert_eq!((code, body.len()), (200, big.len()));
 }
 
+/// Attack: a release folder takes the inode of a pruned one (ext4 hands
+/// a freed inode out again at once: with `keep_releases = 1` every other
+/// release has the same one). Manifests were cached by (device, inode):
+/// the new release was then served with the old one's manifest: a file of
+/// the same name and size with the old MD5 as Content-MD5 and ETag (a
+/// client's If-None-Match of the old bytes answered 304), a new file 404.
+/// Whether an inode comes back here is up to the filesystem (one run in
+/// two or three, on ext4): the unit test
+/// `a_reused_inode_never_brings_back_another_releases_manifest` makes it
+/// happen every time.
+#[test]
+fn a_release_on_a_reused_inode_is_served_with_its_own_manifest() {
+    use std::os::unix::fs::MetadataExt;
+    let redis = Redis::start();
+    let port = free_port();
+    let site =
+        Site::new(&redis.url(), &format!("[http]\nlisten = \"127.0.0.1:{port}\"\nusers_file = \"users\"\n{PRODUCERS}"));
+    let text = fs::read_to_string(&site.config).unwrap().replace("keep_releases = 10", "keep_releases = 1");
+    fs::write(&site.config, text).unwrap();
+    let door = Door::start(site, port);
+    let pruned = door.site.root().join("publish/.pruned");
+    let mut seen = std::collections::HashSet::new();
+    let mut reused = 0;
+    for i in 0..10u64 {
+        // Same name, same size, other bytes; and a name of this release only.
+        let bytes = noise(1000, 100 + i);
+        let only = format!("only-{i}.txt");
+        let id = door.publish(&redis, "OPEN", &format!("OPEN_{i}.zip"), &[("a.bin", &bytes), (&only, b"x")]);
+        let ino = fs::metadata(door.site.root().join("publish/OPEN/releases").join(&id)).unwrap().ino();
+        if !seen.insert(ino) {
+            reused += 1;
+        }
+        let (code, h, body) = door.curl(&[&door.url("/data/pub/OPEN/a.bin")]);
+        assert_eq!(code, 200, "{i}: {h}");
+        assert!(body == bytes, "{i}: the bytes of release {id}");
+        assert_eq!(header(&h, "etag"), Some(format!("\"{}\"", md5_hex(&bytes)).as_str()), "{i}: {h}");
+        assert_eq!(header(&h, "content-md5"), Some(b64_of_hex(&md5_hex(&bytes)).as_str()), "{i}: {h}");
+        assert_eq!(door.curl(&[&door.url(&format!("/data/pub/OPEN/{only}"))]).0, 200, "{i}");
+        wait_for(&door.site, "the pruned release deleted", 60, || {
+            fs::read_dir(&pruned).map(|d| d.count() == 0).unwrap_or(true)
+        });
+    }
+    eprintln!("release folders on a reused inode: {reused}");
+}
+
 /// Attack: downloads that read nothing at all. The kernel's buffers fill,
 /// hyper waits on the socket for good (it has no write timeout) and each
 /// connection keeps its place: a few such clients (half the cap from one

@@ -57,9 +57,9 @@ pub struct Index {
     files: HashMap<String, ManifestFile>,
 }
 
-/// Parsed manifests by release (its folder's device and inode, or its S3
-/// key): 2,000 small files fetched one after the other must not parse
-/// the manifest 2,000 times.
+/// Parsed manifests by release (its folder's device, inode and release
+/// id, or its S3 key): 2,000 small files fetched one after the other must
+/// not parse the manifest 2,000 times.
 #[derive(Default)]
 pub struct Manifests {
     map: Mutex<HashMap<String, Arc<Index>>>,
@@ -223,7 +223,7 @@ struct Release {
     index: Arc<Index>,
 }
 
-fn open_release(door: &Door, root: &Path, p: &str, asked: Option<&str>) -> Result<Release, Refusal> {
+fn open_release(cache: &Manifests, root: &Path, p: &str, asked: Option<&str>) -> Result<Release, Refusal> {
     let none = || Refusal::not_found(format!("producer {p} has no published release"));
     let root_fd = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| Refusal::broken(format!("publish_root {}", root.display()), e))?;
@@ -244,8 +244,11 @@ fn open_release(door: &Door, root: &Path, p: &str, asked: Option<&str>) -> Resul
     let releases = dir_at(&pdir, "releases").map_err(|_| gone())?;
     let dir = dir_at(&releases, &id).map_err(|_| gone())?;
     let st = rustix::fs::fstat(&dir).map_err(|e| Refusal::broken(format!("release {id}"), e))?;
-    let key = format!("fs:{}:{}", st.st_dev, st.st_ino);
-    let index = door.data.get_or(&key, || {
+    // The producer and release id too: a pruned release's inode is handed
+    // out again (ext4 does it at once), and the folder then on it is
+    // another release with another manifest.
+    let key = format!("fs:{}:{}:{p}/{id}", st.st_dev, st.st_ino);
+    let index = cache.get_or(&key, || {
         let (mut f, m) = file_at(&dir, jobs::conflicts::RELEASE_MANIFEST).map_err(|_| gone())?;
         if m.len() > MAX_MANIFEST {
             return Err(Refusal::broken(format!("release {id}: manifest.json of {} bytes", m.len()), "too large"));
@@ -610,7 +613,7 @@ async fn serve(
     let idle = Duration::from_secs(cfg.http.idle_timeout_s);
     let d = door.clone();
     let found = blocking(move || -> Result<Found, Refusal> {
-        let rel = open_release(&d, &root, &p, params.release.as_deref())?;
+        let rel = open_release(&d.data, &root, &p, params.release.as_deref())?;
         match path {
             Some(path) => {
                 let (f, m, entry) = open_listed(&rel, &p, &path)?;
@@ -766,6 +769,36 @@ mod tests {
         );
         assert_eq!(content_md5("d41d8cd98f00b204e9800998ecf8427e").as_deref(), Some("1B2M2Y8AsgTpgAmY7PhCfg=="));
         assert_eq!(content_md5("nope"), None);
+    }
+
+    /// A release folder on the inode of one that is gone (ext4 hands a
+    /// freed inode out again at once; a rename stands in for it here) is
+    /// read with its own manifest, never the cached one of the old folder.
+    #[test]
+    fn a_reused_inode_never_brings_back_another_releases_manifest() {
+        let root = tempfile::tempdir().unwrap();
+        let rels = root.path().join("OPEN/releases");
+        let manifest = |id: &str, md5: &str| {
+            format!(
+                "{{\"deposit\": \"{id}\", \"producer\": \"OPEN\", \"created\": \"2026-11-22T10:15:00Z\", \"file_count\": 1, \"total_bytes\": 3, \"files\": [{{\"path\": \"a.bin\", \"size\": 3, \"md5\": \"{md5}\"}}]}}"
+            )
+        };
+        let (id1, id2) = ("20261122T101500Z-OPEN-1a2b3c4d", "20261122T101600Z-OPEN-5e6f7a8b");
+        let (md1, md2) = ("acbd18db4cc2f85cedef654fccc4a4d8", "37b51d194a7513e45b56f6524f2d51f2");
+        std::fs::create_dir_all(rels.join(id1)).unwrap();
+        std::fs::write(rels.join(id1).join("manifest.json"), manifest(id1, md1)).unwrap();
+        std::os::unix::fs::symlink(format!("releases/{id1}"), root.path().join("OPEN/current")).unwrap();
+        let cache = Manifests::default();
+        let rel = open_release(&cache, root.path(), "OPEN", None).map_err(|r| r.1).unwrap();
+        assert_eq!(rel.index.files["a.bin"].md5, md1);
+        // The old release goes, the new one gets its inode.
+        std::fs::rename(rels.join(id1), rels.join(id2)).unwrap();
+        std::fs::write(rels.join(id2).join("manifest.json"), manifest(id2, md2)).unwrap();
+        std::fs::remove_file(root.path().join("OPEN/current")).unwrap();
+        std::os::unix::fs::symlink(format!("releases/{id2}"), root.path().join("OPEN/current")).unwrap();
+        let rel = open_release(&cache, root.path(), "OPEN", None).map_err(|r| r.1).unwrap();
+        assert_eq!(rel.id, id2);
+        assert_eq!(rel.index.files["a.bin"].md5, md2, "the manifest of the release that had the inode before");
     }
 
     /// A stand-in bucket answering `current` and one manifest; the paths

@@ -451,6 +451,48 @@ fn a_release_on_a_reused_inode_is_served_with_its_own_manifest() {
     eprintln!("release folders on a reused inode: {reused}");
 }
 
+/// The daemon's peak resident memory (VmHWM), in KiB.
+fn peak_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Attack: a producer publishes a release whose manifest.json is large
+/// (many files with long names: 4,000 here, `limits.max_entries` allows
+/// 100,000 and `max_path_len` 1,024 bytes, a manifest of 100 MB), then
+/// asks for its files many times at once before the manifest is cached.
+/// Every request parsed the manifest on its own: memory grew with the
+/// number of requests. A manifest is parsed once at a time.
+#[test]
+fn many_first_requests_parse_a_large_manifest_once() {
+    let redis = Redis::start();
+    let door = Door::new(&redis, "");
+    let dir = format!("{}/{}/{}", "d".repeat(240), "e".repeat(240), "f".repeat(240));
+    let names: Vec<String> = (0..4000).map(|i| format!("{dir}/{i:0>200}.txt")).collect();
+    let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"x"[..])).collect();
+    door.publish(&redis, "OPEN", "OPEN_1.zip", &files);
+    let manifest_len = fs::read_dir(door.site.root().join("publish/OPEN/releases"))
+        .unwrap()
+        .flatten()
+        .map(|e| fs::metadata(e.path().join("manifest.json")).unwrap().len())
+        .sum::<u64>();
+    let pid = door._daemon.0.as_ref().unwrap().id();
+    let before = peak_kib(pid);
+    let threads: Vec<_> = (0..24)
+        .map(|_| {
+            let port = door.port;
+            std::thread::spawn(move || http_get(port, "/data/pub/OPEN/nope"))
+        })
+        .collect();
+    for t in threads {
+        assert!(t.join().unwrap().starts_with("HTTP/1.1 404"));
+    }
+    let grew = peak_kib(pid).saturating_sub(before) * 1024;
+    eprintln!("manifest {manifest_len} bytes; peak grew by {grew} bytes");
+    assert!(grew < 8 * manifest_len, "24 first requests: the peak grew by {grew} bytes, manifest {manifest_len}");
+}
+
 /// Attack: downloads that read nothing at all. The kernel's buffers fill,
 /// hyper waits on the socket for good (it has no write timeout) and each
 /// connection keeps its place: a few such clients (half the cap from one

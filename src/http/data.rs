@@ -55,7 +55,17 @@ const CACHED: usize = 16;
 /// A release's manifest, indexed by path.
 pub struct Index {
     files: HashMap<String, ManifestFile>,
+    /// About the memory it holds (its paths, twice, and each entry's
+    /// overhead): what [`CACHED_BYTES`] counts.
+    weight: usize,
 }
+
+/// Memory the cached manifests may hold together: a release of
+/// `limits.max_entries` (100,000) files with long names has a manifest of
+/// 100 MB, and sixteen of them cached would be gigabytes. The newest one is
+/// kept whatever its size (a long download of it must not parse it again
+/// for every file); the others go when it would not fit.
+const CACHED_BYTES: usize = 256 << 20;
 
 /// Parsed manifests by release (its folder's device, inode and release
 /// id, or its S3 key): 2,000 small files fetched one after the other must
@@ -63,6 +73,11 @@ pub struct Index {
 #[derive(Default)]
 pub struct Manifests {
     map: Mutex<HashMap<String, Arc<Index>>>,
+    /// Held while a manifest is read and parsed, so that one is parsed at a
+    /// time: the first requests of a large release, many at once, each
+    /// parsed it and held it whole (24 at once held 38 times a 4 MB
+    /// manifest's size); now they wait for the first and find it cached.
+    loading: Mutex<()>,
     /// Each producer's S3 target (None: the filesystem), for the config
     /// they were worked out from: typing a producer's settings (its tables
     /// merged, its naming schemes compiled) on every request of a
@@ -109,10 +124,15 @@ impl Manifests {
         if let Some(i) = lock(&self.map).get(key) {
             return Ok(i.clone());
         }
+        let _one_at_a_time = lock(&self.loading);
+        if let Some(i) = lock(&self.map).get(key) {
+            return Ok(i.clone());
+        }
         let m = load()?;
-        let index = Arc::new(Index { files: m.files.into_iter().map(|f| (f.path.clone(), f)).collect() });
+        let weight = m.files.iter().map(|f| 2 * f.path.len() + 160).sum();
+        let index = Arc::new(Index { files: m.files.into_iter().map(|f| (f.path.clone(), f)).collect(), weight });
         let mut map = lock(&self.map);
-        if map.len() >= CACHED {
+        if map.len() >= CACHED || map.values().map(|i| i.weight).sum::<usize>() + weight > CACHED_BYTES {
             map.clear();
         }
         map.insert(key.to_owned(), index.clone());

@@ -386,8 +386,11 @@ pub fn from_disk(cfg: &Config, p: &str) -> Vec<Row> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .find(|n| crate::sidecars::strip_sidecar_suffix(n).is_none());
     for e in std::fs::read_dir(&releases).into_iter().flatten().flatten() {
-        let m: Option<Manifest> =
-            std::fs::read(e.path().join("manifest.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        // Streamed, its `files` skipped as they come: read whole, a
+        // release of 100,000 long names held 100 MB for each page load.
+        let m: Option<Manifest> = std::fs::File::open(e.path().join("manifest.json"))
+            .ok()
+            .and_then(|f| serde_json::from_reader(std::io::BufReader::new(f)).ok());
         let Some(m) = m else { continue };
         let is_current = current.as_deref().and_then(|c| c.file_name()) == Some(e.file_name().as_os_str());
         rows.push(Row {

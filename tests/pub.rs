@@ -493,6 +493,49 @@ fn many_first_requests_parse_a_large_manifest_once() {
     assert!(grew < 8 * manifest_len, "24 first requests: the peak grew by {grew} bytes, manifest {manifest_len}");
 }
 
+/// Attack: the same large manifest, and the producer's web page loaded
+/// many times at once. The page's history read every kept release's
+/// manifest.json whole into memory for five of its fields: each page load
+/// held the whole manifest (100 MB at the default limits).
+#[test]
+fn page_loads_never_hold_a_large_manifest_whole() {
+    let redis = Redis::start();
+    let door = Door::new(&redis, "");
+    let dir = format!("{}/{}/{}", "d".repeat(240), "e".repeat(240), "f".repeat(240));
+    let names: Vec<String> = (0..4000).map(|i| format!("{dir}/{i:0>200}.txt")).collect();
+    let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"x"[..])).collect();
+    door.publish(&redis, "MSEC", "MSEC_1.zip", &files);
+    let manifest_len = fs::read_dir(door.site.root().join("publish/MSEC/releases"))
+        .unwrap()
+        .flatten()
+        .map(|e| fs::metadata(e.path().join("manifest.json")).unwrap().len())
+        .sum::<u64>();
+    let (code, _, body) = door.curl(&["-u", "MSEC:pw", &door.url("/producers/MSEC")]);
+    assert_eq!(code, 200);
+    assert!(String::from_utf8_lossy(&body).contains("MSEC_1.zip"), "the release is in the history");
+    let pid = door._daemon.0.as_ref().unwrap().id();
+    let before = peak_kib(pid);
+    let threads: Vec<_> = (0..16)
+        .map(|_| {
+            let url = door.url("/producers/MSEC");
+            std::thread::spawn(move || {
+                let out = Command::new("curl")
+                    .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-u", "MSEC:pw"])
+                    .arg(url)
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), "200");
+    }
+    let grew = peak_kib(pid).saturating_sub(before) * 1024;
+    eprintln!("manifest {manifest_len} bytes; peak grew by {grew} bytes");
+    assert!(grew < 2 * manifest_len, "16 page loads: the peak grew by {grew} bytes, manifest {manifest_len}");
+}
+
 /// Attack: downloads that read nothing at all. The kernel's buffers fill,
 /// hyper waits on the socket for good (it has no write timeout) and each
 /// connection keeps its place: a few such clients (half the cap from one

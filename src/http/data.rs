@@ -419,9 +419,14 @@ fn parse_range(h: &str, len: u64) -> Range {
 /// `attachment; filename="…"`, with RFC 6266's `filename*=UTF-8''…` when
 /// the name is not plain ASCII (the plain one then has `_` for what it
 /// cannot hold): `wget --content-disposition` and browsers name the file.
+/// A `%` is not plain either: some browsers percent-decode `filename`
+/// (RFC 6266 appendix D), so a file named `100%41.csv` or `%2e%2e%2fx`
+/// would be saved under another name; `filename*` says it exactly.
 fn disposition(name: &str) -> String {
-    let plain: String =
-        name.chars().map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' { c } else { '_' }).collect();
+    let plain: String = name
+        .chars()
+        .map(|c| if c.is_ascii_graphic() && !matches!(c, '"' | '\\' | '%') || c == ' ' { c } else { '_' })
+        .collect();
     if plain == name {
         return format!("attachment; filename=\"{name}\"");
     }
@@ -786,6 +791,11 @@ mod tests {
         assert_eq!(
             disposition("données \"1\".nc"),
             "attachment; filename=\"donn_es _1_.nc\"; filename*=UTF-8''donn%C3%A9es%20%221%22.nc"
+        );
+        // Quotes, CR/LF, `%`: never raw in the header, the exact name in filename*.
+        assert_eq!(
+            disposition("a\"\r\nSet-Cookie: x=1;%2e%2e%2f.txt"),
+            "attachment; filename=\"a___Set-Cookie: x=1;_2e_2e_2f.txt\"; filename*=UTF-8''a%22%0D%0ASet-Cookie%3A%20x%3D1%3B%252e%252e%252f.txt"
         );
         assert_eq!(content_md5("d41d8cd98f00b204e9800998ecf8427e").as_deref(), Some("1B2M2Y8AsgTpgAmY7PhCfg=="));
         assert_eq!(content_md5("nope"), None);

@@ -536,6 +536,48 @@ fn page_loads_never_hold_a_large_manifest_whole() {
     assert!(grew < 2 * manifest_len, "16 page loads: the peak grew by {grew} bytes, manifest {manifest_len}");
 }
 
+/// Attack: a producer piles up failed deposits (a garbage file is a
+/// rejected deposit: thousands in a day, kept `retention.rejected_days`).
+/// Its page, `/data/P/deposits` and every `/data/P/deposits/<id>` Redis
+/// does not know read every `rejected/<id>/report.json` on each request,
+/// to show 50 (or one): each request cost time in proportion to the pile,
+/// on the door's blocking pool and CPU, shared with everyone.
+#[test]
+fn a_pile_of_rejected_deposits_does_not_slow_every_page() {
+    let redis = Redis::start();
+    let door = Door::new(&redis, "");
+    let rejected = door.site.root().join("drop/MSEC/rejected");
+    let report = |id: &str| {
+        format!(
+            "{{\"id\": \"{id}\", \"archive\": \"junk.zip\", \"state\": \"FAILURE\", \"code\": \"NOT_A_ZIP\", \"message\": \"junk.zip is not a zip\", \"finished\": \"2026-11-22T10:15:00Z\"}}"
+        )
+    };
+    let n = 30_000u32;
+    for i in 0..n {
+        let id = format!("20261122T{:02}{:02}{:02}Z-MSEC-{i:08x}", i / 3600 % 24, i / 60 % 60, i % 60);
+        let d = rejected.join(&id);
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("report.json"), report(&id)).unwrap();
+    }
+    let newest =
+        format!("20261122T{:02}{:02}{:02}Z-MSEC-{:08x}", (n - 1) / 3600 % 24, (n - 1) / 60 % 60, (n - 1) % 60, n - 1);
+    let unknown = "20261122T000000Z-MSEC-ffffffff";
+    let t = std::time::Instant::now();
+    for _ in 0..3 {
+        let (code, _, body) = door.curl(&["-u", "MSEC:pw", &door.url("/producers/MSEC")]);
+        assert_eq!(code, 200);
+        assert!(String::from_utf8_lossy(&body).contains(&newest), "the newest failure is shown");
+        let (code, _, body) = door.curl(&["-u", "MSEC:pw", &door.url("/data/MSEC/deposits")]);
+        assert_eq!(code, 200);
+        assert!(String::from_utf8_lossy(&body).contains(&newest));
+        assert_eq!(door.curl(&["-u", "MSEC:pw", &door.url(&format!("/data/MSEC/deposits/{newest}"))]).0, 200);
+        assert_eq!(door.curl(&["-u", "MSEC:pw", &door.url(&format!("/data/MSEC/deposits/{unknown}"))]).0, 404);
+    }
+    let took = t.elapsed();
+    eprintln!("12 requests over {n} rejected deposits: {took:?}");
+    assert!(took < Duration::from_secs(3), "12 requests took {took:?}");
+}
+
 /// Attack: downloads that read nothing at all. The kernel's buffers fill,
 /// hyper waits on the socket for good (it has no write timeout) and each
 /// connection keeps its place: a few such clients (half the cap from one

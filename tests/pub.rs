@@ -281,7 +281,7 @@ fn curl_and_wget_read_releases_whole_by_range_and_conditionally() {
     assert_eq!(door.curl(&[&door.url("/data/pub/NONE/x")]).0, 401, "an unknown name answers as a private one");
     assert_eq!(door.curl(&["-u", "OTHR:pw2", &url("big.bin")]).0, 403);
     assert_eq!(door.curl(&["-u", "MSEC:nope", &url("big.bin")]).0, 401);
-    door.publish(&redis, "OPEN", "OPEN_1.zip", &[("open.txt", b"for everyone\n")]);
+    let open_id = door.publish(&redis, "OPEN", "OPEN_1.zip", &[("open.txt", b"for everyone\n")]);
     let (code, _, body) = door.curl(&[&door.url("/data/pub/OPEN/open.txt")]);
     assert_eq!((code, body.as_slice()), (200, &b"for everyone\n"[..]));
     assert_eq!(manifest(&door, &[], "OPEN").1.len(), 1);
@@ -300,10 +300,25 @@ fn curl_and_wget_read_releases_whole_by_range_and_conditionally() {
         "/data/pub/MSEC//etc/passwd",
         "/data/pub/MSEC/current/big.bin",
         "/data/pub/MSEC/manifest.json/../big.bin",
+        // Double encoding, overlong UTF-8 dots, NUL, backslash.
+        "/data/pub/MSEC/docs/%252e%252e/big.bin",
+        "/data/pub/MSEC/docs/%C0%AE%C0%AE/big.bin",
+        "/data/pub/MSEC/big.bin%00.txt",
+        "/data/pub/MSEC/docs%5C..%5Cbig.bin",
     ] {
         let (code, _, body) = door.curl(&["--path-as-is", "-u", "MSEC:pw", &door.url(path)]);
         assert!(code == 400 || code == 404, "{path}: {code}");
         assert!(!String::from_utf8_lossy(&body).contains("root:"), "{path}");
+    }
+    // Another producer's real release id, or its name smuggled into the
+    // producer's: never its files.
+    let other = format!("/data/pub/MSEC/open.txt?release={open_id}");
+    assert_eq!(door.curl(&["-u", "MSEC:pw", &door.url(&other)]).0, 404);
+    for path in ["/data/pub/MSEC%2F..%2FOPEN/open.txt", "/data/pub/..%2FMSEC/big.bin", "/data/pub/%2E%2E/MSEC/big.bin"]
+    {
+        let (code, _, body) = door.curl(&["--path-as-is", "-u", "OTHR:pw2", &door.url(path)]);
+        assert!(code == 400 || code == 401 || code == 403 || code == 404, "{path}: {code}");
+        assert!(body.len() < 1000, "{path}");
     }
     // A link planted in the release (the name listed) leads nowhere.
     let rel = door.site.root().join("publish/MSEC/releases").join(&id);

@@ -593,6 +593,59 @@ fn a_pile_of_rejected_deposits_does_not_slow_every_page() {
     assert!(took < Duration::from_secs(3), "12 requests took {took:?}");
 }
 
+/// Attack: an anonymous client floods the door with wrong passwords for a
+/// user whose hash is costly (`htpasswd -B -C 10`, depot's own `producer
+/// add` cost), from many connections of one address. Password checks run
+/// two at a time, first come first served: every other client's login
+/// waited behind the whole flood (0.06 s became 4 s with 64 connections,
+/// and grows with them). One address has at most two checks waiting for a
+/// place, so others' logins wait for a few checks at most.
+#[test]
+fn a_flood_of_wrong_passwords_does_not_hold_up_other_logins() {
+    let redis = Redis::start();
+    let door = Door::new(&redis, "");
+    let out = Command::new("htpasswd")
+        .args(["-b", "-B", "-C", "10"])
+        .arg(door.site.root().join("users"))
+        .args(["ops", "right"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let url = door.url("/data/MSEC/deposits");
+    assert_eq!(door.curl(&["-u", "MSEC:pw", &url]).0, 200);
+    let stop = std::time::Instant::now() + Duration::from_secs(6);
+    let port = door.port;
+    let flood: Vec<_> = (0..48)
+        .map(|_| {
+            std::thread::spawn(move || {
+                while std::time::Instant::now() < stop {
+                    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { continue };
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+                    // ops:wrong
+                    let _ = write!(
+                        s,
+                        "GET /data/MSEC/deposits HTTP/1.1\r\nHost: x\r\nAuthorization: Basic b3BzOndyb25n\r\nConnection: close\r\n\r\n"
+                    );
+                    let _ = s.read_to_end(&mut Vec::new());
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let mut slowest = Duration::ZERO;
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        // From another address than the flood's.
+        assert_eq!(door.curl(&["--interface", "127.0.0.2", "-u", "MSEC:pw", &url]).0, 200);
+        slowest = slowest.max(t.elapsed());
+    }
+    for t in flood {
+        t.join().unwrap();
+    }
+    eprintln!("slowest login during the flood: {slowest:?}");
+    assert!(slowest < Duration::from_millis(1500), "a login during the flood took {slowest:?}");
+}
+
 /// Attack: downloads that read nothing at all. The kernel's buffers fill,
 /// hyper waits on the socket for good (it has no write timeout) and each
 /// connection keeps its place: a few such clients (half the cap from one

@@ -56,8 +56,15 @@ impl Users {
 
     /// `addr`'s turn, waited for; given back when dropped.
     async fn turn(&self, addr: IpAddr) -> Option<Turn> {
-        let sem =
-            lock(&self.turns).entry(addr).or_insert_with(|| tokio::sync::Semaphore::new(PER_ADDRESS).into()).clone();
+        let sem = {
+            let mut m = lock(&self.turns);
+            // An address whose last waiter gave up before its turn came
+            // keeps an idle entry: swept before the map grows large.
+            if m.len() >= 4096 {
+                m.retain(|_, s| std::sync::Arc::strong_count(s) > 1);
+            }
+            m.entry(addr).or_insert_with(|| tokio::sync::Semaphore::new(PER_ADDRESS).into()).clone()
+        };
         let permit = sem.clone().acquire_owned().await.ok()?;
         Some(Turn { users: self.clone(), addr, sem, permit: Some(permit) })
     }

@@ -329,6 +329,15 @@ const NOT_KEPT: &str = "(name not kept)";
 /// `rejected/<id>/report.json`, each release's `manifest.json`, and the
 /// archive name in `previous/` (the current release's deposit).
 pub fn from_disk(cfg: &Config, p: &str) -> Vec<Row> {
+    from_disk_newest(cfg, p, usize::MAX, |_| true)
+}
+
+/// [`from_disk`], reading the reports of only the `newest` rejected
+/// deposits whose id `wanted` accepts (ids sort by time). The door's pages
+/// show 50 deposits, or one: a producer may pile up tens of thousands of
+/// failures, and reading every report on each request made each request
+/// cost in proportion to the pile.
+pub fn from_disk_newest(cfg: &Config, p: &str, newest: usize, wanted: impl Fn(&str) -> bool) -> Vec<Row> {
     #[derive(serde::Deserialize)]
     struct Report {
         #[serde(default)]
@@ -357,13 +366,20 @@ pub fn from_disk(cfg: &Config, p: &str) -> Vec<Row> {
     }
     let pdir = cfg.drop_root.join(p);
     let rejected = pdir.join(jobs::rotate::REJECTED);
-    for e in std::fs::read_dir(&rejected).into_iter().flatten().flatten() {
-        let id = e.file_name().to_string_lossy().into_owned();
-        if !jobs::deposit::is_id(&id) || !e.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        let r: Option<Report> =
-            std::fs::read(e.path().join(jobs::rotate::REPORT_JSON)).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let mut ids: Vec<String> = std::fs::read_dir(&rejected)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|id| jobs::deposit::is_id(id) && wanted(id))
+        .collect();
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    ids.truncate(newest);
+    for id in ids {
+        let r: Option<Report> = std::fs::read(rejected.join(&id).join(jobs::rotate::REPORT_JSON))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
         let Some(r) = r else { continue };
         rows.push(Row {
             producer: p.to_owned(),
@@ -386,8 +402,11 @@ pub fn from_disk(cfg: &Config, p: &str) -> Vec<Row> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .find(|n| crate::sidecars::strip_sidecar_suffix(n).is_none());
     for e in std::fs::read_dir(&releases).into_iter().flatten().flatten() {
-        let m: Option<Manifest> =
-            std::fs::read(e.path().join("manifest.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        // Streamed, its `files` skipped as they come: read whole, a
+        // release of 100,000 long names held 100 MB for each page load.
+        let m: Option<Manifest> = std::fs::File::open(e.path().join("manifest.json"))
+            .ok()
+            .and_then(|f| serde_json::from_reader(std::io::BufReader::new(f)).ok());
         let Some(m) = m else { continue };
         let is_current = current.as_deref().and_then(|c| c.file_name()) == Some(e.file_name().as_os_str());
         rows.push(Row {

@@ -281,7 +281,7 @@ fn curl_and_wget_read_releases_whole_by_range_and_conditionally() {
     assert_eq!(door.curl(&[&door.url("/data/pub/NONE/x")]).0, 401, "an unknown name answers as a private one");
     assert_eq!(door.curl(&["-u", "OTHR:pw2", &url("big.bin")]).0, 403);
     assert_eq!(door.curl(&["-u", "MSEC:nope", &url("big.bin")]).0, 401);
-    door.publish(&redis, "OPEN", "OPEN_1.zip", &[("open.txt", b"for everyone\n")]);
+    let open_id = door.publish(&redis, "OPEN", "OPEN_1.zip", &[("open.txt", b"for everyone\n")]);
     let (code, _, body) = door.curl(&[&door.url("/data/pub/OPEN/open.txt")]);
     assert_eq!((code, body.as_slice()), (200, &b"for everyone\n"[..]));
     assert_eq!(manifest(&door, &[], "OPEN").1.len(), 1);
@@ -300,10 +300,25 @@ fn curl_and_wget_read_releases_whole_by_range_and_conditionally() {
         "/data/pub/MSEC//etc/passwd",
         "/data/pub/MSEC/current/big.bin",
         "/data/pub/MSEC/manifest.json/../big.bin",
+        // Double encoding, overlong UTF-8 dots, NUL, backslash.
+        "/data/pub/MSEC/docs/%252e%252e/big.bin",
+        "/data/pub/MSEC/docs/%C0%AE%C0%AE/big.bin",
+        "/data/pub/MSEC/big.bin%00.txt",
+        "/data/pub/MSEC/docs%5C..%5Cbig.bin",
     ] {
         let (code, _, body) = door.curl(&["--path-as-is", "-u", "MSEC:pw", &door.url(path)]);
         assert!(code == 400 || code == 404, "{path}: {code}");
         assert!(!String::from_utf8_lossy(&body).contains("root:"), "{path}");
+    }
+    // Another producer's real release id, or its name smuggled into the
+    // producer's: never its files.
+    let other = format!("/data/pub/MSEC/open.txt?release={open_id}");
+    assert_eq!(door.curl(&["-u", "MSEC:pw", &door.url(&other)]).0, 404);
+    for path in ["/data/pub/MSEC%2F..%2FOPEN/open.txt", "/data/pub/..%2FMSEC/big.bin", "/data/pub/%2E%2E/MSEC/big.bin"]
+    {
+        let (code, _, body) = door.curl(&["--path-as-is", "-u", "OTHR:pw2", &door.url(path)]);
+        assert!(code == 400 || code == 401 || code == 403 || code == 404, "{path}: {code}");
+        assert!(body.len() < 1000, "{path}");
     }
     // A link planted in the release (the name listed) leads nowhere.
     let rel = door.site.root().join("publish/MSEC/releases").join(&id);
@@ -404,6 +419,264 @@ fn a_client_that_stops_reading_is_cut_off() {
     // Others are served meanwhile and after.
     let (code, _, body) = door.curl(&[&door.url("/data/pub/OPEN/big.bin")]);
     assert_eq!((code, body.len()), (200, big.len()));
+}
+
+/// Attack: a release folder takes the inode of a pruned one (ext4 hands
+/// a freed inode out again at once: with `keep_releases = 1` every other
+/// release has the same one). Manifests were cached by (device, inode):
+/// the new release was then served with the old one's manifest: a file of
+/// the same name and size with the old MD5 as Content-MD5 and ETag (a
+/// client's If-None-Match of the old bytes answered 304), a new file 404.
+/// Whether an inode comes back here is up to the filesystem (one run in
+/// two or three, on ext4): the unit test
+/// `a_reused_inode_never_brings_back_another_releases_manifest` makes it
+/// happen every time.
+#[test]
+fn a_release_on_a_reused_inode_is_served_with_its_own_manifest() {
+    use std::os::unix::fs::MetadataExt;
+    let redis = Redis::start();
+    let port = free_port();
+    let site =
+        Site::new(&redis.url(), &format!("[http]\nlisten = \"127.0.0.1:{port}\"\nusers_file = \"users\"\n{PRODUCERS}"));
+    let text = fs::read_to_string(&site.config).unwrap().replace("keep_releases = 10", "keep_releases = 1");
+    fs::write(&site.config, text).unwrap();
+    let door = Door::start(site, port);
+    let pruned = door.site.root().join("publish/.pruned");
+    let mut seen = std::collections::HashSet::new();
+    let mut reused = 0;
+    for i in 0..10u64 {
+        // Same name, same size, other bytes; and a name of this release only.
+        let bytes = noise(1000, 100 + i);
+        let only = format!("only-{i}.txt");
+        let id = door.publish(&redis, "OPEN", &format!("OPEN_{i}.zip"), &[("a.bin", &bytes), (&only, b"x")]);
+        let ino = fs::metadata(door.site.root().join("publish/OPEN/releases").join(&id)).unwrap().ino();
+        if !seen.insert(ino) {
+            reused += 1;
+        }
+        let (code, h, body) = door.curl(&[&door.url("/data/pub/OPEN/a.bin")]);
+        assert_eq!(code, 200, "{i}: {h}");
+        assert!(body == bytes, "{i}: the bytes of release {id}");
+        assert_eq!(header(&h, "etag"), Some(format!("\"{}\"", md5_hex(&bytes)).as_str()), "{i}: {h}");
+        assert_eq!(header(&h, "content-md5"), Some(b64_of_hex(&md5_hex(&bytes)).as_str()), "{i}: {h}");
+        assert_eq!(door.curl(&[&door.url(&format!("/data/pub/OPEN/{only}"))]).0, 200, "{i}");
+        wait_for(&door.site, "the pruned release deleted", 60, || {
+            fs::read_dir(&pruned).map(|d| d.count() == 0).unwrap_or(true)
+        });
+    }
+    eprintln!("release folders on a reused inode: {reused}");
+}
+
+/// The daemon's peak resident memory (VmHWM), in KiB.
+fn peak_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Attack: a producer publishes a release whose manifest.json is large
+/// (many files with long names: 4,000 here, `limits.max_entries` allows
+/// 100,000 and `max_path_len` 1,024 bytes, a manifest of 100 MB), then
+/// asks for its files many times at once before the manifest is cached.
+/// Every request parsed the manifest on its own: memory grew with the
+/// number of requests. A manifest is parsed once at a time.
+#[test]
+fn many_first_requests_parse_a_large_manifest_once() {
+    let redis = Redis::start();
+    let door = Door::new(&redis, "");
+    let dir = format!("{}/{}/{}", "d".repeat(240), "e".repeat(240), "f".repeat(240));
+    let names: Vec<String> = (0..4000).map(|i| format!("{dir}/{i:0>200}.txt")).collect();
+    let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"x"[..])).collect();
+    door.publish(&redis, "OPEN", "OPEN_1.zip", &files);
+    let manifest_len = fs::read_dir(door.site.root().join("publish/OPEN/releases"))
+        .unwrap()
+        .flatten()
+        .map(|e| fs::metadata(e.path().join("manifest.json")).unwrap().len())
+        .sum::<u64>();
+    let pid = door._daemon.0.as_ref().unwrap().id();
+    let before = peak_kib(pid);
+    let threads: Vec<_> = (0..24)
+        .map(|_| {
+            let port = door.port;
+            std::thread::spawn(move || http_get(port, "/data/pub/OPEN/nope"))
+        })
+        .collect();
+    for t in threads {
+        assert!(t.join().unwrap().starts_with("HTTP/1.1 404"));
+    }
+    let grew = peak_kib(pid).saturating_sub(before) * 1024;
+    eprintln!("manifest {manifest_len} bytes; peak grew by {grew} bytes");
+    assert!(grew < 8 * manifest_len, "24 first requests: the peak grew by {grew} bytes, manifest {manifest_len}");
+}
+
+/// Attack: the same large manifest, and the producer's web page loaded
+/// many times at once. The page's history read every kept release's
+/// manifest.json whole into memory for five of its fields: each page load
+/// held the whole manifest (100 MB at the default limits).
+#[test]
+fn page_loads_never_hold_a_large_manifest_whole() {
+    let redis = Redis::start();
+    let door = Door::new(&redis, "");
+    let dir = format!("{}/{}/{}", "d".repeat(240), "e".repeat(240), "f".repeat(240));
+    let names: Vec<String> = (0..4000).map(|i| format!("{dir}/{i:0>200}.txt")).collect();
+    let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"x"[..])).collect();
+    door.publish(&redis, "MSEC", "MSEC_1.zip", &files);
+    let manifest_len = fs::read_dir(door.site.root().join("publish/MSEC/releases"))
+        .unwrap()
+        .flatten()
+        .map(|e| fs::metadata(e.path().join("manifest.json")).unwrap().len())
+        .sum::<u64>();
+    let (code, _, body) = door.curl(&["-u", "MSEC:pw", &door.url("/producers/MSEC")]);
+    assert_eq!(code, 200);
+    assert!(String::from_utf8_lossy(&body).contains("MSEC_1.zip"), "the release is in the history");
+    let pid = door._daemon.0.as_ref().unwrap().id();
+    let before = peak_kib(pid);
+    let threads: Vec<_> = (0..16)
+        .map(|_| {
+            let url = door.url("/producers/MSEC");
+            std::thread::spawn(move || {
+                let out = Command::new("curl")
+                    .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-u", "MSEC:pw"])
+                    .arg(url)
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), "200");
+    }
+    let grew = peak_kib(pid).saturating_sub(before) * 1024;
+    eprintln!("manifest {manifest_len} bytes; peak grew by {grew} bytes");
+    assert!(grew < 2 * manifest_len, "16 page loads: the peak grew by {grew} bytes, manifest {manifest_len}");
+}
+
+/// Attack: a producer piles up failed deposits (a garbage file is a
+/// rejected deposit: thousands in a day, kept `retention.rejected_days`).
+/// Its page, `/data/P/deposits` and every `/data/P/deposits/<id>` Redis
+/// does not know read every `rejected/<id>/report.json` on each request,
+/// to show 50 (or one): each request cost time in proportion to the pile,
+/// on the door's blocking pool and CPU, shared with everyone.
+#[test]
+fn a_pile_of_rejected_deposits_does_not_slow_every_page() {
+    let redis = Redis::start();
+    let door = Door::new(&redis, "");
+    let rejected = door.site.root().join("drop/MSEC/rejected");
+    let report = |id: &str| {
+        format!(
+            "{{\"id\": \"{id}\", \"archive\": \"junk.zip\", \"state\": \"FAILURE\", \"code\": \"NOT_A_ZIP\", \"message\": \"junk.zip is not a zip\", \"finished\": \"2026-11-22T10:15:00Z\"}}"
+        )
+    };
+    let n = 30_000u32;
+    for i in 0..n {
+        let id = format!("20261122T{:02}{:02}{:02}Z-MSEC-{i:08x}", i / 3600 % 24, i / 60 % 60, i % 60);
+        let d = rejected.join(&id);
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("report.json"), report(&id)).unwrap();
+    }
+    let newest =
+        format!("20261122T{:02}{:02}{:02}Z-MSEC-{:08x}", (n - 1) / 3600 % 24, (n - 1) / 60 % 60, (n - 1) % 60, n - 1);
+    let unknown = "20261122T000000Z-MSEC-ffffffff";
+    let t = std::time::Instant::now();
+    for _ in 0..3 {
+        let (code, _, body) = door.curl(&["-u", "MSEC:pw", &door.url("/producers/MSEC")]);
+        assert_eq!(code, 200);
+        assert!(String::from_utf8_lossy(&body).contains(&newest), "the newest failure is shown");
+        let (code, _, body) = door.curl(&["-u", "MSEC:pw", &door.url("/data/MSEC/deposits")]);
+        assert_eq!(code, 200);
+        assert!(String::from_utf8_lossy(&body).contains(&newest));
+        assert_eq!(door.curl(&["-u", "MSEC:pw", &door.url(&format!("/data/MSEC/deposits/{newest}"))]).0, 200);
+        assert_eq!(door.curl(&["-u", "MSEC:pw", &door.url(&format!("/data/MSEC/deposits/{unknown}"))]).0, 404);
+    }
+    let took = t.elapsed();
+    eprintln!("12 requests over {n} rejected deposits: {took:?}");
+    assert!(took < Duration::from_secs(3), "12 requests took {took:?}");
+}
+
+/// Attack: an anonymous client floods the door with wrong passwords for a
+/// user whose hash is costly (`htpasswd -B -C 10`, depot's own `producer
+/// add` cost), from many connections of one address. Password checks run
+/// two at a time, first come first served: every other client's login
+/// waited behind the whole flood (0.06 s became 4 s with 64 connections,
+/// and grows with them). One address has at most two checks waiting for a
+/// place, so others' logins wait for a few checks at most.
+#[test]
+fn a_flood_of_wrong_passwords_does_not_hold_up_other_logins() {
+    let redis = Redis::start();
+    let door = Door::new(&redis, "");
+    let out = Command::new("htpasswd")
+        .args(["-b", "-B", "-C", "10"])
+        .arg(door.site.root().join("users"))
+        .args(["ops", "right"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let url = door.url("/data/MSEC/deposits");
+    assert_eq!(door.curl(&["-u", "MSEC:pw", &url]).0, 200);
+    let stop = std::time::Instant::now() + Duration::from_secs(6);
+    let port = door.port;
+    let flood: Vec<_> = (0..48)
+        .map(|_| {
+            std::thread::spawn(move || {
+                while std::time::Instant::now() < stop {
+                    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { continue };
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+                    // ops:wrong
+                    let _ = write!(
+                        s,
+                        "GET /data/MSEC/deposits HTTP/1.1\r\nHost: x\r\nAuthorization: Basic b3BzOndyb25n\r\nConnection: close\r\n\r\n"
+                    );
+                    let _ = s.read_to_end(&mut Vec::new());
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let mut slowest = Duration::ZERO;
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        // From another address than the flood's.
+        assert_eq!(door.curl(&["--interface", "127.0.0.2", "-u", "MSEC:pw", &url]).0, 200);
+        slowest = slowest.max(t.elapsed());
+    }
+    for t in flood {
+        t.join().unwrap();
+    }
+    eprintln!("slowest login during the flood: {slowest:?}");
+    assert!(slowest < Duration::from_millis(1500), "a login during the flood took {slowest:?}");
+}
+
+/// Attack: downloads that read nothing at all. The kernel's buffers fill,
+/// hyper waits on the socket for good (it has no write timeout) and each
+/// connection keeps its place: a few such clients (half the cap from one
+/// address, the other half from a second) hold the whole door. Each must
+/// be closed after `http.idle_timeout_s` without progress, its place given
+/// back.
+#[test]
+fn downloads_that_read_nothing_give_their_connections_back() {
+    let redis = Redis::start();
+    let port = free_port();
+    let site = Site::new(
+        &redis.url(),
+        &format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\nusers_file = \"users\"\nidle_timeout_s = 1\nmax_connections = 4\n{PRODUCERS}"
+        ),
+    );
+    let door = Door::start(site, port);
+    let big = noise(32 << 20, 7);
+    door.publish(&redis, "OPEN", "OPEN_1.zip", &[("big.bin", &big)]);
+    // Half the cap from this address: downloads that never read a byte.
+    let stalled: Vec<TcpStream> = (0..2).map(|_| slow_get(port, "/data/pub/OPEN/big.bin", "")).collect();
+    std::thread::sleep(Duration::from_secs(5));
+    // Their places are free again: a download from the same address is served.
+    let (code, _, body) = door.curl(&[&door.url("/data/pub/OPEN/big.bin")]);
+    assert_eq!((code, body.len()), (200, big.len()), "the stalled downloads still hold the door");
+    // And each stalled one was closed short of its Content-Length.
+    for mut s in stalled {
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        assert!(got.len() < big.len(), "{} bytes", got.len());
+    }
 }
 
 /// With the S3 target: a 307 to a presigned GET, which curl follows to

@@ -55,14 +55,29 @@ const CACHED: usize = 16;
 /// A release's manifest, indexed by path.
 pub struct Index {
     files: HashMap<String, ManifestFile>,
+    /// About the memory it holds (its paths, twice, and each entry's
+    /// overhead): what [`CACHED_BYTES`] counts.
+    weight: usize,
 }
 
-/// Parsed manifests by release (its folder's device and inode, or its S3
-/// key): 2,000 small files fetched one after the other must not parse
-/// the manifest 2,000 times.
+/// Memory the cached manifests may hold together: a release of
+/// `limits.max_entries` (100,000) files with long names has a manifest of
+/// 100 MB, and sixteen of them cached would be gigabytes. The newest one is
+/// kept whatever its size (a long download of it must not parse it again
+/// for every file); the others go when it would not fit.
+const CACHED_BYTES: usize = 256 << 20;
+
+/// Parsed manifests by release (its folder's device, inode and release
+/// id, or its S3 key): 2,000 small files fetched one after the other must
+/// not parse the manifest 2,000 times.
 #[derive(Default)]
 pub struct Manifests {
     map: Mutex<HashMap<String, Arc<Index>>>,
+    /// Held while a manifest is read and parsed, so that one is parsed at a
+    /// time: the first requests of a large release, many at once, each
+    /// parsed it and held it whole (24 at once held 38 times a 4 MB
+    /// manifest's size); now they wait for the first and find it cached.
+    loading: Mutex<()>,
     /// Each producer's S3 target (None: the filesystem), for the config
     /// they were worked out from: typing a producer's settings (its tables
     /// merged, its naming schemes compiled) on every request of a
@@ -109,10 +124,15 @@ impl Manifests {
         if let Some(i) = lock(&self.map).get(key) {
             return Ok(i.clone());
         }
+        let _one_at_a_time = lock(&self.loading);
+        if let Some(i) = lock(&self.map).get(key) {
+            return Ok(i.clone());
+        }
         let m = load()?;
-        let index = Arc::new(Index { files: m.files.into_iter().map(|f| (f.path.clone(), f)).collect() });
+        let weight = m.files.iter().map(|f| 2 * f.path.len() + 160).sum();
+        let index = Arc::new(Index { files: m.files.into_iter().map(|f| (f.path.clone(), f)).collect(), weight });
         let mut map = lock(&self.map);
-        if map.len() >= CACHED {
+        if map.len() >= CACHED || map.values().map(|i| i.weight).sum::<usize>() + weight > CACHED_BYTES {
             map.clear();
         }
         map.insert(key.to_owned(), index.clone());
@@ -223,7 +243,7 @@ struct Release {
     index: Arc<Index>,
 }
 
-fn open_release(door: &Door, root: &Path, p: &str, asked: Option<&str>) -> Result<Release, Refusal> {
+fn open_release(cache: &Manifests, root: &Path, p: &str, asked: Option<&str>) -> Result<Release, Refusal> {
     let none = || Refusal::not_found(format!("producer {p} has no published release"));
     let root_fd = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| Refusal::broken(format!("publish_root {}", root.display()), e))?;
@@ -244,8 +264,11 @@ fn open_release(door: &Door, root: &Path, p: &str, asked: Option<&str>) -> Resul
     let releases = dir_at(&pdir, "releases").map_err(|_| gone())?;
     let dir = dir_at(&releases, &id).map_err(|_| gone())?;
     let st = rustix::fs::fstat(&dir).map_err(|e| Refusal::broken(format!("release {id}"), e))?;
-    let key = format!("fs:{}:{}", st.st_dev, st.st_ino);
-    let index = door.data.get_or(&key, || {
+    // The producer and release id too: a pruned release's inode is handed
+    // out again (ext4 does it at once), and the folder then on it is
+    // another release with another manifest.
+    let key = format!("fs:{}:{}:{p}/{id}", st.st_dev, st.st_ino);
+    let index = cache.get_or(&key, || {
         let (mut f, m) = file_at(&dir, jobs::conflicts::RELEASE_MANIFEST).map_err(|_| gone())?;
         if m.len() > MAX_MANIFEST {
             return Err(Refusal::broken(format!("release {id}: manifest.json of {} bytes", m.len()), "too large"));
@@ -396,9 +419,14 @@ fn parse_range(h: &str, len: u64) -> Range {
 /// `attachment; filename="…"`, with RFC 6266's `filename*=UTF-8''…` when
 /// the name is not plain ASCII (the plain one then has `_` for what it
 /// cannot hold): `wget --content-disposition` and browsers name the file.
+/// A `%` is not plain either: some browsers percent-decode `filename`
+/// (RFC 6266 appendix D), so a file named `100%41.csv` or `%2e%2e%2fx`
+/// would be saved under another name; `filename*` says it exactly.
 fn disposition(name: &str) -> String {
-    let plain: String =
-        name.chars().map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' { c } else { '_' }).collect();
+    let plain: String = name
+        .chars()
+        .map(|c| if c.is_ascii_graphic() && !matches!(c, '"' | '\\' | '%') || c == ' ' { c } else { '_' })
+        .collect();
     if plain == name {
         return format!("attachment; filename=\"{name}\"");
     }
@@ -610,7 +638,7 @@ async fn serve(
     let idle = Duration::from_secs(cfg.http.idle_timeout_s);
     let d = door.clone();
     let found = blocking(move || -> Result<Found, Refusal> {
-        let rel = open_release(&d, &root, &p, params.release.as_deref())?;
+        let rel = open_release(&d.data, &root, &p, params.release.as_deref())?;
         match path {
             Some(path) => {
                 let (f, m, entry) = open_listed(&rel, &p, &path)?;
@@ -764,8 +792,43 @@ mod tests {
             disposition("données \"1\".nc"),
             "attachment; filename=\"donn_es _1_.nc\"; filename*=UTF-8''donn%C3%A9es%20%221%22.nc"
         );
+        // Quotes, CR/LF, `%`: never raw in the header, the exact name in filename*.
+        assert_eq!(
+            disposition("a\"\r\nSet-Cookie: x=1;%2e%2e%2f.txt"),
+            "attachment; filename=\"a___Set-Cookie: x=1;_2e_2e_2f.txt\"; filename*=UTF-8''a%22%0D%0ASet-Cookie%3A%20x%3D1%3B%252e%252e%252f.txt"
+        );
         assert_eq!(content_md5("d41d8cd98f00b204e9800998ecf8427e").as_deref(), Some("1B2M2Y8AsgTpgAmY7PhCfg=="));
         assert_eq!(content_md5("nope"), None);
+    }
+
+    /// A release folder on the inode of one that is gone (ext4 hands a
+    /// freed inode out again at once; a rename stands in for it here) is
+    /// read with its own manifest, never the cached one of the old folder.
+    #[test]
+    fn a_reused_inode_never_brings_back_another_releases_manifest() {
+        let root = tempfile::tempdir().unwrap();
+        let rels = root.path().join("OPEN/releases");
+        let manifest = |id: &str, md5: &str| {
+            format!(
+                "{{\"deposit\": \"{id}\", \"producer\": \"OPEN\", \"created\": \"2026-11-22T10:15:00Z\", \"file_count\": 1, \"total_bytes\": 3, \"files\": [{{\"path\": \"a.bin\", \"size\": 3, \"md5\": \"{md5}\"}}]}}"
+            )
+        };
+        let (id1, id2) = ("20261122T101500Z-OPEN-1a2b3c4d", "20261122T101600Z-OPEN-5e6f7a8b");
+        let (md1, md2) = ("acbd18db4cc2f85cedef654fccc4a4d8", "37b51d194a7513e45b56f6524f2d51f2");
+        std::fs::create_dir_all(rels.join(id1)).unwrap();
+        std::fs::write(rels.join(id1).join("manifest.json"), manifest(id1, md1)).unwrap();
+        std::os::unix::fs::symlink(format!("releases/{id1}"), root.path().join("OPEN/current")).unwrap();
+        let cache = Manifests::default();
+        let rel = open_release(&cache, root.path(), "OPEN", None).map_err(|r| r.1).unwrap();
+        assert_eq!(rel.index.files["a.bin"].md5, md1);
+        // The old release goes, the new one gets its inode.
+        std::fs::rename(rels.join(id1), rels.join(id2)).unwrap();
+        std::fs::write(rels.join(id2).join("manifest.json"), manifest(id2, md2)).unwrap();
+        std::fs::remove_file(root.path().join("OPEN/current")).unwrap();
+        std::os::unix::fs::symlink(format!("releases/{id2}"), root.path().join("OPEN/current")).unwrap();
+        let rel = open_release(&cache, root.path(), "OPEN", None).map_err(|r| r.1).unwrap();
+        assert_eq!(rel.id, id2);
+        assert_eq!(rel.index.files["a.bin"].md5, md2, "the manifest of the release that had the inode before");
     }
 
     /// A stand-in bucket answering `current` and one manifest; the paths

@@ -9,13 +9,14 @@
 //! connections (one client address holds at most half of them, so an idle
 //! flood from one address leaves room for everyone else), a deadline on
 //! the TLS handshake and on every request head (an idle keep-alive
-//! connection is closed after `http.idle_timeout_s`), and the idle timeout
-//! on every body read (see `upload`).
+//! connection is closed after `http.idle_timeout_s`), the idle timeout
+//! on every body read (see `upload`) and on every write (see `stall`).
 
 mod auth;
 mod data;
 mod page;
 mod read;
+mod stall;
 mod tls;
 mod upload;
 pub mod users;
@@ -305,6 +306,8 @@ async fn accept_loop(
         tokio::spawn(async move {
             let _slot = slot;
             let _ = sock.set_nodelay(true);
+            // A client that stops taking the answer is cut off too.
+            let sock = stall::WriteDeadline::new(sock, idle);
             match tls {
                 Some(t) => match tokio::time::timeout(idle, t.acceptor().accept(sock)).await {
                     Ok(Ok(s)) => connection(TokioIo::new(s), router, peer, idle, behind_proxy).await,

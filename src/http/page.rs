@@ -472,7 +472,7 @@ async fn gather_producer(door: &Door, cfg: &Arc<Config>, user: String, p: String
     let c = cfg.clone();
     let pp = p.clone();
     let disk = tokio::task::spawn_blocking(move || {
-        let mut d = ops::from_disk(&c, &pp);
+        let mut d = ops::from_disk_newest(&c, &pp, DEPOSITS_SHOWN, |_| true);
         d.extend(ops::in_spool(&c, &pp));
         d
     })

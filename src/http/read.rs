@@ -247,7 +247,7 @@ pub async fn deposits(
     let cfg = door.shared.config();
     let pp = p.clone();
     let disk = match blocking(move || {
-        let mut d = ops::from_disk(&cfg, &pp);
+        let mut d = ops::from_disk_newest(&cfg, &pp, 50, |_| true);
         d.extend(ops::in_spool(&cfg, &pp));
         d
     })
@@ -273,8 +273,11 @@ async fn lookup(door: &Door, p: &str, id: &str) -> Option<serde_json::Value> {
     }
     let cfg = door.shared.config();
     let (pp, i) = (p.to_owned(), id.to_owned());
-    let row =
-        tokio::task::spawn_blocking(move || ops::from_disk(&cfg, &pp).into_iter().find(|r| r.id == i)).await.ok()??;
+    let row = tokio::task::spawn_blocking(move || {
+        ops::from_disk_newest(&cfg, &pp, 1, |x| x == i).into_iter().find(|r| r.id == i)
+    })
+    .await
+    .ok()??;
     serde_json::to_value(row).ok()
 }
 

@@ -19,7 +19,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use base64::Engine;
 use futures::StreamExt;
-use md5::{Digest, Md5};
 use tracing::{info, warn};
 
 use super::{Door, Peer, Serves, answer, json};
@@ -121,6 +120,25 @@ impl Drop for Partial {
     }
 }
 
+/// The MD5 of an upload body, by OpenSSL: on a large PUT the hash is the
+/// door's bottleneck (see Cargo.toml).
+struct Md5(openssl::hash::Hasher);
+
+impl Md5 {
+    fn new() -> std::io::Result<Md5> {
+        openssl::hash::Hasher::new(openssl::hash::MessageDigest::md5()).map(Md5).map_err(std::io::Error::other)
+    }
+
+    fn update(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.0.update(b).map_err(std::io::Error::other)
+    }
+
+    fn finalize(mut self) -> std::io::Result<[u8; 16]> {
+        let d = self.0.finish().map_err(std::io::Error::other)?;
+        <[u8; 16]>::try_from(&d[..]).map_err(|_| std::io::Error::other("an MD5 of other than 16 bytes"))
+    }
+}
+
 /// The open hidden file and the MD5 so far: moved onto the blocking pool
 /// for each batch of body bytes.
 struct Sink {
@@ -166,7 +184,7 @@ fn writer(
                 return Err(std::io::Error::from_raw_os_error(28));
             }
             for b in &batch {
-                sink.md5.update(b);
+                sink.md5.update(b)?;
                 sink.file.write_all(b)?;
             }
             unflushed += n;
@@ -322,7 +340,6 @@ pub async fn put(
     let mut body = body.into_data_stream();
     let margin = length.is_none().then(|| (cfg.drop_root.clone(), limits.min_free_bytes));
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(QUEUED);
-    let mut writing = writer(Sink { file, md5: Md5::new() }, rx, margin);
     let store_failed = |e: std::io::Error, p: &str| {
         if no_space(&e) {
             return refused_space(&e.to_string());
@@ -330,6 +347,11 @@ pub async fn put(
         warn!(producer = %p, error = %e, "cannot write an HTTP upload");
         answer(StatusCode::INTERNAL_SERVER_ERROR, "the archive could not store the upload")
     };
+    let md5 = match Md5::new() {
+        Ok(m) => m,
+        Err(e) => return store_failed(e, &p),
+    };
+    let mut writing = writer(Sink { file, md5 }, rx, margin);
     let (mut total, mut batch, mut batched) = (0u64, Vec::new(), 0usize);
     loop {
         let chunk = match tokio::time::timeout(idle, body.next()).await {
@@ -378,7 +400,10 @@ pub async fn put(
         return answer(StatusCode::BAD_REQUEST, "the upload was cut short: nothing was kept");
     }
     let Sink { file, md5 } = sink;
-    let got = md5.finalize();
+    let got = match md5.finalize() {
+        Ok(g) => g,
+        Err(e) => return store_failed(e, &p),
+    };
     if let Some(want) = want_md5
         && want.as_slice() != got.as_slice()
     {

@@ -30,7 +30,7 @@ use crate::status;
 pub const PARTIAL_PREFIX: &str = ".depot-http-";
 
 /// Bytes gathered from the body before one write (off the runtime).
-const WRITE_BATCH: usize = 1 << 20;
+const WRITE_BATCH: usize = 1 << 19;
 
 /// A sidecar is a line of md5sum output: anything much longer is not one.
 const MAX_SIDECAR: u64 = 64 * 1024;
@@ -157,23 +157,41 @@ fn refused_space(why: &str) -> Response {
     )
 }
 
-/// How many batches may wait for the writer: receiving runs ahead of
-/// hashing and writing by at most this many (memory per upload is about
-/// `(QUEUED + 2) * WRITE_BATCH`).
+/// How many batches may wait for the writer, and for the hasher behind
+/// it: receiving runs ahead of writing, and writing ahead of hashing, by
+/// at most this many (memory per upload is about
+/// `(2 * QUEUED + 3) * WRITE_BATCH`).
 const QUEUED: usize = 2;
 
-/// The writer of one upload, on the blocking pool: hashes and writes each
-/// batch while the runtime goes on receiving the next one, so that MD5 and
-/// the disk overlap the network instead of following it. With `margin` (a
+/// The writer of one upload, on the blocking pool: writes each batch (and
+/// hands it to a hashing thread) while the runtime goes on receiving the
+/// next one, so that MD5 and the disk overlap the network and each other
+/// instead of following them. With `margin` (a
 /// body of unknown length) it refuses to go on once the drop filesystem is
 /// down to it. Ends when the sender is dropped (the body ended, or the
 /// request was dropped) or at the first error.
 fn writer(
-    mut sink: Sink,
+    sink: Sink,
     mut rx: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
     margin: Option<(PathBuf, u64)>,
 ) -> tokio::task::JoinHandle<std::io::Result<Sink>> {
     tokio::task::spawn_blocking(move || {
+        let Sink { mut file, md5 } = sink;
+        // The MD5 on a thread of its own: hashing (the slower) and writing
+        // overlap instead of following each other.
+        let (to_hash, batches) = std::sync::mpsc::sync_channel::<Vec<Bytes>>(QUEUED);
+        let hashing = std::thread::spawn(move || -> std::io::Result<Md5> {
+            let mut md5 = md5;
+            for batch in batches {
+                for b in &batch {
+                    md5.update(b)?;
+                }
+            }
+            Ok(md5)
+        });
+        let hashed = |h: std::thread::JoinHandle<std::io::Result<Md5>>| {
+            h.join().map_err(|_| std::io::Error::other("an upload's MD5 panicked"))?
+        };
         let mut flushing: Option<std::thread::JoinHandle<std::io::Result<()>>> = None;
         let mut unflushed = 0usize;
         while let Some(batch) = rx.blocking_recv() {
@@ -183,16 +201,22 @@ fn writer(
             {
                 return Err(std::io::Error::from_raw_os_error(28));
             }
+            if to_hash.send(batch.clone()).is_err() {
+                // The hasher only stops early on its own error.
+                drop(to_hash);
+                return Err(hashed(hashing)
+                    .err()
+                    .unwrap_or_else(|| std::io::Error::other("the upload's MD5 stopped early")));
+            }
             for b in &batch {
-                sink.md5.update(b)?;
-                sink.file.write_all(b)?;
+                file.write_all(b)?;
             }
             unflushed += n;
             if unflushed >= FLUSH_EVERY && flushing.as_ref().is_none_or(|f| f.is_finished()) {
                 if let Some(f) = flushing.take() {
                     flushed(f)?;
                 }
-                let dup = sink.file.try_clone()?;
+                let dup = file.try_clone()?;
                 flushing = Some(std::thread::spawn(move || dup.sync_data()));
                 unflushed = 0;
             }
@@ -200,7 +224,8 @@ fn writer(
         if let Some(f) = flushing {
             flushed(f)?;
         }
-        Ok(sink)
+        drop(to_hash);
+        Ok(Sink { file, md5: hashed(hashing)? })
     })
 }
 

@@ -284,8 +284,24 @@ enum ConfigCommand {
     },
 }
 
+/// Output piped into a reader that stops early (`depot status | head`)
+/// ends the command quietly, as with every Unix tool, instead of a panic
+/// and a backtrace ("failed printing to stdout"). Rust ignores SIGPIPE;
+/// the daemon keeps that (a client going away is an EPIPE to handle, not
+/// a reason to die), the one-shot commands get the default back.
+fn end_on_sigpipe() {
+    // SAFETY: called first thing in main, before any thread exists;
+    // SIG_DFL is a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        end_on_sigpipe();
+    }
     let r = match cli.command {
         Command::Check { archive, producer, profile, config, json, quiet } => {
             cmd_check(&archive, producer.as_deref(), profile, &config, json, quiet)

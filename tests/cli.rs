@@ -382,3 +382,22 @@ fn check_never_prints_a_name_s_control_characters() {
     assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
     assert!(text.contains("a\\x1b]2;PWNED\\x07b.txt"), "{text}");
 }
+
+/// `depot completions bash | head -1`: the reader is gone before depot
+/// writes. The command ends by SIGPIPE like any Unix tool, not with a
+/// panic and a backtrace ("failed printing to stdout: Broken pipe").
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_depot"))
+        .args(["completions", "bash"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?} {stderr}", out.status);
+}

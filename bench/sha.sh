@@ -5,7 +5,7 @@
 # depot's own time on the same deposit without SHA256SUMS (MD5 only).
 # Alternated rounds, medians, fsync on (the daemon's default).
 #   bench/sha.sh [SIZE_MIB=512] [RUNS=3]
-# Needs: zip, unzip, md5sum, sha256sum.
+# Needs: zip, unzip, md5sum, sha256sum, bc, python3, redis-server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=${1:-512}
@@ -19,6 +19,15 @@ cargo build --release -q
 bin=target/release/depot
 ws="$root/work-sha"
 rm -rf "$ws"; mkdir -p "$ws"
+
+# depot ingest records each deposit in Redis, as it does in production: a
+# redis-server of the bench's own on a free loopback port (never the
+# machine's), stopped by its pid on exit.
+rport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$ws" >/dev/null &
+rpid=$!
+trap 'kill -TERM "$rpid" 2>/dev/null; wait "$rpid" 2>/dev/null || true' EXIT
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$rport") 2>/dev/null && break; sleep 0.1; done
 
 now() { date +%s.%N; }
 median() { sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2 }'; }
@@ -50,7 +59,7 @@ shell_pipeline() {
 depot_ingest() {
     local w="$ws/depot" src="$1"
     rm -rf "$w"; mkdir -p "$w/in"
-    printf 'drop_root = "drop"\npublish_root = "publish"\n' > "$w/config.toml"
+    printf 'drop_root = "drop"\npublish_root = "publish"\n[redis]\nurl = "redis://127.0.0.1:%s"\n' "$rport" > "$w/config.toml"
     cp "$src/MSEC_THEIA.zip" "$src/MSEC_THEIA.zip.md5" "$w/in/"
     sync
     local t0; t0=$(now)

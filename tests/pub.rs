@@ -200,6 +200,9 @@ fn curl_and_wget_read_releases_whole_by_range_and_conditionally() {
     assert_eq!(header(&h, "accept-ranges"), Some("bytes"));
     assert_eq!(header(&h, "content-type"), Some("application/octet-stream"));
     assert_eq!(header(&h, "content-disposition"), Some("attachment; filename=\"big.bin\""));
+    // A producer's file never runs as a page of depot's origin.
+    assert_eq!(header(&h, "x-content-type-options"), Some("nosniff"), "{h}");
+    assert_eq!(header(&h, "content-security-policy"), Some("sandbox"), "{h}");
     let last_modified = header(&h, "last-modified").unwrap().to_owned();
     let (_, h, _) = door.curl(&["-I", "-u", "MSEC:pw", &url("docs/small.txt")]);
     assert_eq!(header(&h, "content-type"), Some("text/plain"), "{h}");

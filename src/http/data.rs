@@ -478,6 +478,11 @@ fn respond(req: &HeaderMap, head_only: bool, file: File, m: &std::fs::Metadata, 
     set(&mut h, header::ETAG, &etag);
     set(&mut h, header::LAST_MODIFIED, &last_modified);
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    // A published file is the producer's bytes: an .html or .svg among them
+    // must never run as a page of depot's origin, where the web page and
+    // the operators' credentials are, even if a browser shows it in place.
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
     let with = |status: StatusCode, h: HeaderMap, body: Body| {
         let mut r = Response::new(body);
         *r.status_mut() = status;

@@ -212,6 +212,9 @@ pub async fn previous_file(
     let h = r.headers_mut();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    // The producer's bytes: never sniffed into a page of depot's origin.
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
     if let Ok(v) = HeaderValue::from_str(&rfc3339(mtime)) {
         h.insert("x-depot-time", v);
     }

@@ -476,6 +476,20 @@ fn peak_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// A release of 4,000 files with long names (a manifest of about 3 MB):
+/// publishes it for `p` and answers its manifest's size.
+fn publish_a_large_manifest(door: &Door, redis: &Redis, p: &str) -> u64 {
+    let dir = format!("{}/{}/{}", "d".repeat(240), "e".repeat(240), "f".repeat(240));
+    let names: Vec<String> = (0..4000).map(|i| format!("{dir}/{i:0>200}.txt")).collect();
+    let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"x"[..])).collect();
+    door.publish(redis, p, &format!("{p}_1.zip"), &files);
+    fs::read_dir(door.site.root().join(format!("publish/{p}/releases")))
+        .unwrap()
+        .flatten()
+        .map(|e| fs::metadata(e.path().join("manifest.json")).unwrap().len())
+        .sum::<u64>()
+}
+
 /// Attack: a producer publishes a release whose manifest.json is large
 /// (many files with long names: 4,000 here, `limits.max_entries` allows
 /// 100,000 and `max_path_len` 1,024 bytes, a manifest of 100 MB), then
@@ -486,15 +500,7 @@ fn peak_kib(pid: u32) -> u64 {
 fn many_first_requests_parse_a_large_manifest_once() {
     let redis = Redis::start();
     let door = Door::new(&redis, "");
-    let dir = format!("{}/{}/{}", "d".repeat(240), "e".repeat(240), "f".repeat(240));
-    let names: Vec<String> = (0..4000).map(|i| format!("{dir}/{i:0>200}.txt")).collect();
-    let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"x"[..])).collect();
-    door.publish(&redis, "OPEN", "OPEN_1.zip", &files);
-    let manifest_len = fs::read_dir(door.site.root().join("publish/OPEN/releases"))
-        .unwrap()
-        .flatten()
-        .map(|e| fs::metadata(e.path().join("manifest.json")).unwrap().len())
-        .sum::<u64>();
+    let manifest_len = publish_a_large_manifest(&door, &redis, "OPEN");
     let pid = door._daemon.0.as_ref().unwrap().id();
     let before = peak_kib(pid);
     let threads: Vec<_> = (0..24)
@@ -519,15 +525,7 @@ fn many_first_requests_parse_a_large_manifest_once() {
 fn page_loads_never_hold_a_large_manifest_whole() {
     let redis = Redis::start();
     let door = Door::new(&redis, "");
-    let dir = format!("{}/{}/{}", "d".repeat(240), "e".repeat(240), "f".repeat(240));
-    let names: Vec<String> = (0..4000).map(|i| format!("{dir}/{i:0>200}.txt")).collect();
-    let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"x"[..])).collect();
-    door.publish(&redis, "MSEC", "MSEC_1.zip", &files);
-    let manifest_len = fs::read_dir(door.site.root().join("publish/MSEC/releases"))
-        .unwrap()
-        .flatten()
-        .map(|e| fs::metadata(e.path().join("manifest.json")).unwrap().len())
-        .sum::<u64>();
+    let manifest_len = publish_a_large_manifest(&door, &redis, "MSEC");
     let (code, _, body) = door.curl(&["-u", "MSEC:pw", &door.url("/producers/MSEC")]);
     assert_eq!(code, 200);
     assert!(String::from_utf8_lossy(&body).contains("MSEC_1.zip"), "the release is in the history");

@@ -10,7 +10,7 @@ mod common;
 use std::fs;
 use std::io::Read;
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,16 +23,6 @@ struct Door {
     site: Site,
     daemon: Option<Daemon>,
     port: u16,
-}
-
-/// `htpasswd` with the password on its command line: a test's throwaway.
-fn htpasswd(file: &Path, flag: &str, user: &str, pw: &str) {
-    let mut cmd = Command::new("htpasswd");
-    if !file.exists() {
-        cmd.arg("-c");
-    }
-    let out = cmd.args(["-b", flag]).arg(file).args([user, pw]).output().expect("htpasswd (apache2-utils)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 impl Door {

@@ -21,16 +21,6 @@ use support::*;
 
 const CHROMIUM: &str = "chromium";
 
-/// `htpasswd` with the password on its command line: a test's throwaway.
-fn htpasswd(file: &Path, flag: &str, user: &str, pw: &str) {
-    let mut cmd = Command::new("htpasswd");
-    if !file.exists() {
-        cmd.arg("-c");
-    }
-    let out = cmd.args(["-b", flag]).arg(file).args([user, pw]).output().expect("htpasswd (apache2-utils)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
-
 /// Chromium, headless, with a profile of its own in a temp folder; its
 /// standard output. Killed by its pid when it hangs.
 fn chromium(args: &[&str], url: &str) -> String {

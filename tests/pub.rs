@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -25,15 +25,6 @@ struct Door {
     port: u16,
 }
 
-fn htpasswd(file: &Path, user: &str, pw: &str) {
-    let mut cmd = Command::new("htpasswd");
-    if !file.exists() {
-        cmd.arg("-c");
-    }
-    let out = cmd.args(["-b", "-B"]).arg(file).args([user, pw]).output().expect("htpasswd (apache2-utils)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
-
 /// The door on plain HTTP on loopback; MSEC private, OPEN public, both
 /// publishing zips as they are (`plain`).
 const PRODUCERS: &str = "[producers.MSEC]\nprofile = \"plain\"\n[producers.OPEN]\nprofile = \"plain\"\npublic = true\n";
@@ -41,8 +32,8 @@ const PRODUCERS: &str = "[producers.MSEC]\nprofile = \"plain\"\n[producers.OPEN]
 impl Door {
     fn start(site: Site, port: u16) -> Door {
         let users = site.root().join("users");
-        htpasswd(&users, "MSEC", "pw");
-        htpasswd(&users, "OTHR", "pw2");
+        htpasswd(&users, "-B", "MSEC", "pw");
+        htpasswd(&users, "-B", "OTHR", "pw2");
         let daemon = site.start();
         wait_for(&site, "the door to listen", 30, || TcpStream::connect(("127.0.0.1", port)).is_ok());
         Door { site, _daemon: daemon, port }

@@ -246,3 +246,14 @@ pub fn private_ca(dir: &Path) {
     sh("printf 'subjectAltName=IP:127.0.0.1\\n' > ext && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key \
         -CAcreateserial -out server.pem -days 2 -extfile ext");
 }
+
+/// `htpasswd` with the password on its command line: a test's throwaway (`-B` bcrypt,
+/// `-m` apr1, as Apache writes them).
+pub fn htpasswd(file: &Path, flag: &str, user: &str, pw: &str) {
+    let mut cmd = Command::new("htpasswd");
+    if !file.exists() {
+        cmd.arg("-c");
+    }
+    let out = cmd.args(["-b", flag]).arg(file).args([user, pw]).output().expect("htpasswd (apache2-utils)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
